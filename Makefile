@@ -1,0 +1,29 @@
+# Two commands set up a fresh machine: `make run` and `make test`. Each creates .venv when it is
+# missing and (re)installs the project when its build files changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.tapeout-installed
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard compilers/*/*.pyx compilers/*/*.pxd)
+
+.PHONY: run test test-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to the CPU wheel in the `torch` extra; an unpinned torch pulls a CUDA build.
+$(INSTALLED): $(BIN)/python $(BUILD_INPUTS)
+	$(BIN)/python -m pip install --quiet -e '.[torch,dev]'
+	touch $@
+
+run: $(INSTALLED)
+	$(BIN)/tapeout run examples/digits/pipeline.yaml
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+test-quick: $(INSTALLED)
+	$(BIN)/python -m pytest -m 'not slow and not server'
+
+clean:
+	rm -rf $(VENV) .tapeout build *.egg-info

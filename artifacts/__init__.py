@@ -1,0 +1,1 @@
+"""Bundles, provenance, signing and verification, the MLflow registry and trace."""

@@ -1,0 +1,1 @@
+"""Calibration sets, range observers, calibration tables and the quantizer."""

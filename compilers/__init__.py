@@ -1,0 +1,1 @@
+"""Front ends, the compiler plugin interface and registry, and the built-in compilers."""

@@ -1,0 +1,1 @@
+"""The `onnxruntime` compiler: the CPU fallback target."""

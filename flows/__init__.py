@@ -1,0 +1,1 @@
+"""Orchestration and entry points: the pipeline config, Prefect flows, gates, the command line."""
