@@ -1,0 +1,63 @@
+"""Quantize an fp32 ONNX model to QDQ int8 with the ranges of a calibration table.
+
+Settings (DESIGN §1): QDQ format, int8 weights symmetric per output channel, int8 activations
+asymmetric per tensor, int32 bias — what integer-only NPUs and TFLite's int8 spec expect.
+ONNX Runtime's quantizer takes the table's ranges through its calibration cache, so it
+never re-calibrates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tapeout.calibration.table import CalibrationTable
+from tapeout.compilers.interface import QuantizedModel, TensorSpec
+
+
+def quantize(
+    float_model: Path,
+    table: CalibrationTable,
+    *,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    output_path: Path,
+) -> QuantizedModel:
+    """Write the QDQ model to `output_path` and describe it."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path = output_path.with_name(output_path.stem + ".ranges.json")
+    # ONNX Runtime's calibration-cache format (onnxruntime/quantization/calibrate.py,
+    # TensorsData.to_dict): the quantizer only reads lowest/highest for MinMax.
+    cache = {
+        "calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"},
+        "data": {
+            name: {"lowest": value.low, "highest": value.high, "CLS": "TensorData"}
+            for name, value in table.ranges.items()
+        },
+    }
+    cache_path.write_text(json.dumps(cache))
+    try:
+        quantize_static(
+            str(float_model),
+            str(output_path),
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache_path,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    finally:
+        cache_path.unlink(missing_ok=True)
+    return QuantizedModel(
+        path=output_path,
+        digest=hashlib.sha256(output_path.read_bytes()).hexdigest(),
+        float_path=float_model,
+        inputs=inputs,
+        outputs=outputs,
+    )
