@@ -1,0 +1,178 @@
+"""Assemble one bundle per (model commit, target): DESIGN §6's directory, signed as a whole.
+
+A bundle is built in a staging folder, every file fsynced, signed, then moved into place with
+one rename: a reader finds a complete signed bundle or none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tapeout.artifacts.compiled import write_record
+from tapeout.artifacts.digest import bundle_digest, file_digest
+from tapeout.artifacts.provenance import SourceRevision, provenance_statement
+from tapeout.artifacts.signing import sign_bundle
+from tapeout.compilers.interface import CompiledArtifact
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything that goes into one bundle, as files already written and values."""
+
+    model_name: str
+    target: str
+    firmware_revision: str
+    float_model: Path
+    quantized_model: Path
+    calibration_data: Path
+    calibration_manifest: Mapping[str, object]
+    calibration_table: Path
+    artifact: CompiledArtifact
+    gates: Mapping[str, object]
+    benchmark: Mapping[str, object]
+    config_text: str
+    resolved_config: Mapping[str, object]
+    source: SourceRevision
+    invocation_id: str
+    started_on: str
+    finished_on: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    digest: str
+
+
+def build_bundle(contents: BundleContents, bundles_root: Path, private_key: Path) -> Bundle:
+    """Write, sign and publish the bundle under `bundles_root/<model>-<target>/<digest>`."""
+    staging = bundles_root / ".staging" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    try:
+        _write_contents(contents, staging)
+        _fsync_tree(staging)
+        sign_bundle(staging, private_key)
+        _fsync_tree(staging)
+        digest = bundle_digest(staging)
+        final = bundles_root / f"{contents.model_name}-{contents.target}" / digest[:16]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            # The same bytes were built before (a rerun): keep the published copy.
+            shutil.rmtree(staging)
+        else:
+            os.rename(staging, final)
+            _fsync_directory(final.parent)
+        return Bundle(final, digest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_contents(contents: BundleContents, root: Path) -> None:
+    (root / "model").mkdir()
+    shutil.copyfile(contents.float_model, root / "model" / "model.onnx")
+    shutil.copyfile(contents.quantized_model, root / "model" / "model.qdq.onnx")
+
+    calibration = root / "calibration"
+    calibration.mkdir()
+    source = contents.calibration_data
+    if source.is_dir():
+        shutil.copytree(source, calibration / source.name, symlinks=False)
+    else:
+        shutil.copyfile(source, calibration / source.name)
+    _write_json(calibration / "manifest.json", contents.calibration_manifest)
+    shutil.copyfile(contents.calibration_table, calibration / "table.json")
+
+    compiled = root / "compiled"
+    compiled.mkdir()
+    for name in contents.artifact.files:
+        destination = compiled / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(contents.artifact.directory / name, destination)
+    write_record(_moved(contents.artifact, compiled), contents.firmware_revision)
+
+    reports = root / "reports"
+    reports.mkdir()
+    _write_json(reports / "gates.json", contents.gates)
+    _write_json(reports / "benchmark.json", contents.benchmark)
+
+    (root / "config").mkdir()
+    (root / "config" / "pipeline.yaml").write_text(contents.config_text)
+
+    subjects = {
+        f"compiled/{name}": file_digest(compiled / name) for name in contents.artifact.files
+    }
+    subjects["model/model.qdq.onnx"] = file_digest(root / "model" / "model.qdq.onnx")
+    materials = [
+        {"name": "model/model.onnx", "digest": {"sha256": file_digest(root / "model" / "model.onnx")}},
+        {
+            "name": "calibration-set",
+            "digest": {"sha256": str(contents.calibration_manifest["digest"])},
+            "annotations": {
+                "count": contents.calibration_manifest["count"],
+                "digest_scheme": contents.calibration_manifest.get("digest_scheme"),
+            },
+        },
+        {"name": "calibration/table.json", "digest": {"sha256": file_digest(calibration / "table.json")}},
+        {
+            "name": f"compiler:{contents.artifact.compiler}",
+            "annotations": {
+                "version": contents.artifact.compiler_version,
+                "artifact_id": contents.artifact.artifact_id,
+                "options": dict(contents.artifact.options),
+            },
+        },
+        {
+            "name": f"firmware:{contents.target}",
+            "annotations": {
+                "revision": contents.firmware_revision,
+                "minimum_revision": contents.artifact.minimum_firmware_revision,
+            },
+        },
+        {"name": "config/pipeline.yaml", "digest": {"sha256": file_digest(root / "config" / "pipeline.yaml")}},
+    ]
+    statement = provenance_statement(
+        subjects=subjects,
+        materials=materials,
+        source=contents.source,
+        resolved_config=contents.resolved_config,
+        target=contents.target,
+        invocation_id=contents.invocation_id,
+        started_on=contents.started_on,
+        finished_on=contents.finished_on,
+    )
+    _write_json(root / "provenance.json", statement)
+
+
+def _moved(artifact: CompiledArtifact, directory: Path) -> CompiledArtifact:
+    from dataclasses import replace
+
+    return replace(artifact, directory=directory)
+
+
+def _write_json(path: Path, document: Mapping[str, object]) -> None:
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as stream:
+                os.fsync(stream.fileno())
+        elif path.is_dir():
+            _fsync_directory(path)
+    _fsync_directory(root)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,205 @@
+"""The MLflow side (DESIGN §7): one run per (commit, target), one registered model per
+(model, target), versions registered from `runs:/<run_id>/bundle`, the `candidate` alias.
+
+Registration is all-or-nothing: a version whose tags or alias could not be written is deleted
+again, so no half-registered version is ever left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tapeout.compilers.errors import InvalidInput, TapeoutError
+
+CANDIDATE_ALIAS = "candidate"
+BUNDLE_ARTIFACT_PATH = "bundle"
+_REFERENCE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)@(?P<selector>[A-Za-z0-9_-]+)$")
+
+
+class RegistryUnavailable(TapeoutError):
+    """The tracking server or database cannot be reached or written."""
+
+
+class ReferenceNotFound(InvalidInput):
+    """A MODEL-TARGET@VERSION or @ALIAS that names nothing registered."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]
+
+
+def registered_name(model: str, target: str) -> str:
+    return f"{model}-{target}"
+
+
+class Registry:
+    """A thin, typed layer over MlflowClient for the calls tapeout makes."""
+
+    def __init__(self, tracking_uri: str, artifacts_root: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifacts_root = artifacts_root
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
+        """Create a run in the model's experiment (created with an explicit artifact root,
+        never MLflow's default `./mlruns` in the working directory)."""
+        try:
+            found = self._client.get_experiment_by_name(experiment)
+            if found is None:
+                location = (self.artifacts_root / experiment).resolve().as_uri()
+                experiment_id = self._client.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = found.experiment_id
+            run = self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        except Exception as error:
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri}: cannot start a run ({type(error).__name__}: {error})"
+            ) from error
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, str] = {},
+        metrics: Mapping[str, float] = {},
+        tags: Mapping[str, str] = {},
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        import time
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+            params=[Param(key, str(value)[:6000]) for key, value in params.items()],
+            tags=[RunTag(key, str(value)) for key, value in tags.items()],
+        )
+
+    def log_directory(self, run_id: str, directory: Path, artifact_path: str) -> None:
+        self._client.log_artifacts(run_id, str(directory), artifact_path)
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str) -> None:
+        self._client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self._client.set_terminated(run_id, status=status)
+
+    # -- the model registry ------------------------------------------------------------------
+
+    def find_version(self, name: str, tags: Mapping[str, str]) -> RegisteredVersion | None:
+        """The newest version of `name` whose tags include all of `tags`, if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            return None
+        filters = [f"name = '{name}'"] + [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        versions = self._client.search_model_versions(" and ".join(filters))
+        if not versions:
+            return None
+        newest = max(versions, key=lambda version: int(version.version))
+        return self.get_version(name, str(newest.version))
+
+    def register(
+        self, name: str, run_id: str, tags: Mapping[str, str], description: str = ""
+    ) -> RegisteredVersion:
+        """Register `runs:/<run_id>/bundle` as a new version with `tags` and move `candidate`.
+
+        Raises:
+            RegistryUnavailable: MLflow refused; any version created is deleted again.
+        """
+        from mlflow.exceptions import MlflowException
+
+        created = None
+        try:
+            try:
+                self._client.get_registered_model(name)
+            except MlflowException:
+                self._client.create_registered_model(name)
+            created = self._client.create_model_version(
+                name,
+                source=f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}",
+                run_id=run_id,
+                tags=dict(tags),
+                description=description,
+            )
+            version = str(created.version)  # int from SQLite, str from a server: normalise
+            self._client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+        except Exception as error:
+            if created is not None:
+                try:
+                    self._client.delete_model_version(name, str(created.version))
+                except Exception:  # the store is gone: nothing more can be undone from here
+                    pass
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri}: registering {name} failed "
+                f"({type(error).__name__}: {error}); nothing was registered"
+            ) from error
+        return self.get_version(name, version)
+
+    def get_version(self, name: str, version: str) -> RegisteredVersion:
+        found = self._client.get_model_version(name, version)
+        return RegisteredVersion(
+            name=name,
+            version=str(found.version),
+            run_id=found.run_id,
+            source=found.source,
+            tags=dict(found.tags),
+            aliases=tuple(getattr(found, "aliases", ()) or ()),
+        )
+
+    def resolve(self, reference: str) -> RegisteredVersion:
+        """MODEL-TARGET@VERSION or MODEL-TARGET@ALIAS → the registered version.
+
+        Raises:
+            InvalidInput: the reference is malformed.
+            ReferenceNotFound: no such model, version or alias.
+        """
+        from mlflow.exceptions import MlflowException
+
+        match = _REFERENCE.match(reference)
+        if not match:
+            raise InvalidInput(
+                f"reference {reference!r}: expected MODEL-TARGET@VERSION or MODEL-TARGET@ALIAS"
+            )
+        name, selector = match["name"], match["selector"]
+        try:
+            if selector.isdigit():
+                return self.get_version(name, selector)
+            found = self._client.get_model_version_by_alias(name, selector)
+            return self.get_version(name, str(found.version))
+        except MlflowException as error:
+            raise ReferenceNotFound(
+                f"reference {reference!r}: not registered in {self.tracking_uri} ({error.message})"
+            ) from error
+
+    def download_bundle(self, version: RegisteredVersion, destination: Path) -> Path:
+        """Download the version's bundle into a new folder under `destination`."""
+        import mlflow.artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix=f"{version.name}-{version.version}-", dir=destination))
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id,
+            artifact_path=BUNDLE_ARTIFACT_PATH,
+            dst_path=str(target),
+            tracking_uri=self.tracking_uri,
+        )
+        return target / BUNDLE_ARTIFACT_PATH

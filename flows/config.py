@@ -1,0 +1,285 @@
+"""The pipeline config (`pipeline.yaml`): parsed with pyyaml, validated into typed objects.
+
+Every error names the file, the line, the field, what was expected and what was found. Paths
+in the file are relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.frontends import OnnxSource, PyTorchSource
+from tapeout.compilers.interface import TargetProfile, TensorSpec
+from tapeout.compilers.versions import parse_version
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
+GATE_METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "top1_agreement",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "artifact_size_bytes",
+)
+
+
+class ConfigError(InvalidInput):
+    """A pipeline config field is wrong: file, line, field, expected and found."""
+
+    def __init__(self, path: Path, line: int | None, field: str, message: str) -> None:
+        self.path, self.line, self.field = path, line, field
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PyTorchSourceConfig(_Strict):
+    factory: Annotated[str, StringConstraints(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        description="FILE.py:FUNCTION returning a torch.nn.Module"
+    )
+    weights: str = Field(description="state dict file, loaded with weights_only=True")
+
+
+class ModelSourceConfig(_Strict):
+    pytorch: PyTorchSourceConfig | None = None
+    onnx: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelSourceConfig":
+        if (self.pytorch is None) == (self.onnx is None):
+            raise ValueError("expected exactly one of 'pytorch' or 'onnx'")
+        return self
+
+
+class InputConfig(_Strict):
+    name: str
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    dtype: Literal["float32"] = "float32"
+
+
+class ModelConfig(_Strict):
+    name: Name
+    source: ModelSourceConfig
+    inputs: list[InputConfig] = Field(min_length=1)
+    outputs: list[str] = Field(default_factory=list)
+
+
+class CalibrationConfig(_Strict):
+    set: str
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(default=1, ge=1, description="the set must hold at least this many")
+
+
+class ValidationConfig(_Strict):
+    set: str
+    labels: str = "label"
+    metric: Literal["top1_accuracy"] = "top1_accuracy"
+
+
+class Threshold(_Strict):
+    """A gate bound: `max` for metrics that must stay low, `min` for those that must stay high."""
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "Threshold":
+        if (self.max is None) == (self.min is None):
+            raise ValueError("expected exactly one of 'max' or 'min'")
+        return self
+
+
+Gates = dict[Literal[GATE_METRICS], Threshold]  # type: ignore[valid-type]
+
+
+class TargetConfig(_Strict):
+    name: Name
+    compiler: str
+    firmware_revision: str
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    memory_budget_bytes: int | None = Field(default=None, ge=1)
+    gates: Gates | None = Field(default=None, description="replaces the pipeline's gates")
+
+    @field_validator("firmware_revision")
+    @classmethod
+    def _is_version(cls, value: str) -> str:
+        try:
+            parse_version(value, "firmware_revision")
+        except InvalidInput as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+class SigningConfig(_Strict):
+    method: Literal["key"] = "key"
+    private_key: str | None = Field(default=None, description="default: <home>/keys/signing-key.pem")
+
+
+class RegistryConfig(_Strict):
+    tracking_uri: str | None = Field(default=None, description="default: sqlite:///<home>/mlflow.db")
+
+
+class PipelineConfig(_Strict):
+    model: ModelConfig
+    calibration: CalibrationConfig
+    validation: ValidationConfig
+    targets: list[TargetConfig] = Field(min_length=1)
+    gates: Gates = Field(default_factory=dict)
+    signing: SigningConfig = SigningConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> "PipelineConfig":
+        names = [target.name for target in self.targets]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"target names must be unique, found {duplicates} more than once")
+        return self
+
+
+class Pipeline:
+    """A loaded pipeline: the validated config plus the folder its paths are relative to."""
+
+    def __init__(self, path: Path, config: PipelineConfig, text: str) -> None:
+        self.path = path
+        self.config = config
+        self.text = text
+        self.base = path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.base / relative).resolve()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(item.name, tuple(item.shape), item.dtype) for item in self.config.model.inputs
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.model.inputs[0].shape[0]
+
+    def model_source(self) -> PyTorchSource | OnnxSource:
+        source = self.config.model.source
+        if source.onnx is not None:
+            return OnnxSource(self.resolve(source.onnx))
+        assert source.pytorch is not None  # guaranteed by ModelSourceConfig._exactly_one
+        file_name, function = source.pytorch.factory.rsplit(":", 1)
+        return PyTorchSource(self.resolve(file_name), function, self.resolve(source.pytorch.weights))
+
+    def target_profile(self, target: TargetConfig) -> TargetProfile:
+        return TargetProfile(
+            name=target.name,
+            compiler=target.compiler,
+            firmware_revision=target.firmware_revision,
+            options={key: _option_text(value) for key, value in target.options.items()},
+            memory_budget_bytes=target.memory_budget_bytes,
+        )
+
+    def gates_for(self, target: TargetConfig) -> dict[str, Threshold]:
+        return dict(target.gates if target.gates is not None else self.config.gates)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in, as plain data (goes into the bundle)."""
+        return self.config.model_dump(mode="json")
+
+    def digest(self, target: TargetConfig | None = None) -> str:
+        """sha256 of the resolved config; with `target`, of everything that builds that target.
+
+        Two commits whose configs differ only in another target's section give the same
+        per-target digest, so only the changed target is rebuilt.
+        """
+        document = self.resolved()
+        if target is not None:
+            document["targets"] = [target.model_dump(mode="json")]
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """Read and validate a pipeline file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or a field is unknown,
+            missing or of the wrong type/value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(path, None, "", f"cannot read the pipeline file ({error.strerror})") from error
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(path, line, "", f"not valid YAML: {problem}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(path, 1, "", f"expected a mapping at the top, found {type(document).__name__}")
+    try:
+        config = PipelineConfig.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first["loc"])
+        raise ConfigError(
+            path, _line_of(root, location), _dotted(location), _explain(first)
+        ) from None
+    return Pipeline(path.resolve(), config, text)
+
+
+def _explain(error: dict[str, Any]) -> str:
+    found = error.get("input")
+    kind = error["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(found, (dict, list)):
+        return message
+    return f"{message} (found {found!r})"
+
+
+def _dotted(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_of(node: yaml.Node | None, location: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node on `location` that exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in location:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    child = value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _option_text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

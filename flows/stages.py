@@ -1,0 +1,335 @@
+"""The pipeline's stages as plain functions: the work itself, which the flow wraps thinly and
+tests call directly (STYLE §11). Each takes typed inputs and an explicit work directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tapeout.artifacts.bundle import Bundle, BundleContents, build_bundle
+from tapeout.artifacts.provenance import SourceRevision
+from tapeout.artifacts.registry import Registry, RegisteredVersion, registered_name
+from tapeout.artifacts.signing import signer_identity
+from tapeout.calibration.calibrate import calibrate
+from tapeout.calibration.dataset import SampleSet, load_sample_set
+from tapeout.calibration.quantizer import quantize
+from tapeout.calibration.table import CalibrationTable
+from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.frontends import ExportedModel, export_model
+from tapeout.compilers.interface import CompiledArtifact, QuantizedModel, TargetProfile
+from tapeout.compilers.registry import load_compiler
+from tapeout.compilers.versions import at_least
+from tapeout.flows.config import Pipeline, TargetConfig
+from tapeout.flows.evaluate import Evaluation, Predictions, evaluate, predict
+from tapeout.flows.gates import GateResult, check_gates, gates_report
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    samples: SampleSet
+    table: CalibrationTable
+    table_path: Path
+
+
+@dataclass(frozen=True)
+class Gated:
+    """A target's evaluation and gate results."""
+
+    evaluation: Evaluation
+    gates: tuple[GateResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+
+def source_revision(pipeline_file: Path, commit: str | None) -> SourceRevision:
+    """The commit the pipeline file is built from: `commit` if given, else the git HEAD.
+
+    Raises:
+        InvalidInput: no commit given and the pipeline file is not in a git work tree.
+    """
+    folder = pipeline_file.parent
+
+    def git(*arguments: str) -> str | None:
+        try:
+            completed = subprocess.run(
+                ["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return completed.stdout.strip()
+
+    repository = git("rev-parse", "--show-toplevel")
+    if commit is not None:
+        if not commit or not all(c in "0123456789abcdef" for c in commit.lower()):
+            raise InvalidInput(f"--commit: expected a hexadecimal git commit, found {commit!r}")
+        return SourceRevision(repository or str(folder), commit.lower(), dirty=False)
+    head = git("rev-parse", "HEAD")
+    if repository is None or head is None:
+        raise InvalidInput(
+            f"{pipeline_file}: not inside a git repository with a commit; pass --commit SHA"
+        )
+    status = git("status", "--porcelain", "--untracked-files=normal", "--", ".")
+    return SourceRevision(repository, head, dirty=bool(status))
+
+
+def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
+    return export_model(
+        pipeline.model_source(),
+        pipeline.inputs,
+        tuple(pipeline.config.model.outputs),
+        workdir / "model.onnx",
+    )
+
+
+def calibrate_stage(pipeline: Pipeline, model: ExportedModel, workdir: Path) -> Calibrated:
+    settings = pipeline.config.calibration
+    samples = load_sample_set(
+        pipeline.resolve(settings.set), model.inputs, minimum_count=settings.samples
+    )
+    table = calibrate(
+        model.path,
+        samples,
+        method=settings.method,
+        batch_size=pipeline.batch_size,
+        workdir=workdir / "calibration",
+    )
+    return Calibrated(samples, table, table.write(workdir / "table.json"))
+
+
+def quantize_stage(model: ExportedModel, calibrated: Calibrated, workdir: Path) -> QuantizedModel:
+    # ONNX Runtime's quantizer logs a pre-processing suggestion on every call; we export
+    # with shape inference already, so keep the run's output to what matters.
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return quantize(
+            model.path,
+            calibrated.table,
+            inputs=model.inputs,
+            outputs=model.outputs,
+            output_path=workdir / "model.qdq.onnx",
+        )
+    finally:
+        root.setLevel(previous)
+
+
+def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSet, Predictions]:
+    """Open the validation set and compute the fp32 model's predictions once for all targets."""
+    import onnxruntime
+
+    settings = pipeline.config.validation
+    samples = load_sample_set(pipeline.resolve(settings.set), model.inputs, label_key=settings.labels)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+
+    class _Float:
+        def run(self, inputs: Mapping[str, object]) -> dict[str, object]:
+            names = [output.name for output in session.get_outputs()]
+            return dict(zip(names, session.run(names, dict(inputs))))
+
+    return samples, predict(_Float(), samples, model.inputs)
+
+
+def compile_stage(model: QuantizedModel, target: TargetProfile, workdir: Path) -> CompiledArtifact:
+    """Compile for one target with its plugin, and check the artifact fits the firmware.
+
+    Raises:
+        PluginError, UnsupportedOperator, CompilationFailed, InvalidInput.
+    """
+    compiler = load_compiler(target.compiler)
+    artifact = compiler.compile(model, target, workdir)
+    if not at_least(target.firmware_revision, artifact.minimum_firmware_revision):
+        raise InvalidInput(
+            f"target {target.name!r}: firmware_revision {target.firmware_revision} is older than "
+            f"the {artifact.minimum_firmware_revision} the {target.compiler} artifact needs"
+        )
+    return artifact
+
+
+def gate_stage(
+    pipeline: Pipeline,
+    target: TargetConfig,
+    artifact: CompiledArtifact,
+    validation: SampleSet,
+    reference: Predictions,
+) -> Gated:
+    runner = load_compiler(artifact.compiler).load(artifact)
+    evaluation = evaluate(
+        runner,
+        validation,
+        artifact.inputs,
+        reference,
+        [artifact.directory / name for name in artifact.files],
+    )
+    return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics))
+
+
+def benchmark_report(artifact: CompiledArtifact, gated: Gated) -> dict[str, object]:
+    metrics = gated.evaluation.metrics
+    report = {
+        "latency_p50_ms": metrics.get("latency_p50_ms"),
+        "latency_p95_ms": metrics.get("latency_p95_ms"),
+        "artifact_size_bytes": metrics.get("artifact_size_bytes"),
+        "batch_size": artifact.inputs[0].shape[0],
+        "threads": 1,
+        "compiler_report": dict(artifact.report),
+    }
+    if "peak_memory_bytes" in artifact.report:
+        report["peak_memory_bytes"] = artifact.report["peak_memory_bytes"]
+    return report
+
+
+def bundle_stage(
+    *,
+    pipeline: Pipeline,
+    target: TargetConfig,
+    model: ExportedModel,
+    quantized: QuantizedModel,
+    calibrated: Calibrated,
+    artifact: CompiledArtifact,
+    gated: Gated,
+    source: SourceRevision,
+    invocation_id: str,
+    started_on: str,
+    finished_on: str,
+    bundles_root: Path,
+    private_key: Path,
+) -> Bundle:
+    resolved = pipeline.resolved()
+    contents = BundleContents(
+        model_name=pipeline.config.model.name,
+        target=target.name,
+        firmware_revision=target.firmware_revision,
+        float_model=model.path,
+        quantized_model=quantized.path,
+        calibration_data=calibrated.samples.path,
+        calibration_manifest=calibrated.samples.manifest(),
+        calibration_table=calibrated.table_path,
+        artifact=artifact,
+        gates=gates_report(gated.gates, gated.evaluation.validation_digest),
+        benchmark=benchmark_report(artifact, gated),
+        config_text=yaml.safe_dump(resolved, sort_keys=False),
+        resolved_config=resolved,
+        source=source,
+        invocation_id=invocation_id,
+        started_on=started_on,
+        finished_on=finished_on,
+    )
+    return build_bundle(contents, bundles_root, private_key)
+
+
+def version_tags(
+    pipeline: Pipeline,
+    target: TargetConfig,
+    source: SourceRevision,
+    artifact: CompiledArtifact,
+    calibrated: Calibrated,
+    bundle: Bundle,
+    public_key: Path,
+) -> dict[str, str]:
+    """What a registered version carries (DESIGN §7): enough for `trace` without the bundle."""
+    return {
+        "commit": source.commit,
+        "source_dirty": str(source.dirty).lower(),
+        "config_digest": pipeline.digest(target),
+        "bundle_digest": bundle.digest,
+        "signer": signer_identity(public_key),
+        "gate_verdict": "pass",
+        "compiler": artifact.compiler,
+        "compiler_version": artifact.compiler_version,
+        "artifact_id": artifact.artifact_id,
+        "firmware_revision": target.firmware_revision,
+        "minimum_firmware_revision": artifact.minimum_firmware_revision,
+        "calibration_set_digest": calibrated.samples.digest,
+        "calibration_method": calibrated.table.method,
+    }
+
+
+def run_params(pipeline: Pipeline, target: TargetConfig, artifact: CompiledArtifact) -> dict[str, str]:
+    params = {
+        "model": pipeline.config.model.name,
+        "target": target.name,
+        "compiler": artifact.compiler,
+        "compiler_version": artifact.compiler_version,
+        "firmware_revision": target.firmware_revision,
+        "calibration_method": pipeline.config.calibration.method,
+        "calibration_set": pipeline.config.calibration.set,
+        "validation_set": pipeline.config.validation.set,
+    }
+    params.update({f"option.{key}": value for key, value in artifact.options.items()})
+    return params
+
+
+def record_failed_gates(
+    registry: Registry,
+    pipeline: Pipeline,
+    target: TargetConfig,
+    source: SourceRevision,
+    artifact: CompiledArtifact,
+    gated: Gated,
+    workdir: Path,
+) -> str:
+    """A failed-gate run: recorded in MLflow as FAILED with its reasons; nothing registered."""
+    name = registered_name(pipeline.config.model.name, target.name)
+    failed = [gate for gate in gated.gates if not gate.passed]
+    run_id = registry.start_run(
+        pipeline.config.model.name,
+        f"{source.commit[:12]}-{target.name}",
+        {
+            "commit": source.commit,
+            "target": target.name,
+            "registered_model": name,
+            "config_digest": pipeline.digest(target),
+            "gate_verdict": "fail",
+            "failed_gates": "; ".join(gate.describe() for gate in failed),
+        },
+    )
+    try:
+        registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
+        reports = workdir / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        report = gates_report(gated.gates, gated.evaluation.validation_digest)
+        (reports / "gates.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        registry.log_directory(run_id, reports, "reports")
+    finally:
+        registry.end_run(run_id, "FAILED")
+    return run_id
+
+
+def register_stage(
+    registry: Registry,
+    pipeline: Pipeline,
+    target: TargetConfig,
+    source: SourceRevision,
+    artifact: CompiledArtifact,
+    gated: Gated,
+    bundle: Bundle,
+    tags: Mapping[str, str],
+) -> RegisteredVersion:
+    """Log the run with its bundle, then register the version and move `candidate` to it."""
+    name = registered_name(pipeline.config.model.name, target.name)
+    run_id = registry.start_run(
+        pipeline.config.model.name,
+        f"{source.commit[:12]}-{target.name}",
+        {**tags, "target": target.name, "registered_model": name},
+    )
+    try:
+        registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
+        registry.log_directory(run_id, bundle.path, "bundle")
+        version = registry.register(name, run_id, tags)
+    except BaseException:
+        registry.end_run(run_id, "FAILED")
+        raise
+    registry.end_run(run_id, "FINISHED")
+    return version
