@@ -64,10 +64,12 @@ def export_model(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(source, PyTorchSource):
         _export_pytorch(source, inputs, output_names, output_path)
-    else:
-        if not source.path.is_file():
-            raise InvalidInput(f"{source.path}: ONNX model not found")
-        output_path.write_bytes(source.path.read_bytes())
+        return check_model(output_path, inputs, output_names)
+    if not source.path.is_file():
+        raise InvalidInput(f"{source.path}: ONNX model not found")
+    # Check the user's file first, so that errors name it rather than our copy.
+    check_model(source.path, inputs, output_names)
+    output_path.write_bytes(source.path.read_bytes())
     return check_model(output_path, inputs, output_names)
 
 

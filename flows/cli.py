@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -116,6 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     from tapeout.flows.pipeline import build
 
     stdout = sys.stdout
+    if not args.debug:
+        # tapeout reports a failed stage in one line; Prefect would add its traceback.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     say = (lambda message: print(f"· {message}", file=sys.stderr, flush=True))
     # In --json mode stdout carries exactly one JSON object: whatever libraries print goes
     # to stderr with the progress.

@@ -149,6 +149,10 @@ def build(
         TapeoutError: bad input shared by every target (config, model, data, key).
     """
     global _progress
+    # Fail fast on what every target shares, before Prefect starts: config, commit, key.
+    pipeline = load_pipeline(pipeline_file)
+    stages.source_revision(pipeline.path, commit)
+    settings_for(pipeline, home, progress)
     _progress = progress
     try:
         return build_flow(str(pipeline_file), commit, str(home))
