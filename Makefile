@@ -12,8 +12,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to the CPU wheel in the `torch` extra; an unpinned torch pulls a CUDA build.
+# The tests cover every optional compiler, so they install every extra.
 $(INSTALLED): $(BIN)/python $(BUILD_INPUTS)
-	$(BIN)/python -m pip install --quiet -e '.[torch,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,ethos-u,dev]'
 	touch $@
 
 run: $(INSTALLED)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tapeout.artifacts.compiled import write_record
 from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.provenance import SourceRevision, provenance_statement
-from tapeout.artifacts.signing import sign_bundle
+from tapeout.artifacts.signing import Signer, sign_bundle
 from tapeout.compilers.interface import CompiledArtifact
 
 
@@ -50,8 +50,9 @@ class Bundle:
     digest: str
 
 
-def build_bundle(contents: BundleContents, bundles_root: Path, private_key: Path) -> Bundle:
-    """Write, sign and publish the bundle under `bundles_root/<model>-<target>/<digest>`."""
+def build_bundle(contents: BundleContents, bundles_root: Path, private_key: Path | Signer) -> Bundle:
+    """Write, sign and publish the bundle under `bundles_root/<model>-<target>/<digest>`;
+    `private_key` is a key path (the `key` method) or any signer of artifacts.signing."""
     staging = bundles_root / ".staging" / uuid.uuid4().hex
     staging.mkdir(parents=True)
     try:
@@ -121,6 +122,8 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
         },
         {"name": "calibration/table.json", "digest": {"sha256": file_digest(calibration / "table.json")}},
         {
+            # in-toto ResourceDescriptor needs a uri or a digest: name the exact toolchain.
+            "uri": f"urn:tapeout:compiler:{contents.artifact.compiler}@{contents.artifact.compiler_version}",
             "name": f"compiler:{contents.artifact.compiler}",
             "annotations": {
                 "version": contents.artifact.compiler_version,
@@ -129,6 +132,7 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
             },
         },
         {
+            "uri": f"urn:tapeout:firmware:{contents.target}@{contents.firmware_revision}",
             "name": f"firmware:{contents.target}",
             "annotations": {
                 "revision": contents.firmware_revision,

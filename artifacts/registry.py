@@ -60,7 +60,11 @@ class Registry:
         try:
             found = self._client.get_experiment_by_name(experiment)
             if found is None:
-                location = (self.artifacts_root / experiment).resolve().as_uri()
+                # A local store gets an explicit folder under the home; a tracking server
+                # chooses its own artifact store (proxied object storage).
+                location = None
+                if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+                    location = (self.artifacts_root / experiment).resolve().as_uri()
                 experiment_id = self._client.create_experiment(experiment, artifact_location=location)
             else:
                 experiment_id = found.experiment_id
@@ -103,24 +107,33 @@ class Registry:
     # -- the model registry ------------------------------------------------------------------
 
     def find_version(self, name: str, tags: Mapping[str, str]) -> RegisteredVersion | None:
-        """The newest version of `name` whose tags include all of `tags`, if any."""
+        """The oldest version of `name` whose tags include all of `tags` (the one concurrent
+        registrations converge on), if any."""
         from mlflow.exceptions import MlflowException
 
         try:
             self._client.get_registered_model(name)
         except MlflowException:
             return None
-        filters = [f"name = '{name}'"] + [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
-        versions = self._client.search_model_versions(" and ".join(filters))
+        versions = self._search(name, tags)
         if not versions:
             return None
-        newest = max(versions, key=lambda version: int(version.version))
-        return self.get_version(name, str(newest.version))
+        return self.get_version(name, min(versions, key=int))
 
     def register(
-        self, name: str, run_id: str, tags: Mapping[str, str], description: str = ""
+        self,
+        name: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        description: str = "",
+        unique_by: Mapping[str, str] | None = None,
     ) -> RegisteredVersion:
         """Register `runs:/<run_id>/bundle` as a new version with `tags` and move `candidate`.
+
+        With `unique_by` (tags such as commit and config digest), concurrent registrations of
+        the same build converge on one version: after creating its version, each registrant
+        looks for versions with the same tags, and the lowest version number wins; a loser
+        deletes its own version before any alias points at it and returns the winner.
 
         Raises:
             RegistryUnavailable: MLflow refused; any version created is deleted again.
@@ -132,7 +145,11 @@ class Registry:
             try:
                 self._client.get_registered_model(name)
             except MlflowException:
-                self._client.create_registered_model(name)
+                try:
+                    self._client.create_registered_model(name)
+                except MlflowException as error:  # a concurrent registrant created it first
+                    if "already exists" not in str(error).lower():
+                        raise
             created = self._client.create_model_version(
                 name,
                 source=f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}",
@@ -141,6 +158,13 @@ class Registry:
                 description=description,
             )
             version = str(created.version)  # int from SQLite, str from a server: normalise
+            if unique_by:
+                twins = self._search(name, unique_by)
+                winner = min(twins, key=int) if twins else version
+                if int(winner) < int(version):
+                    self._client.delete_model_version(name, version)
+                    created = None
+                    return self.get_version(name, winner)
             self._client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
         except Exception as error:
             if created is not None:
@@ -153,6 +177,10 @@ class Registry:
                 f"({type(error).__name__}: {error}); nothing was registered"
             ) from error
         return self.get_version(name, version)
+
+    def _search(self, name: str, tags: Mapping[str, str]) -> list[str]:
+        filters = [f"name = '{name}'"] + [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        return [str(found.version) for found in self._client.search_model_versions(" and ".join(filters))]
 
     def get_version(self, name: str, version: str) -> RegisteredVersion:
         found = self._client.get_model_version(name, version)

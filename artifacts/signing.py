@@ -3,14 +3,29 @@
 The signature (`model.sig`) is a Sigstore bundle holding a DSSE envelope over an in-toto
 statement of every file's sha256; it covers every file in the bundle, `.git*` files
 included, so nothing can be added beside the signed files unnoticed.
-This module does the `key` method: an EC P-256 key pair, created by `tapeout keys init`.
+
+Three methods, one signer value each:
+- `key` (`KeySigner`, or a plain key path): an EC P-256 key pair made by `tapeout keys init`;
+  the offline default. The signature names the key by the sha256 of its PEM public key.
+- `certificate` (`CertificateSigner`): an EC key with its leaf certificate and the chain up
+  to a root. Verification checks the chain against pinned roots *and* pins the leaf's subject
+  or SANs — any leaf under a trusted root would otherwise pass.
+- `sigstore` (`KeylessSigner`): keyless, with the ambient OIDC identity of CI (GitHub Actions
+  with `id-token: write`). Signing needs Fulcio and Rekor on the network; verification is
+  offline against a pinned trust config (`tapeout.artifacts.sigstore_trust`).
+
+`read_signature` says what a signature claims (method, key hint, certificate subject, SANs,
+OIDC issuer) without trusting it; the `verify_*` functions check it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tapeout.artifacts.digest import SIGNATURE_FILE
@@ -18,10 +33,15 @@ from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 PRIVATE_KEY_FILE = "signing-key.pem"
 PUBLIC_KEY_FILE = "signing-key.pub"
+METHODS = ("key", "certificate", "sigstore")
+# Fulcio's certificate extensions: the OIDC issuer (v2, DER UTF8String; v1, raw bytes).
+_FULCIO_ISSUER_V2 = "1.3.6.1.4.1.57264.1.8"
+_FULCIO_ISSUER_V1 = "1.3.6.1.4.1.57264.1.1"
+IDENTITY_TOKEN_VARIABLE = "TAPEOUT_SIGSTORE_IDENTITY_TOKEN"
 
 
 class VerificationFailed(TapeoutError):
-    """A bundle does not match its signature, or the signature is not from the expected key."""
+    """A bundle does not match its signature, or the signature is not from an allowed signer."""
 
     exit_code = 1
 
@@ -38,10 +58,63 @@ class KeyPair:
 
 @dataclass(frozen=True)
 class Verification:
-    """A successful verification: who signed, and how many files were checked."""
+    """A successful verification: who signed, by which method, how many files were checked."""
 
     signer: str
     files: int
+    method: str = "key"
+
+
+@dataclass(frozen=True)
+class KeySigner:
+    """Sign with an EC private key (the `key` method)."""
+
+    private_key: Path
+
+
+@dataclass(frozen=True)
+class CertificateSigner:
+    """Sign with an EC private key and its leaf certificate; `chain` holds the intermediates
+    (and optionally the root), leaf first order not required."""
+
+    private_key: Path
+    certificate: Path
+    chain: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeylessSigner:
+    """Sign keyless through Sigstore with CI's ambient OIDC identity.
+
+    `identity_token` (or `$TAPEOUT_SIGSTORE_IDENTITY_TOKEN`) takes precedence over the ambient
+    credential; without either, signing is refused rather than opening a browser.
+    """
+
+    trust_config: Path | None = None
+    oidc_issuer: str | None = None
+    identity_token: str | None = None
+
+
+Signer = Path | KeySigner | CertificateSigner | KeylessSigner
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """What `model.sig` claims about its signer — read, not yet trusted."""
+
+    method: str
+    key_hint: str | None = None
+    subject: str | None = None
+    sans: tuple[str, ...] = ()
+    issuer: str | None = None
+    certificates: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def describe(self) -> str:
+        if self.method == "key":
+            return f"an EC key (public key hint {self.key_hint})"
+        if self.method == "certificate":
+            return f"certificate subject {self.subject!r}, SANs {list(self.sans)}"
+        return f"keyless identity {', '.join(self.sans) or '?'} from issuer {self.issuer}"
 
 
 def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
@@ -86,24 +159,180 @@ def signer_identity(public_key: Path) -> str:
     return f"key:sha256:{hashlib.sha256(der).hexdigest()}"
 
 
+def key_hint(public_key: Path) -> str:
+    """model-signing's key hint: sha256 of the PEM SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = _load_public(public_key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(pem).hexdigest()
+
+
 def public_key_for(private_key: Path) -> bytes:
     """The PEM public key of a private key file, after checking it is a usable EC key."""
     return _public_pem(private_key)
 
 
-def sign_bundle(bundle: Path, private_key: Path) -> Path:
-    """Write `model.sig` over every file in `bundle`.
+# -- signing ------------------------------------------------------------------------------
+
+
+def sign_bundle(bundle: Path, signer: Signer) -> Path:
+    """Write `model.sig` over every file in `bundle`; `signer` is a key path or a signer value.
 
     Raises:
-        InvalidInput: the key is missing, unreadable, encrypted or not an EC P-256/P-384 key.
+        InvalidInput: a key or certificate is missing, unreadable, encrypted, not EC, or the
+            certificate does not belong to the key; keyless signing without an OIDC identity.
+        TapeoutError: keyless signing failed (Fulcio or Rekor unreachable or refused).
     """
     from model_signing import signing
 
-    _public_pem(private_key)  # fails clearly before model-signing's own, vaguer errors
+    if isinstance(signer, Path):
+        signer = KeySigner(signer)
     signature = bundle / SIGNATURE_FILE
     config = signing.Config().set_hashing_config(_hashing_config())
-    config.use_elliptic_key_signer(private_key=private_key).sign(bundle, signature)
+    if isinstance(signer, KeySigner):
+        _public_pem(signer.private_key)  # fails clearly before model-signing's own, vaguer errors
+        config.use_elliptic_key_signer(private_key=signer.private_key)
+    elif isinstance(signer, CertificateSigner):
+        _check_certificate_signer(signer)
+        config.use_certificate_signer(
+            private_key=signer.private_key,
+            signing_certificate=signer.certificate,
+            certificate_chain=list(signer.chain),
+        )
+    elif isinstance(signer, KeylessSigner):
+        _configure_keyless(config, signer)
+    else:
+        raise InvalidInput(f"unknown signer {signer!r}")
+    try:
+        config.sign(bundle, signature)
+    except TapeoutError:
+        raise
+    except Exception as error:
+        if isinstance(signer, KeylessSigner):
+            raise TapeoutError(
+                f"keyless signing through Sigstore failed ({type(error).__name__}: {error})"
+            ) from error
+        raise
     return signature
+
+
+def _configure_keyless(config, signer: KeylessSigner) -> None:
+    from tapeout.artifacts.sigstore_trust import trust_config_file
+
+    token = signer.identity_token or os.environ.get(IDENTITY_TOKEN_VARIABLE)
+    if not token:
+        from sigstore.oidc import detect_credential
+
+        try:
+            token = detect_credential()
+        except Exception as error:  # sigstore's IdentityError: a detector found a broken setup
+            raise InvalidInput(f"keyless signing: the ambient OIDC credential is unusable ({error})") from error
+    if not token:
+        raise InvalidInput(
+            "keyless signing needs an OIDC identity: run in CI with an ambient credential "
+            "(GitHub Actions: `permissions: id-token: write`) or set "
+            f"${IDENTITY_TOKEN_VARIABLE}; tapeout never opens a browser to sign"
+        )
+    trust_config = signer.trust_config or trust_config_file()
+    config.use_sigstore_signer(
+        oidc_issuer=signer.oidc_issuer,
+        use_ambient_credentials=False,
+        identity_token=token,
+        trust_config=trust_config,
+    )
+
+
+def _check_certificate_signer(signer: CertificateSigner) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    public = _public_pem(signer.private_key)
+    leaf = _read_certificates(signer.certificate)[0]
+    leaf_public = leaf.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if leaf_public != public:
+        raise InvalidInput(
+            f"{signer.certificate}: the certificate's public key does not match {signer.private_key}"
+        )
+    for path in signer.chain:
+        _read_certificates(path)
+
+
+# -- reading what a signature claims -------------------------------------------------------
+
+
+def read_signature(bundle: Path) -> SignatureInfo:
+    """What `bundle/model.sig` says about its signer, without verifying anything.
+
+    Raises:
+        VerificationFailed: no signature file, or one that is not a Sigstore bundle.
+    """
+    from cryptography import x509
+
+    path = bundle / SIGNATURE_FILE
+    if not path.is_file():
+        raise VerificationFailed(bundle, [f"no signature file {SIGNATURE_FILE}"])
+    try:
+        document = json.loads(path.read_text())
+        material = document["verificationMaterial"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise VerificationFailed(
+            bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle ({type(error).__name__}: {error})"]
+        ) from None
+    try:
+        if "publicKey" in material:
+            return SignatureInfo("key", key_hint=str(material["publicKey"].get("hint") or "") or None)
+        if "x509CertificateChain" in material:
+            raw = [base64.b64decode(item["rawBytes"]) for item in material["x509CertificateChain"]["certificates"]]
+            leaf = x509.load_der_x509_certificate(raw[0])
+            return SignatureInfo(
+                "certificate", subject=leaf.subject.rfc4514_string(), sans=_sans(leaf), certificates=tuple(raw)
+            )
+        if "certificate" in material:
+            raw = base64.b64decode(material["certificate"]["rawBytes"])
+            leaf = x509.load_der_x509_certificate(raw)
+            return SignatureInfo(
+                "sigstore", subject=leaf.subject.rfc4514_string(), sans=_sans(leaf),
+                issuer=_fulcio_issuer(leaf), certificates=(raw,),
+            )
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise VerificationFailed(
+            bundle, [f"{SIGNATURE_FILE}: unreadable verification material ({type(error).__name__}: {error})"]
+        ) from None
+    raise VerificationFailed(bundle, [f"{SIGNATURE_FILE}: no public key hint, certificate or chain in it"])
+
+
+def _sans(certificate) -> tuple[str, ...]:
+    from cryptography import x509
+
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(name.value) for name in names)
+
+
+def _fulcio_issuer(certificate) -> str | None:
+    from cryptography import x509
+
+    for extension in certificate.extensions:
+        oid = extension.oid.dotted_string
+        if oid not in (_FULCIO_ISSUER_V2, _FULCIO_ISSUER_V1):
+            continue
+        value = extension.value.value  # UnrecognizedExtension: raw bytes
+        if oid == _FULCIO_ISSUER_V2 and len(value) >= 2 and value[0] == 0x0C:
+            length, offset = value[1], 2  # DER UTF8String, short form (issuer URLs are short)
+            if length & 0x80:
+                count = length & 0x7F
+                length, offset = int.from_bytes(value[2 : 2 + count], "big"), 2 + count
+            return value[offset : offset + length].decode("utf-8", "replace")
+        return value.decode("utf-8", "replace")
+    return None
+
+
+# -- verifying ------------------------------------------------------------------------------
 
 
 def verify_bundle(bundle: Path, public_key: Path) -> Verification:
@@ -114,29 +343,126 @@ def verify_bundle(bundle: Path, public_key: Path) -> Verification:
             named); a symlink; or a signature not made by `public_key`.
         InvalidInput: the public key is missing or not an EC public key.
     """
-    from model_signing import verifying
-
     _load_public(public_key)
-    signature = bundle / SIGNATURE_FILE
+    identity = signer_identity(public_key)
+    _verify(bundle, lambda config: config.use_elliptic_key_verifier(public_key=public_key), "this key")
+    return Verification(identity, _count_files(bundle), "key")
+
+
+def verify_certificate(
+    bundle: Path,
+    roots: Sequence[Path],
+    *,
+    subjects: Iterable[str] = (),
+    sans: Iterable[str] = (),
+) -> Verification:
+    """Check `bundle` against a certificate signature whose chain ends in one of `roots`, and
+    whose leaf has one of the pinned `subjects` (RFC 4514, e.g. 'CN=release,O=Example') or
+    one of the pinned `sans` (e-mail, DNS or URI).
+
+    Raises:
+        VerificationFailed: the chain does not lead to a pinned root, the leaf is not allowed
+            to sign, its subject/SANs are not pinned, or any file differs (named).
+        InvalidInput: no roots, or neither subjects nor SANs pinned.
+    """
+    subjects, sans = tuple(subjects), tuple(sans)
+    if not roots:
+        raise InvalidInput("certificate verification needs at least one pinned root certificate")
+    if not subjects and not sans:
+        raise InvalidInput(
+            "certificate verification needs pinned subjects or SANs: any leaf under the root "
+            "would pass otherwise"
+        )
+    for root in roots:
+        _read_certificates(root)
+    _precheck(bundle)
+    info = read_signature(bundle)
+    if info.method != "certificate":
+        raise VerificationFailed(bundle, [f"expected a certificate signature, found one by {info.describe()}"])
+    if not (_subject_pinned(info.subject, subjects) or set(info.sans) & set(sans)):
+        raise VerificationFailed(
+            bundle,
+            [f"signer outside the policy: certificate subject {info.subject!r}, SANs {list(info.sans)}; "
+             f"allowed subjects {list(subjects)}, SANs {list(sans)}"],
+        )
+    _verify(
+        bundle,
+        lambda config: config.use_certificate_verifier(certificate_chain=list(roots)),
+        "the pinned certificate roots",
+    )
+    return Verification(certificate_identity(info), _count_files(bundle), "certificate")
+
+
+def verify_keyless(
+    bundle: Path, *, identity: str, issuer: str, trust_config: Path | None = None
+) -> Verification:
+    """Check a Sigstore keyless signature offline: the certificate chains to Fulcio in the
+    pinned trust config, the Rekor entry and timestamps check, the certificate names
+    `identity` (SAN) and `issuer` (OIDC issuer), and every file matches.
+
+    Raises:
+        VerificationFailed: any of the above, naming the file or the reason.
+    """
+    from tapeout.artifacts.sigstore_trust import trust_config_file
+
+    _precheck(bundle)
+    info = read_signature(bundle)
+    if info.method != "sigstore":
+        raise VerificationFailed(bundle, [f"expected a keyless Sigstore signature, found one by {info.describe()}"])
+    config_path = trust_config or trust_config_file()
+    _verify(
+        bundle,
+        lambda config: config.use_sigstore_verifier(
+            identity=identity, oidc_issuer=issuer, trust_config=config_path
+        ),
+        f"identity {identity} from {issuer}",
+    )
+    return Verification(f"sigstore:{identity} (issuer {issuer})", _count_files(bundle), "sigstore")
+
+
+def certificate_identity(info: SignatureInfo) -> str:
+    sans = f" SAN {','.join(info.sans)}" if info.sans else ""
+    return f"x509:{info.subject}{sans}"
+
+
+def _subject_pinned(subject: str | None, pinned: Sequence[str]) -> bool:
+    if subject is None:
+        return False
+
+    def normal(text: str) -> str:
+        return ",".join(part.strip() for part in text.split(","))
+
+    return normal(subject) in {normal(item) for item in pinned}
+
+
+def _precheck(bundle: Path) -> None:
     if not bundle.is_dir():
         raise VerificationFailed(bundle, ["not a bundle directory"])
-    if not signature.is_file():
+    if not (bundle / SIGNATURE_FILE).is_file():
         raise VerificationFailed(bundle, [f"no signature file {SIGNATURE_FILE}"])
     links = [path.relative_to(bundle).as_posix() for path in bundle.rglob("*") if path.is_symlink()]
     if links:
         raise VerificationFailed(bundle, [f"symbolic links are not allowed in a bundle: {links}"])
-    config = verifying.Config().set_hashing_config(_hashing_config())
-    config = config.use_elliptic_key_verifier(public_key=public_key)
+
+
+def _verify(bundle: Path, configure: Callable, expected: str) -> None:
+    from model_signing import verifying
+
+    _precheck(bundle)
+    config = configure(verifying.Config().set_hashing_config(_hashing_config()))
     try:
-        config.verify(bundle, signature)
+        config.verify(bundle, bundle / SIGNATURE_FILE)
     except ValueError as error:
         raise VerificationFailed(bundle, _reasons(str(error))) from None
-    except Exception as error:  # signature parsing / crypto errors from model-signing's stack
+    except Exception as error:  # signature parsing / crypto / chain errors from model-signing's stack
+        detail = str(error) or type(error).__name__
         raise VerificationFailed(
-            bundle, [f"signature is invalid or not made by this key ({type(error).__name__}: {error})"]
+            bundle, [f"signature is invalid or not made by {expected} ({type(error).__name__}: {detail})"]
         ) from None
-    files = sum(1 for path in bundle.rglob("*") if path.is_file() and path.name != SIGNATURE_FILE)
-    return Verification(signer_identity(public_key), files)
+
+
+def _count_files(bundle: Path) -> int:
+    return sum(1 for path in bundle.rglob("*") if path.is_file() and path.name != SIGNATURE_FILE)
 
 
 def _reasons(message: str) -> list[str]:
@@ -159,6 +485,18 @@ def _hashing_config():
 
     # Sign .git* files too: a bundle never legitimately holds them.
     return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+
+
+def _read_certificates(path: Path):
+    from cryptography import x509
+
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as error:
+        raise InvalidInput(f"{path}: cannot read the certificate ({error.strerror})") from error
+    except ValueError as error:
+        raise InvalidInput(f"{path}: expected PEM certificates ({error})") from error
+    return certificates
 
 
 def _public_pem(private_key: Path) -> bytes:

@@ -1,21 +1,54 @@
 """Trace: from a deployed artifact back to everything it was built from (DESIGN §3, §6).
 
 The record is read from the bundle itself (provenance, reports, manifests), checked afresh
-against its signature, and joined with what the registry knows about the version.
+against its signature and the trust policy, and joined with what the registry knows about
+the version and with the audit records of its promotions. A file found in the field is
+looked up by its sha256 among the versions' `artifact_sha256` tags.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 
-from tapeout.artifacts.digest import bundle_digest
-from tapeout.artifacts.registry import RegisteredVersion
-from tapeout.artifacts.signing import VerificationFailed, verify_bundle
+from tapeout.artifacts.audit import History
+from tapeout.artifacts.digest import bundle_digest, file_digest
+from tapeout.artifacts.policy import TrustPolicy
+from tapeout.artifacts.registry import RegisteredVersion, Registry
+from tapeout.artifacts.signing import VerificationFailed, read_signature
 from tapeout.compilers.errors import InvalidInput
 
+ARTIFACT_DIGESTS_TAG = "artifact_sha256"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-def trace_bundle(bundle: Path, version: RegisteredVersion | None, public_key: Path) -> dict:
+
+def versions_for_file(registry: Registry, path: Path) -> tuple[str, list[RegisteredVersion]]:
+    """(sha256 of `path`, every registered version whose compiled files include it)."""
+    digest = file_digest(path)
+    return digest, versions_for_digest(registry, digest)
+
+
+def versions_for_digest(registry: Registry, digest: str) -> list[RegisteredVersion]:
+    if not _SHA256.match(digest):
+        raise InvalidInput(f"expected a sha256 digest (64 lowercase hex digits), found {digest!r}")
+    found = registry._client.search_model_versions(f"tags.`{ARTIFACT_DIGESTS_TAG}` LIKE '%{digest}%'")
+    versions = [
+        registry.get_version(item.name, str(item.version))
+        for item in found
+        if digest in str(item.tags.get(ARTIFACT_DIGESTS_TAG, "")).split(",")
+    ]
+    return sorted(versions, key=lambda v: (v.name, int(v.version)))
+
+
+def trace_bundle(
+    bundle: Path,
+    version: RegisteredVersion | None,
+    policy: TrustPolicy,
+    history: History | None = None,
+) -> dict:
     """The auditor's record for one bundle.
 
     Raises:
@@ -23,22 +56,38 @@ def trace_bundle(bundle: Path, version: RegisteredVersion | None, public_key: Pa
             reports tampering; this is for folders that are not bundles at all).
     """
     try:
-        verification = verify_bundle(bundle, public_key)
-        verified = {"verified": True, "signer": verification.signer, "files": verification.files, "reasons": []}
+        verification = policy.verify(bundle, version.name if version else None)
+        verified = {
+            "verified": True, "signer": verification.signer, "method": verification.method,
+            "files": verification.files, "reasons": [], "policy": policy.source,
+        }
     except VerificationFailed as failure:
-        verified = {"verified": False, "signer": None, "files": None, "reasons": failure.reasons}
+        verified = {
+            "verified": False, "signer": None, "method": None, "files": None,
+            "reasons": failure.reasons, "policy": policy.source,
+        }
+    try:
+        claimed = read_signature(bundle).describe()
+    except VerificationFailed as failure:
+        claimed = "; ".join(failure.reasons)
     provenance = _json(bundle / "provenance.json")
     compiler = _json(bundle / "compiled" / "compiler.json")
     gates = _json(bundle / "reports" / "gates.json")
     calibration = _json(bundle / "calibration" / "manifest.json")
     table = _json(bundle / "calibration" / "table.json")
-    definition = provenance["predicate"]["buildDefinition"]
-    source = definition["resolvedDependencies"][0]
+    try:
+        definition = provenance["predicate"]["buildDefinition"]
+        source = definition["resolvedDependencies"][0]
+        run_details = provenance["predicate"]["runDetails"]
+    except (KeyError, IndexError, TypeError) as error:
+        raise InvalidInput(f"{bundle / 'provenance.json'}: not a SLSA provenance statement ({error!r})") from None
+    parameters = definition.get("externalParameters", {})
     record = {
-        "bundle": {"path": str(bundle), "digest": bundle_digest(bundle)},
+        # A registered bundle is traced from a temporary download: name where it is kept.
+        "bundle": {"path": version.source if version is not None else str(bundle), "digest": bundle_digest(bundle)},
         "source": {
-            "uri": source["uri"],
-            "commit": source["digest"]["gitCommit"],
+            "uri": source.get("uri"),
+            "commit": source.get("digest", {}).get("gitCommit"),
             "dirty": source.get("annotations", {}).get("dirty"),
         },
         "config": {
@@ -47,6 +96,8 @@ def trace_bundle(bundle: Path, version: RegisteredVersion | None, public_key: Pa
                 (m["digest"]["sha256"] for m in definition["resolvedDependencies"] if m.get("name") == "config/pipeline.yaml"),
                 None,
             ),
+            "target": parameters.get("target"),
+            "resolved": parameters.get("pipeline"),
         },
         "calibration_set": {
             "digest": calibration.get("digest"),
@@ -59,15 +110,22 @@ def trace_bundle(bundle: Path, version: RegisteredVersion | None, public_key: Pa
             "version": compiler.get("compiler_version"),
             "artifact_id": compiler.get("artifact_id"),
             "options": compiler.get("options"),
+            "files": {
+                name: file_digest(bundle / "compiled" / name)
+                for name in compiler.get("files", [])
+                if (bundle / "compiled" / name).is_file()
+            },
         },
         "firmware": {
             "revision": compiler.get("firmware_revision"),
             "minimum_revision": compiler.get("minimum_firmware_revision"),
         },
         "gates": gates,
-        "build": provenance["predicate"]["runDetails"],
+        "build": run_details,
         "environment": definition.get("internalParameters", {}).get("environment"),
+        "signature": {"claimed_signer": claimed},
         "verification": verified,
+        "traced_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if version is not None:
         record["registry"] = {
@@ -78,6 +136,14 @@ def trace_bundle(bundle: Path, version: RegisteredVersion | None, public_key: Pa
             "tags": dict(version.tags),
             "bundle_digest_matches_tag": version.tags.get("bundle_digest") == record["bundle"]["digest"],
         }
+    if history is not None:
+        record["promotions"] = {
+            "chain_ok": history.chain_ok,
+            "problems": list(history.problems),
+            "records": [
+                {key: value for key, value in vars(item).items()} for item in history.records
+            ],
+        }
     return record
 
 
@@ -87,13 +153,19 @@ def render_text(record: dict) -> str:
     if registry:
         aliases = f" (aliases: {', '.join(registry['aliases'])})" if registry["aliases"] else ""
         lines.append(f"{registry['name']} version {registry['version']}{aliases}, MLflow run {registry['run_id']}")
+    compiler = record["compiler"]
     lines += [
         f"bundle          {record['bundle']['digest']}  {record['bundle']['path']}",
         f"source          {record['source']['uri']}" + (" (dirty work tree)" if record["source"]["dirty"] else ""),
-        f"config          config/pipeline.yaml sha256 {record['config']['digest']}",
+        f"commit          {record['source']['commit']}",
+        f"config          config/pipeline.yaml sha256 {record['config']['digest']} (target {record['config'].get('target')})",
         f"calibration set {record['calibration_set']['digest']} ({record['calibration_set']['count']} samples, {record['calibration_set']['source']})",
-        f"quantization    {record['quantization']['method']}",
-        f"compiler        {record['compiler']['name']} {record['compiler']['version']} ({record['compiler']['artifact_id']}) options {record['compiler']['options']}",
+        f"quantization    {record['quantization']['method']} {record['quantization'].get('options') or ''}".rstrip(),
+        f"compiler        {compiler['name']} {compiler['version']} ({compiler['artifact_id']}) options {compiler['options']}",
+    ]
+    for name, digest in compiler.get("files", {}).items():
+        lines.append(f"                  compiled/{name} sha256 {digest}")
+    lines += [
         f"firmware        {record['firmware']['revision']} (artifact needs >= {record['firmware']['minimum_revision']})",
         f"gates           {record['gates'].get('verdict')} on validation set {record['gates'].get('validation_set_digest')}",
     ]
@@ -101,21 +173,137 @@ def render_text(record: dict) -> str:
         relation = "<=" if gate["bound"] == "max" else ">="
         lines.append(f"                  {gate['metric']}: {gate['observed']} {relation} {gate['threshold']}: {'pass' if gate['passed'] else 'FAIL'}")
     verification = record["verification"]
+    lines.append(f"signer          {record['signature']['claimed_signer']}")
     if verification["verified"]:
-        lines.append(f"signature       verified now: {verification['files']} files, signed by {verification['signer']}")
+        lines.append(
+            f"signature       verified now ({record['traced_at']}): {verification['files']} files, {verification['method']} "
+            f"signature by {verification['signer']} (policy: {verification['policy']})"
+        )
     else:
         lines.append("signature       FAILED: " + "; ".join(verification["reasons"]))
     if registry and not registry["bundle_digest_matches_tag"]:
         lines.append("registry        bundle digest differs from the version's tag")
     metadata = record["build"]["metadata"]
     lines.append(f"built           {metadata['startedOn']} .. {metadata['finishedOn']} (invocation {metadata['invocationId']})")
+    promotions = record.get("promotions")
+    if promotions is not None:
+        if not promotions["records"]:
+            lines.append("promotions      none recorded")
+        for index, item in enumerate(promotions["records"]):
+            lines.append(("promotions      " if index == 0 else " " * 16) + _history_line(item))
+        for problem in promotions["problems"]:
+            lines.append(f"audit log       BROKEN: {problem}")
     return "\n".join(lines)
+
+
+def _history_line(item: dict) -> str:
+    who = item["user"] + (f" as {item['actor']}" if item["actor"] else "")
+    moved = f"{item['from_version'] or '—'} → {item['to_version']}"
+    reason = f" \"{item['reason']}\"" if item["reason"] else ""
+    outcome = "" if item["outcome"] == "done" else f" [{item['outcome']}]"
+    return f"{item['when']} {item['action']:<8} {item['alias']}: {moved} by {who}{reason}{outcome}"
+
+
+def render_html(record: dict) -> str:
+    """One self-contained page (no scripts, no external resources) an auditor can file."""
+    e = html.escape
+    registry = record.get("registry")
+    title = (
+        f"{registry['name']} version {registry['version']}" if registry else f"bundle {record['bundle']['digest'][:16]}"
+    )
+    verification = record["verification"]
+    verdict = (
+        f"<p class=ok>Signature verified when this page was made ({e(record['traced_at'])}): {verification['files']} files, "
+        f"{e(str(verification['method']))} signature by {e(str(verification['signer']))}.</p>"
+        if verification["verified"]
+        else f"<p class=bad>Signature verification FAILED ({e(record['traced_at'])}): " + e("; ".join(verification["reasons"])) + "</p>"
+    )
+
+    def table(rows: list[tuple[str, object]]) -> str:
+        return "<table>" + "".join(
+            f"<tr><th>{e(name)}</th><td>{e(value if isinstance(value, str) else json.dumps(value, sort_keys=True))}</td></tr>"
+            for name, value in rows
+        ) + "</table>"
+
+    compiler = record["compiler"]
+    sections = [
+        ("Identity", table([
+            ("bundle digest", record["bundle"]["digest"]),
+            ("registered", f"{registry['name']} v{registry['version']} (aliases: {', '.join(registry['aliases']) or 'none'}), run {registry['run_id']}" if registry else "not looked up"),
+            ("signer (claimed)", record["signature"]["claimed_signer"]),
+            ("trust policy", verification["policy"]),
+        ])),
+        ("Source and config", table([
+            ("source", record["source"]["uri"]),
+            ("commit", record["source"]["commit"]),
+            ("dirty work tree", record["source"]["dirty"]),
+            ("config digest", record["config"]["digest"]),
+            ("target", record["config"].get("target")),
+            ("resolved config", record["config"].get("resolved")),
+        ])),
+        ("Calibration and quantization", table([
+            ("calibration set digest", record["calibration_set"]["digest"]),
+            ("samples", record["calibration_set"]["count"]),
+            ("source", record["calibration_set"]["source"]),
+            ("method", record["quantization"]["method"]),
+            ("options", record["quantization"].get("options")),
+        ])),
+        ("Compiler and firmware", table([
+            ("compiler", f"{compiler['name']} {compiler['version']}"),
+            ("artifact id", compiler["artifact_id"]),
+            ("options", compiler["options"]),
+            *[(f"compiled/{name}", digest) for name, digest in compiler.get("files", {}).items()],
+            ("firmware revision", record["firmware"]["revision"]),
+            ("minimum firmware", record["firmware"]["minimum_revision"]),
+        ])),
+        ("Gates", table(
+            [("verdict", record["gates"].get("verdict")), ("validation set", record["gates"].get("validation_set_digest"))]
+            + [
+                (gate["metric"], f"{gate['observed']} {'<=' if gate['bound'] == 'max' else '>='} {gate['threshold']}: {'pass' if gate['passed'] else 'FAIL'}")
+                for gate in record["gates"].get("gates", [])
+            ]
+        )),
+        ("Build", table([
+            ("builder", record["build"].get("builder")),
+            ("invocation", record["build"]["metadata"].get("invocationId")),
+            ("started", record["build"]["metadata"].get("startedOn")),
+            ("finished", record["build"]["metadata"].get("finishedOn")),
+            ("environment", record.get("environment")),
+        ])),
+    ]
+    promotions = record.get("promotions")
+    if promotions is not None:
+        rows = "".join(
+            "<tr>" + "".join(
+                f"<td>{e(str(item[key]))}</td>"
+                for key in ("when", "action", "alias", "from_version", "to_version", "user", "actor", "reason", "outcome", "verification", "record_digest")
+            ) + "</tr>"
+            for item in promotions["records"]
+        )
+        header = "".join(f"<th>{name}</th>" for name in ("when", "action", "alias", "from", "to", "user", "actor", "reason", "outcome", "verification", "record digest"))
+        broken = "".join(f"<p class=bad>Audit log broken: {e(problem)}</p>" for problem in promotions["problems"])
+        sections.append(("Promotion history", broken + (f"<table class=history><tr>{header}</tr>{rows}</table>" if rows else "<p>No promotions recorded.</p>")))
+    body = "".join(f"<h2>{e(name)}</h2>{content}" for name, content in sections)
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>tapeout trace: {e(title)}</title><style>"
+        "body{font:14px/1.4 system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;width:100%}th,td{border:1px solid #ccc;padding:.25em .5em;"
+        "text-align:left;vertical-align:top;word-break:break-all}th{width:14em;background:#f4f4f4}"
+        ".history th{width:auto}.ok{color:#075;font-weight:bold}.bad{color:#b00;font-weight:bold}"
+        "</style></head><body>"
+        f"<h1>tapeout trace: {e(title)}</h1>{verdict}{body}"
+        "</body></html>\n"
+    )
 
 
 def _json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        document = json.loads(path.read_text())
     except OSError as error:
         raise InvalidInput(f"{path}: missing from the bundle ({error.strerror})") from error
     except json.JSONDecodeError as error:
         raise InvalidInput(f"{path}: not JSON ({error})") from error
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{path}: expected a JSON object")
+    return document

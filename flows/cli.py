@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -89,24 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     compat.add_argument("--json", action="store_true")
     compat.set_defaults(func=_compat)
 
-    verify = commands.add_parser("verify", parents=[common], help="check hashes and signature")
-    verify.add_argument("reference", help="bundle folder, MODEL-TARGET@VERSION or @ALIAS")
-    verify.add_argument("--public-key", type=Path)
-    verify.add_argument("--tracking-uri")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(func=_verify)
+    from tapeout.artifacts.commands import add_commands as add_artifact_commands
 
-    trace = commands.add_parser("trace", parents=[common], help="an auditor's view of a version")
-    trace.add_argument("reference", help="MODEL-TARGET@VERSION, @ALIAS or a bundle folder")
-    trace.add_argument("--public-key", type=Path)
-    trace.add_argument("--tracking-uri")
-    trace.add_argument("--json", action="store_true")
-    trace.set_defaults(func=_trace)
+    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, keys
+    from tapeout.flows.triggers import add_commands as add_trigger_commands
 
-    keys = commands.add_parser("keys", parents=[common], help="signing keys")
-    key_commands = keys.add_subparsers(metavar="ACTION")
-    init = key_commands.add_parser("init", parents=[common], help="create the signing key")
-    init.set_defaults(func=_keys_init)
+    add_trigger_commands(commands, common)  # watch, hook install
     return parser
 
 
@@ -367,70 +354,6 @@ def _compat(args: argparse.Namespace) -> int:
     for op in op_types:
         cells = "  ".join(("yes" if matrix[name][op] else "NO").center(len(name)) for name in names)
         print(f"{op:<{width}}  {cells}")
-    return 0
-
-
-# -- verification and trace ----------------------------------------------------------------
-
-
-def _public_key(args: argparse.Namespace) -> Path:
-    from tapeout.artifacts.signing import PUBLIC_KEY_FILE
-
-    return args.public_key or args.home_path / "keys" / PUBLIC_KEY_FILE
-
-
-def _registry(args: argparse.Namespace):
-    from tapeout.artifacts.registry import Registry
-
-    uri = args.tracking_uri or environment.default_tracking_uri(args.home_path)
-    return Registry(uri, args.home_path / "artifacts")
-
-
-@contextlib.contextmanager
-def _bundle_for(args: argparse.Namespace):
-    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
-    candidate = Path(args.reference)
-    if candidate.is_dir():
-        yield candidate, None
-        return
-    registry = _registry(args)
-    version = registry.resolve(args.reference)
-    with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
-        yield registry.download_bundle(version, Path(scratch)), version
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.signing import verify_bundle
-
-    with _bundle_for(args) as (bundle, version):
-        result = verify_bundle(bundle, _public_key(args))
-    where = f"{version.name} version {version.version}" if version else str(bundle)
-    if args.json:
-        print(json.dumps({"verified": True, "bundle": where, "signer": result.signer, "files": result.files}))
-    else:
-        print(f"verified {where}: {result.files} files match the signature by {result.signer}")
-    return 0
-
-
-def _trace(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.trace import render_text, trace_bundle
-
-    with _bundle_for(args) as (bundle, version):
-        record = trace_bundle(bundle, version, _public_key(args))
-    if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
-    else:
-        print(render_text(record))
-    return 0 if record["verification"]["verified"] else 1
-
-
-def _keys_init(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.signing import init_keys, signer_identity
-
-    pair, created = init_keys(args.home_path / "keys")
-    state = "created" if created else "exists"
-    print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
-    print(f"signer identity: {signer_identity(pair.public_key)}")
     return 0
 
 

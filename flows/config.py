@@ -121,8 +121,38 @@ class TargetConfig(_Strict):
 
 
 class SigningConfig(_Strict):
-    method: Literal["key"] = "key"
-    private_key: str | None = Field(default=None, description="default: <home>/keys/signing-key.pem")
+    """How bundles are signed (DESIGN §6): `key` (offline default), `certificate` (key + leaf
+    certificate + chain) or `sigstore` (keyless, CI's ambient OIDC identity)."""
+
+    method: Literal["key", "certificate", "sigstore"] = "key"
+    private_key: str | None = Field(
+        default=None, description="key/certificate: EC private key; key default: <home>/keys/signing-key.pem"
+    )
+    certificate: str | None = Field(default=None, description="certificate: the leaf certificate (PEM)")
+    certificate_chain: list[str] = Field(
+        default_factory=list, description="certificate: intermediate (and root) certificates (PEM)"
+    )
+    trust_config: str | None = Field(
+        default=None, description="sigstore: ClientTrustConfig JSON (default: the one shipped with tapeout)"
+    )
+    oidc_issuer: str | None = Field(default=None, description="sigstore: OIDC issuer (default: the trust config's)")
+    policy: str | None = Field(
+        default=None, description="trust policy YAML the build's own signature must satisfy before registering"
+    )
+
+    @model_validator(mode="after")
+    def _fields_fit_method(self) -> "SigningConfig":
+        certificate_fields = self.certificate is not None or bool(self.certificate_chain)
+        keyless_fields = self.trust_config is not None or self.oidc_issuer is not None
+        if self.method == "certificate" and (self.private_key is None or self.certificate is None):
+            raise ValueError("method certificate needs 'private_key' and 'certificate'")
+        if self.method != "certificate" and certificate_fields:
+            raise ValueError(f"'certificate' and 'certificate_chain' need method certificate, not {self.method}")
+        if self.method != "sigstore" and keyless_fields:
+            raise ValueError(f"'trust_config' and 'oidc_issuer' need method sigstore, not {self.method}")
+        if self.method == "sigstore" and self.private_key is not None:
+            raise ValueError("method sigstore is keyless: remove 'private_key'")
+        return self
 
 
 class RegistryConfig(_Strict):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 # Set before Prefect or MLflow is imported: both read their settings at import time.
-_QUIET = {
+QUIET_ENVIRONMENT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -39,7 +39,7 @@ def configure(home: Path | None = None) -> Path:
     """
     home = (home or tapeout_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    for name, value in _QUIET.items():
+    for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault(

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -90,19 +91,32 @@ def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
     )
 
 
-def calibrate_stage(pipeline: Pipeline, model: ExportedModel, workdir: Path) -> Calibrated:
+def calibration_set(pipeline: Pipeline, model: ExportedModel) -> SampleSet:
+    """Open and validate the calibration set against the model, before any model runs."""
     settings = pipeline.config.calibration
-    samples = load_sample_set(
-        pipeline.resolve(settings.set), model.inputs, minimum_count=settings.samples
-    )
+    return load_sample_set(pipeline.resolve(settings.set), model.inputs, minimum_count=settings.samples)
+
+
+def calibrate_stage(
+    pipeline: Pipeline, model: ExportedModel, samples: SampleSet, workdir: Path
+) -> Calibrated:
     table = calibrate(
         model.path,
         samples,
-        method=settings.method,
+        method=pipeline.config.calibration.method,
         batch_size=pipeline.batch_size,
-        workdir=workdir / "calibration",
+        workdir=workdir / "work",
     )
-    return Calibrated(samples, table, table.write(workdir / "table.json"))
+    # Keep the set with its table: the stage's output must outlive the checkout it came from
+    # (a watcher builds from worktrees it removes afterwards).
+    kept = workdir / "set" / samples.path.name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if samples.path.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(samples.path, kept, symlinks=False)
+    else:
+        shutil.copyfile(samples.path, kept)
+    return Calibrated(replace(samples, path=kept), table, table.write(workdir / "table.json"))
 
 
 def quantize_stage(model: ExportedModel, calibrated: Calibrated, workdir: Path) -> QuantizedModel:
@@ -141,6 +155,12 @@ def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSe
     return samples, predict(_Float(), samples, model.inputs)
 
 
+def predictions_digest(predictions: Predictions) -> str:
+    import hashlib
+
+    return hashlib.sha256(predictions.top1.astype("<i8").tobytes()).hexdigest()
+
+
 def compile_stage(model: QuantizedModel, target: TargetProfile, workdir: Path) -> CompiledArtifact:
     """Compile for one target with its plugin, and check the artifact fits the firmware.
 
@@ -157,21 +177,20 @@ def compile_stage(model: QuantizedModel, target: TargetProfile, workdir: Path) -
     return artifact
 
 
-def gate_stage(
-    pipeline: Pipeline,
-    target: TargetConfig,
-    artifact: CompiledArtifact,
-    validation: SampleSet,
-    reference: Predictions,
-) -> Gated:
+def evaluate_stage(
+    artifact: CompiledArtifact, validation: SampleSet, reference: Predictions
+) -> Evaluation:
     runner = load_compiler(artifact.compiler).load(artifact)
-    evaluation = evaluate(
+    return evaluate(
         runner,
         validation,
         artifact.inputs,
         reference,
         [artifact.directory / name for name in artifact.files],
     )
+
+
+def gate_stage(pipeline: Pipeline, target: TargetConfig, evaluation: Evaluation) -> Gated:
     return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics))
 
 
@@ -238,13 +257,40 @@ def version_tags(
     bundle: Bundle,
     public_key: Path,
 ) -> dict[str, str]:
-    """What a registered version carries (DESIGN §7): enough for `trace` without the bundle."""
+    """What a registered version carries (DESIGN §7): enough for `trace` without the bundle.
+
+    `artifact_sha256` lists the compiled files' digests (comma-separated) so that
+    `tapeout trace FILE` finds the version of a file found in the field; `signer` is what the
+    bundle's signature names (key fingerprint, certificate subject or keyless identity).
+
+    Raises:
+        VerificationFailed: `signing.policy` is set and does not admit the bundle's signer.
+    """
+    from tapeout.artifacts.digest import file_digest
+    from tapeout.artifacts.policy import load_policy
+    from tapeout.artifacts.signing import certificate_identity, read_signature
+
+    if pipeline.config.signing.policy:
+        # The build's own signature must satisfy the configured trust policy, or nothing is
+        # registered (raises VerificationFailed naming the signer and the policy).
+        policy = load_policy(pipeline.resolve(pipeline.config.signing.policy))
+        policy.verify(bundle.path, registered_name(pipeline.config.model.name, target.name))
+    claimed = read_signature(bundle.path)
+    if claimed.method == "key":
+        signer = signer_identity(public_key)
+    elif claimed.method == "certificate":
+        signer = certificate_identity(claimed)
+    else:
+        signer = f"sigstore:{','.join(claimed.sans)} (issuer {claimed.issuer})"
+    compiled = bundle.path / "compiled"
     return {
+        "signing_method": claimed.method,
+        "artifact_sha256": ",".join(file_digest(compiled / name) for name in artifact.files),
         "commit": source.commit,
         "source_dirty": str(source.dirty).lower(),
         "config_digest": pipeline.digest(target),
         "bundle_digest": bundle.digest,
-        "signer": signer_identity(public_key),
+        "signer": signer,
         "gate_verdict": "pass",
         "compiler": artifact.compiler,
         "compiler_version": artifact.compiler_version,
@@ -317,8 +363,17 @@ def register_stage(
     bundle: Bundle,
     tags: Mapping[str, str],
 ) -> RegisteredVersion:
-    """Log the run with its bundle, then register the version and move `candidate` to it."""
+    """Log the run with its bundle, then register the version and move `candidate` to it.
+
+    Idempotent: when a version for this (commit, config) exists — an earlier attempt, or a
+    concurrent run that got there first — that version is returned and nothing is added.
+    """
     name = registered_name(pipeline.config.model.name, target.name)
+    identity = {"commit": tags["commit"], "config_digest": tags["config_digest"]}
+    if not source.dirty:
+        existing = registry.find_version(name, identity)
+        if existing is not None:
+            return existing
     run_id = registry.start_run(
         pipeline.config.model.name,
         f"{source.commit[:12]}-{target.name}",
@@ -327,9 +382,11 @@ def register_stage(
     try:
         registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
         registry.log_directory(run_id, bundle.path, "bundle")
-        version = registry.register(name, run_id, tags)
+        version = registry.register(name, run_id, tags, unique_by=None if source.dirty else identity)
     except BaseException:
         registry.end_run(run_id, "FAILED")
         raise
+    if version.run_id != run_id:
+        registry.log(run_id, tags={"superseded_by": f"{name}/{version.version}"})
     registry.end_run(run_id, "FINISHED")
     return version

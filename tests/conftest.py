@@ -16,7 +16,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 EXAMPLE = REPOSITORY / "examples" / "digits"
 
 # Quiet and offline before Prefect or MLflow is first imported by any test.
-for _name, _value in environment._QUIET.items():
+for _name, _value in environment.QUIET_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 
 

@@ -63,3 +63,28 @@ def test_references_that_name_nothing_are_clear(registry, run_with_bundle):
 
 def test_candidate_alias_name_is_the_design_name():
     assert CANDIDATE_ALIAS == "candidate"
+
+
+def test_registrations_of_the_same_build_converge_on_the_lowest_version(registry, tmp_path):
+    """Two runs of one (commit, config) register concurrently: the later one finds the earlier
+    version, deletes its own, and both report the same version; the alias never points at
+    the deleted one."""
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "f").write_text("x")
+    identity = {"commit": "abc", "config_digest": "d1"}
+    runs = []
+    for name in ("first", "second"):
+        run_id = registry.start_run("digits-cnn", name, {})
+        registry.log_directory(run_id, bundle, "bundle")
+        runs.append(run_id)
+    first = registry.register("digits-cnn-cpu", runs[0], identity, unique_by=identity)
+    second = registry.register("digits-cnn-cpu", runs[1], identity, unique_by=identity)
+    assert first.version == second.version == "1"
+    assert second.run_id == runs[0]
+    versions = registry._client.search_model_versions("name = 'digits-cnn-cpu'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert registry.resolve("digits-cnn-cpu@candidate").version == "1"
+    other = registry.register("digits-cnn-cpu", runs[1], {"commit": "def", "config_digest": "d1"},
+                              unique_by={"commit": "def", "config_digest": "d1"})
+    assert int(other.version) > 1  # MLflow never reuses a deleted version number

@@ -13,6 +13,11 @@ from conftest import EXAMPLE
 VALID = (EXAMPLE / "pipeline.yaml").read_text()
 
 
+def cpu_target_block() -> str:
+    start = VALID.index("  - name: cpu\n")
+    return VALID[start : VALID.index("  - name:", start + 1)]
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(text)
@@ -24,7 +29,7 @@ def test_example_pipeline_loads_with_paths_relative_to_the_file():
     assert pipeline.config.model.name == "digits-cnn"
     assert pipeline.inputs[0].shape == (1, 1, 16, 16)
     assert pipeline.resolve(pipeline.config.calibration.set) == EXAMPLE / "data" / "calibration.npz"
-    assert [t.name for t in pipeline.config.targets] == ["cpu"]
+    assert [t.name for t in pipeline.config.targets][0] == "cpu"
 
 
 def test_unknown_field_is_named_with_its_line(tmp_path):
@@ -89,16 +94,16 @@ def test_malformed_yaml_names_the_line(tmp_path):
 
 
 def test_duplicate_target_names_are_refused(tmp_path):
-    target = VALID[VALID.index("  - name: cpu") : VALID.index("\ngates:")]
-    text = VALID.replace(target, target + "\n" + target)
+    target = cpu_target_block()
+    text = VALID.replace(target, target + target)
     with pytest.raises(ConfigError, match="unique"):
         load_pipeline(write(tmp_path, text))
 
 
 def test_per_target_digest_ignores_other_targets(tmp_path):
-    target = VALID[VALID.index("  - name: cpu") : VALID.index("\ngates:")]
+    target = cpu_target_block()
     one = load_pipeline(write(tmp_path, VALID))
-    two_text = VALID.replace(target, target + "\n" + target.replace("name: cpu", "name: cpu2").replace("threads: 1", "threads: 2"))
+    two_text = VALID.replace(target, target + target.replace("name: cpu", "name: cpu2").replace("threads: 1", "threads: 2"))
     two = load_pipeline(write(tmp_path, two_text))
     assert one.digest(one.config.targets[0]) == two.digest(two.config.targets[0])
     assert two.digest(two.config.targets[0]) != two.digest(two.config.targets[1])

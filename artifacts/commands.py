@@ -1,0 +1,287 @@
+"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, keys.
+
+`add_commands(subparsers, common)` adds them to the main parser (flows/cli.py). Each handler
+takes the parsed arguments (with `home_path` set by `main`) and returns the exit code; errors
+are TapeoutError subclasses that `main` prints as one line: exit 1 for a failed verification
+or a refused promotion, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from tapeout.compilers.errors import InvalidInput, TapeoutError
+
+_DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+
+
+class NotRegistered(TapeoutError):
+    """A file or digest from the field that no registered version contains."""
+
+    exit_code = 1
+
+
+def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument("--policy", type=Path, help="trust policy YAML (default: <home>/trust-policy.yaml, else the home's key)")
+    trust.add_argument("--public-key", type=Path, help="trust exactly this EC public key")
+    trust.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)")
+
+    verify = subparsers.add_parser("verify", parents=[common, trust], help="check hashes and signature")
+    verify.add_argument("reference", help="bundle folder, MODEL-TARGET@VERSION or @ALIAS")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=verify_command)
+
+    trace = subparsers.add_parser("trace", parents=[common, trust], help="an auditor's view of a version")
+    trace.add_argument(
+        "reference",
+        help="MODEL-TARGET@VERSION, @ALIAS, a bundle folder, a compiled file found in the field, or its sha256",
+    )
+    trace.add_argument("--json", action="store_true", help="print one JSON object")
+    trace.add_argument("--html", type=Path, metavar="FILE", help="also write a one-page HTML report")
+    trace.set_defaults(func=trace_command)
+
+    promote = subparsers.add_parser(
+        "promote", parents=[common, trust], help="move an alias to a verified, gate-passed version"
+    )
+    promote.add_argument("reference", help="MODEL-TARGET@VERSION (or @ALIAS)")
+    promote.add_argument("--to", dest="alias", required=True, help="alias to move, e.g. production")
+    promote.add_argument("--reason", default="", help="why, for the audit record")
+    promote.add_argument("--firmware", help="the deployed firmware revision (default: the one it was built for)")
+    promote.add_argument("--actor", default="", help="who asked, recorded beside the OS user")
+    promote.add_argument("--json", action="store_true")
+    promote.set_defaults(func=promote_command)
+
+    rollback = subparsers.add_parser(
+        "rollback", parents=[common, trust], help="move an alias back to the previously promoted version"
+    )
+    rollback.add_argument("name", metavar="MODEL-TARGET")
+    rollback.add_argument("--alias", default="production")
+    rollback.add_argument("--reason", default="")
+    rollback.add_argument("--actor", default="")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(func=rollback_command)
+
+    pull = subparsers.add_parser("pull", parents=[common, trust], help="download and verify a bundle")
+    pull.add_argument("reference", help="MODEL-TARGET@VERSION or @ALIAS")
+    pull.add_argument("-o", "--output", type=Path, required=True, help="new or empty folder")
+    pull.set_defaults(func=pull_command)
+
+    keys = subparsers.add_parser("keys", parents=[common], help="signing keys")
+    key_commands = keys.add_subparsers(metavar="ACTION")
+    init = key_commands.add_parser("init", parents=[common], help="create the signing key")
+    init.set_defaults(func=keys_init_command)
+
+
+# -- shared ------------------------------------------------------------------------------------
+
+
+def _policy(args: argparse.Namespace):
+    from tapeout.artifacts.policy import policy_for
+
+    return policy_for(args.home_path, args.policy, args.public_key)
+
+
+def _registry(args: argparse.Namespace):
+    from tapeout.artifacts.registry import Registry
+    from tapeout.flows.environment import default_tracking_uri
+
+    # MLflow draws download progress bars on stdout, which would corrupt --json output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = args.tracking_uri or default_tracking_uri(args.home_path)
+    return Registry(uri, args.home_path / "artifacts")
+
+
+@contextlib.contextmanager
+def _bundle_for(args: argparse.Namespace):
+    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
+    candidate = Path(args.reference)
+    if candidate.is_dir():
+        yield candidate, None
+        return
+    if candidate.exists():
+        raise InvalidInput(f"{candidate}: expected a bundle folder or MODEL-TARGET@VERSION")
+    registry = _registry(args)
+    version = registry.resolve(args.reference)
+    with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
+        yield registry.download_bundle(version, Path(scratch)), version
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.digest import bundle_digest
+    from tapeout.artifacts.signing import VerificationFailed
+
+    policy = _policy(args)
+    with _bundle_for(args) as (bundle, version):
+        result = policy.verify(bundle, version.name if version else None)
+        if version is not None:
+            digest = bundle_digest(bundle)
+            if digest != version.tags.get("bundle_digest"):
+                raise VerificationFailed(
+                    bundle,
+                    [f"bundle hashes to {digest} but {version.name} version {version.version} "
+                     f"is tagged bundle_digest={version.tags.get('bundle_digest')}"],
+                )
+    where = f"{version.name} version {version.version}" if version else str(bundle)
+    if args.json:
+        print(json.dumps({
+            "verified": True, "bundle": where, "signer": result.signer, "method": result.method,
+            "files": result.files, "policy": policy.source,
+        }))
+    else:
+        print(f"verified {where}: {result.files} files match the signature ({result.method}) by {result.signer}")
+    return 0
+
+
+# -- trace -------------------------------------------------------------------------------------
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.audit import read_history
+    from tapeout.artifacts.trace import render_html, render_text, trace_bundle
+
+    policy = _policy(args)
+    lookup = None
+    reference = args.reference
+    path = Path(reference)
+    if path.is_file() or (not path.exists() and _DIGEST.match(reference)):
+        lookup, reference = _lookup(args, path if path.is_file() else None, reference)
+    registry = None
+    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version):
+        if version is None:
+            registry, version = _version_of_folder(args, bundle)
+        registry = registry or (_registry(args) if version is not None else None)
+        history = read_history(registry, version.name) if version is not None else None
+        record = trace_bundle(bundle, version, policy, history)
+    if lookup is not None:
+        record["lookup"] = lookup
+    if args.html:
+        args.html.write_text(render_html(record))
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        if lookup is not None:
+            print(f"{lookup['file'] or 'digest'} sha256 {lookup['sha256']} is in {', '.join(lookup['matches'])}")
+        print(render_text(record))
+        if args.html:
+            print(f"report written to {args.html}")
+    registry_ok = record.get("registry", {}).get("bundle_digest_matches_tag", True)
+    history_ok = record.get("promotions", {}).get("chain_ok", True)
+    return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
+
+
+def _lookup(args: argparse.Namespace, path: Path | None, reference: str) -> tuple[dict, str]:
+    from tapeout.artifacts.digest import file_digest
+    from tapeout.artifacts.trace import versions_for_digest
+
+    digest = file_digest(path) if path is not None else reference.removeprefix("sha256:")
+    versions = versions_for_digest(_registry(args), digest)
+    if not versions:
+        raise NotRegistered(
+            f"{path or 'digest'}: sha256 {digest} is not a compiled file of any registered version "
+            "(versions are searched by their artifact_sha256 tag)"
+        )
+    matches = [f"{v.name}@{v.version}" for v in versions]
+    newest = max(versions, key=lambda v: int(v.version))
+    return {"file": str(path) if path else None, "sha256": digest, "matches": matches}, f"{newest.name}@{newest.version}"
+
+
+def _version_of_folder(args: argparse.Namespace, bundle: Path):
+    """A bundle folder's registered version, found by its model name and bundle digest."""
+    from tapeout.artifacts.digest import bundle_digest
+    from tapeout.artifacts.policy import bundle_model_name
+
+    name = bundle_model_name(bundle)
+    if name is None:
+        return None, None
+    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
+        return None, None  # no local registry: do not create one just to look
+    try:
+        registry = _registry(args)
+        return registry, registry.find_version(name, {"bundle_digest": bundle_digest(bundle)})
+    except Exception:  # no registry here: the folder is traced on its own
+        return None, None
+
+
+# -- promote, rollback, pull ---------------------------------------------------------------------
+
+
+def _outcome_json(outcome) -> dict:
+    return {
+        "name": outcome.name,
+        "alias": outcome.alias,
+        "from_version": outcome.from_version,
+        "to_version": outcome.to_version,
+        "changed": outcome.record is not None,
+        "checks": [asdict(check) for check in outcome.checked.checks],
+        "signer": outcome.checked.signer,
+        "record": asdict(outcome.record) if outcome.record else None,
+    }
+
+
+def _print_outcome(outcome, verb: str) -> None:
+    for check in outcome.checked.checks:
+        print(f"  ok  {check.name}: {check.detail}")
+    if outcome.record is None:
+        print(f"{outcome.name} version {outcome.to_version} is already {outcome.alias}; nothing changed")
+    else:
+        print(
+            f"{verb} {outcome.name} {outcome.alias}: version {outcome.from_version or '(none)'} → "
+            f"{outcome.to_version} (audit record {outcome.record.record_id})"
+        )
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.promotion import promote
+
+    outcome = promote(
+        _registry(args), args.reference, args.alias, _policy(args),
+        firmware=args.firmware, reason=args.reason, actor=args.actor,
+    )
+    if args.json:
+        print(json.dumps(_outcome_json(outcome), indent=2))
+    else:
+        _print_outcome(outcome, "promoted")
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.promotion import rollback
+
+    outcome = rollback(_registry(args), args.name, args.alias, _policy(args), reason=args.reason, actor=args.actor)
+    if args.json:
+        print(json.dumps(_outcome_json(outcome), indent=2))
+    else:
+        _print_outcome(outcome, "rolled back")
+    return 0
+
+
+def pull_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.promotion import pull
+
+    version, output, signer = pull(_registry(args), args.reference, _policy(args), args.output)
+    print(f"pulled {version.name} version {version.version} into {output}, verified: signed by {signer}")
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def keys_init_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.signing import init_keys, signer_identity
+
+    pair, created = init_keys(args.home_path / "keys")
+    state = "created" if created else "exists"
+    print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
+    print(f"signer identity: {signer_identity(pair.public_key)}")
+    return 0

@@ -1,0 +1,215 @@
+"""The trust policy: who may sign what (DESIGN §6).
+
+A YAML file lists, per registered model (`<model>-<target>`, shell-style patterns), the signers
+whose signatures `verify`, `trace`, `promote`, `rollback` and `pull` accept:
+
+```yaml
+version: 1
+models:
+  - match: "digits-cnn-*"
+    keys: [keys/release.pub]                 # EC public keys (paths relative to this file)
+    certificates:
+      roots: [pki/root.pem]                  # trust anchors; the chain rides in model.sig
+      subjects: ["CN=tapeout release,O=Example"]   # pinned leaf subjects (RFC 4514) ...
+      sans: [release@example.com]            # ... and/or pinned SANs; one of them is required
+    sigstore:
+      trust_config: null                     # default: the one shipped with tapeout
+      identities:
+        - identity: https://github.com/example/models/.github/workflows/release.yml@refs/heads/main
+          issuer: https://token.actions.githubusercontent.com
+```
+
+Without a policy file the default policy trusts one key — the home's `keys/signing-key.pub`
+(or `--public-key`) — for every model, which is what a local build signs with.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tapeout.artifacts.signing import (
+    PUBLIC_KEY_FILE,
+    Verification,
+    VerificationFailed,
+    key_hint,
+    read_signature,
+    signer_identity,
+    verify_bundle,
+    verify_certificate,
+    verify_keyless,
+)
+from tapeout.compilers.errors import InvalidInput
+
+POLICY_FILE = "trust-policy.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CertificateRule(_Strict):
+    roots: list[str] = Field(min_length=1)
+    subjects: list[str] = Field(default_factory=list)
+    sans: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "CertificateRule":
+        if not self.subjects and not self.sans:
+            raise ValueError("pin at least one subject or SAN: any leaf under the root would pass otherwise")
+        return self
+
+
+class KeylessIdentity(_Strict):
+    identity: str
+    issuer: str
+
+
+class SigstoreRule(_Strict):
+    trust_config: str | None = None
+    identities: list[KeylessIdentity] = Field(min_length=1)
+
+
+class ModelRule(_Strict):
+    match: str = "*"
+    keys: list[str] = Field(default_factory=list)
+    certificates: CertificateRule | None = None
+    sigstore: SigstoreRule | None = None
+
+
+class PolicyDocument(_Strict):
+    version: Literal[1] = 1
+    models: list[ModelRule] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """A loaded policy: its rules with every path made absolute, and where it came from."""
+
+    source: str
+    rules: tuple[ModelRule, ...]
+    base: Path
+
+    @classmethod
+    def single_key(cls, public_key: Path) -> "TrustPolicy":
+        public_key = public_key.resolve()
+        return cls(f"default: the key {public_key}", (ModelRule(match="*", keys=[str(public_key)]),), public_key.parent)
+
+    def rules_for(self, model: str | None) -> list[ModelRule]:
+        return [
+            rule for rule in self.rules
+            if rule.match == "*" or (model is not None and fnmatch.fnmatchcase(model, rule.match))
+        ]
+
+    def _path(self, text: str) -> Path:
+        return (self.base / text).resolve()
+
+    def verify(self, bundle: Path, model: str | None = None) -> Verification:
+        """Verify `bundle` with the signer the policy allows for `model` (default: the model
+        named in the bundle's provenance).
+
+        Raises:
+            VerificationFailed: the signer is outside the policy, or the signature or any
+                file does not check (named).
+            InvalidInput: a key, certificate or trust config the policy names is unreadable.
+        """
+        model = model or bundle_model_name(bundle)
+        info = read_signature(bundle)
+        rules = self.rules_for(model)
+        who = f"for {model}" if model else "for this bundle"
+        if info.method == "key":
+            keys = [self._path(key) for rule in rules for key in rule.keys]
+            for key in keys:
+                if key_hint(key) == info.key_hint:
+                    return verify_bundle(bundle, key)
+            allowed = [signer_identity(key) for key in keys]
+            raise VerificationFailed(
+                bundle,
+                [f"signer outside the policy: signed by an EC key with hint {info.key_hint}; "
+                 f"the policy ({self.source}) allows {who}: {allowed or 'no keys'}"],
+            )
+        if info.method == "certificate":
+            certificate_rules = [rule.certificates for rule in rules if rule.certificates]
+            for rule in certificate_rules:
+                if _subject_in(info.subject, rule.subjects) or set(info.sans) & set(rule.sans):
+                    return verify_certificate(
+                        bundle, [self._path(root) for root in rule.roots], subjects=rule.subjects, sans=rule.sans
+                    )
+            allowed = [{"subjects": rule.subjects, "sans": rule.sans} for rule in certificate_rules]
+            raise VerificationFailed(
+                bundle,
+                [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
+                 f"{who}: {allowed or 'no certificate signers'}"],
+            )
+        keyless_rules = [rule.sigstore for rule in rules if rule.sigstore]
+        for rule in keyless_rules:
+            for allowed_identity in rule.identities:
+                if allowed_identity.identity in info.sans and allowed_identity.issuer == info.issuer:
+                    return verify_keyless(
+                        bundle,
+                        identity=allowed_identity.identity,
+                        issuer=allowed_identity.issuer,
+                        trust_config=self._path(rule.trust_config) if rule.trust_config else None,
+                    )
+        allowed = [f"{i.identity} ({i.issuer})" for rule in keyless_rules for i in rule.identities]
+        raise VerificationFailed(
+            bundle,
+            [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
+             f"{who}: {allowed or 'no keyless identities'}"],
+        )
+
+
+def load_policy(path: Path) -> TrustPolicy:
+    """Read and validate a policy file.
+
+    Raises:
+        InvalidInput: unreadable, not YAML, or a field is unknown, missing or wrong (named).
+    """
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InvalidInput(f"{path}: cannot read the trust policy ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"{path}: the trust policy is not valid YAML ({error})") from error
+    try:
+        parsed = PolicyDocument.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top)"
+        raise InvalidInput(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    return TrustPolicy(str(path.resolve()), tuple(parsed.models), path.resolve().parent)
+
+
+def policy_for(home: Path, policy: Path | None = None, public_key: Path | None = None) -> TrustPolicy:
+    """The policy a command uses: `--policy`, else `--public-key` alone, else
+    `<home>/trust-policy.yaml` when present, else the home's own key."""
+    if policy is not None:
+        return load_policy(policy)
+    if public_key is not None:
+        return TrustPolicy.single_key(public_key)
+    if (home / POLICY_FILE).is_file():
+        return load_policy(home / POLICY_FILE)
+    return TrustPolicy.single_key(home / "keys" / PUBLIC_KEY_FILE)
+
+
+def bundle_model_name(bundle: Path) -> str | None:
+    """`<model>-<target>` from the bundle's provenance (its external parameters), if readable."""
+    try:
+        provenance = json.loads((bundle / "provenance.json").read_text())
+        parameters = provenance["predicate"]["buildDefinition"]["externalParameters"]
+        return f"{parameters['pipeline']['model']['name']}-{parameters['target']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _subject_in(subject: str | None, pinned: list[str]) -> bool:
+    def normal(text: str) -> str:
+        return ",".join(part.strip() for part in text.split(","))
+
+    return subject is not None and normal(subject) in {normal(item) for item in pinned}

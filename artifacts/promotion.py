@@ -1,0 +1,348 @@
+"""Promote, roll back and pull registered versions — refusing what cannot be verified.
+
+A promotion moves an alias (normally `production`) to a version only when every check holds:
+the version's `gate_verdict` tag is `pass`; its bundle, downloaded afresh, verifies against
+the trust policy; the bundle's digest equals the version's `bundle_digest` tag; the signed
+gates report says `pass`; and the deployed firmware revision (the one the bundle was built
+for, or `--firmware`) is at least the artifact's minimum. Any failure refuses: the alias is
+left alone and a `refuse` audit record says why. A rollback moves the alias back to the
+version promoted before the current one, after the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tapeout.artifacts import audit
+from tapeout.artifacts.digest import bundle_digest
+from tapeout.artifacts.policy import TrustPolicy
+from tapeout.artifacts.registry import RegisteredVersion, Registry, RegistryUnavailable, ReferenceNotFound
+from tapeout.artifacts.signing import VerificationFailed
+from tapeout.compilers.errors import InvalidInput, TapeoutError
+from tapeout.compilers.versions import at_least, parse_version
+
+PRODUCTION_ALIAS = "production"
+
+
+class PromotionRefused(TapeoutError):
+    """A promotion or rollback was refused; the alias is unchanged. Carries every failed check."""
+
+    exit_code = 1
+
+    def __init__(self, action: str, subject: str, alias: str, reasons: list[str]) -> None:
+        self.action, self.subject, self.alias, self.reasons = action, subject, alias, reasons
+        super().__init__(f"{action} {subject} to {alias} refused, alias unchanged: " + "; ".join(reasons))
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The checks on one version, and what verification found."""
+
+    version: RegisteredVersion
+    checks: tuple[Check, ...]
+    signer: str
+    verification: str
+    bundle_digest: str
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{check.name}: {check.detail}" for check in self.checks if not check.passed]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A promotion or rollback that happened (or was already in place: `record` is None)."""
+
+    name: str
+    alias: str
+    from_version: str | None
+    to_version: str
+    checked: Checked
+    record: audit.AuditRecord | None
+
+
+def check_version(
+    registry: Registry, version: RegisteredVersion, policy: TrustPolicy, firmware: str | None = None
+) -> Checked:
+    """Run every promotion check on `version`; never raises for a failed check.
+
+    Raises:
+        InvalidInput: `firmware` is not a version string.
+    """
+    if firmware is not None:
+        parse_version(firmware, "--firmware")
+    checks = []
+    verdict = version.tags.get("gate_verdict")
+    checks.append(Check("gate verdict", verdict == "pass", f"version tag gate_verdict is {verdict!r}"))
+    signer, verification, digest = "", "not checked", ""
+    with tempfile.TemporaryDirectory(prefix="tapeout-promote-") as scratch:
+        try:
+            bundle = registry.download_bundle(version, Path(scratch))
+        except Exception as error:  # MLflow's artifact repository errors are not typed
+            checks.append(Check("bundle", False, f"cannot download the bundle ({type(error).__name__}: {error})"))
+            return Checked(version, tuple(checks), signer, "bundle not downloaded", digest)
+        try:
+            result = policy.verify(bundle, version.name)
+            signer = result.signer
+            verification = f"verified: {result.files} files, {result.method} signature by {result.signer}"
+            checks.append(Check("signature", True, verification))
+        except VerificationFailed as failure:
+            verification = "failed: " + "; ".join(failure.reasons)
+            checks.append(Check("signature", False, "; ".join(failure.reasons)))
+        digest = bundle_digest(bundle)
+        expected = version.tags.get("bundle_digest")
+        checks.append(
+            Check("bundle digest", digest == expected, f"bundle hashes to {digest}, version tag says {expected}")
+        )
+        checks.append(_gates_check(bundle))
+        checks.append(_firmware_check(bundle, firmware))
+    return Checked(version, tuple(checks), signer, verification, digest)
+
+
+def promote(
+    registry: Registry,
+    reference: str,
+    alias: str,
+    policy: TrustPolicy,
+    *,
+    firmware: str | None = None,
+    reason: str = "",
+    actor: str = "",
+) -> Outcome:
+    """Move `alias` to the version `reference` names, after every check.
+
+    Raises:
+        PromotionRefused: a check failed (all failures named); a `refuse` record is written.
+        InvalidInput / ReferenceNotFound: the reference or firmware revision is malformed or
+            names nothing.
+        RegistryUnavailable: the alias or the audit record could not be written (the alias
+            is restored).
+    """
+    _check_alias(alias)
+    version = registry.resolve(reference)
+    current = _alias_version(registry, version.name, alias)
+    checked = check_version(registry, version, policy, firmware)
+    if not checked.passed:
+        _refuse(registry, "promote", version.name, alias, current, checked, reason, actor)
+    if current == version.version:
+        return Outcome(version.name, alias, current, version.version, checked, None)
+    record = _move_alias(registry, "promote", version.name, alias, current, checked, reason, actor)
+    return Outcome(version.name, alias, current, version.version, checked, record)
+
+
+def rollback(
+    registry: Registry,
+    name: str,
+    alias: str,
+    policy: TrustPolicy,
+    *,
+    reason: str = "",
+    actor: str = "",
+) -> Outcome:
+    """Move `alias` of registered model `name` back to the version promoted before the
+    current one, as the audit records tell (a promotion pushes, a rollback pops).
+
+    Raises:
+        PromotionRefused: nothing to roll back to, the alias was moved outside tapeout, the
+            audit chain is broken, or the earlier version fails a check now.
+    """
+    _check_alias(alias)
+    if "@" in name:
+        raise InvalidInput(f"rollback takes MODEL-TARGET without a version, found {name!r}")
+    history = audit.read_history(registry, name, alias)
+    stack = history.alias_stack()
+    current = _alias_version(registry, name, alias)
+    problems = []
+    if not history.chain_ok:
+        problems += list(history.problems)
+    if current is None:
+        problems.append(f"{name} has no {alias!r} alias")
+    elif stack and stack[-1] != current:
+        problems.append(
+            f"{alias} points to version {current} but the audit records say {stack[-1]}: "
+            "the alias was moved outside tapeout"
+        )
+    if len(stack) < 2:
+        problems.append(f"no earlier promotion of {name} to {alias} to roll back to")
+    if problems:
+        refusal = audit.AuditRecord(
+            action="refuse", model=name, alias=alias, from_version=current or "",
+            to_version=stack[-2] if len(stack) >= 2 else "", user=audit.current_user(), actor=actor,
+            when=audit.now(), reason=reason, outcome="rollback refused: " + "; ".join(problems),
+            verification="not checked", signer="", bundle_digest="",
+        )
+        raise PromotionRefused("rollback", name, alias, problems + _append_refusal(registry, refusal))
+    try:
+        target = registry.get_version(name, stack[-2])
+    except Exception as error:  # deleted from the registry since it was promoted
+        raise PromotionRefused(
+            "rollback", name, alias, [f"version {stack[-2]} is no longer registered ({type(error).__name__})"]
+        ) from None
+    checked = check_version(registry, target, policy)
+    if not checked.passed:
+        _refuse(registry, "rollback", name, alias, current, checked, reason, actor)
+    record = _move_alias(registry, "rollback", name, alias, current, checked, reason, actor)
+    return Outcome(name, alias, current, target.version, checked, record)
+
+
+def pull(registry: Registry, reference: str, policy: TrustPolicy, output: Path) -> tuple[RegisteredVersion, Path, str]:
+    """Download, verify, then move the bundle into `output` (new or empty folder): nothing is
+    written to `output` unless the whole bundle verified. Returns (version, output, signer).
+
+    Raises:
+        VerificationFailed: the bundle does not verify, holds a symlink or a path outside
+            itself, or its digest differs from the version's tag.
+        InvalidInput: `output` exists and is not an empty folder.
+    """
+    output = output.resolve()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise InvalidInput(f"{output}: exists and is not an empty folder; pull will not overwrite anything")
+    version = registry.resolve(reference)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # The staging folder is beside `output`, so the final move is one rename on one filesystem.
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-pull-", dir=output.parent))
+    try:
+        bundle = registry.download_bundle(version, staging)
+        _refuse_escapes(bundle)
+        result = policy.verify(bundle, version.name)
+        digest = bundle_digest(bundle)
+        if digest != version.tags.get("bundle_digest"):
+            raise VerificationFailed(
+                bundle, [f"bundle hashes to {digest}, version tag bundle_digest says {version.tags.get('bundle_digest')}"]
+            )
+        if output.exists():
+            output.rmdir()
+        os.rename(bundle, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version, output, result.signer
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _check_alias(alias: str) -> None:
+    if not alias or alias.isdigit() or not all(c.isalnum() or c in "_-" for c in alias):
+        raise InvalidInput(f"alias {alias!r}: expected a name like production (letters, digits, - and _)")
+    if alias == "candidate":
+        raise InvalidInput("the candidate alias is set by tapeout run; promote to another alias (e.g. production)")
+
+
+def _alias_version(registry: Registry, name: str, alias: str) -> str | None:
+    try:
+        return registry.resolve(f"{name}@{alias}").version
+    except ReferenceNotFound:
+        return None
+
+
+def _refuse(registry, action, name, alias, current, checked: Checked, reason, actor) -> None:
+    outcome = f"{action} refused: " + "; ".join(checked.failures)
+    record = _record("refuse", name, alias, current, checked, reason, actor, outcome)
+    note = _append_refusal(registry, record)
+    raise PromotionRefused(action, f"{name}@{checked.version.version}", alias, checked.failures + note)
+
+
+def _append_refusal(registry: Registry, record: audit.AuditRecord) -> list[str]:
+    """Record a refusal; a refusal that cannot be recorded is still a refusal (and says so)."""
+    try:
+        audit.append(registry, record)
+    except TapeoutError as error:
+        return [f"(the refusal could not be recorded: {error})"]
+    return []
+
+
+def _move_alias(registry, action, name, alias, current, checked: Checked, reason, actor) -> audit.AuditRecord:
+    client = registry._client
+    target = checked.version.version
+    try:
+        client.set_registered_model_alias(name, alias, target)
+    except Exception as error:
+        raise RegistryUnavailable(
+            f"MLflow at {registry.tracking_uri}: cannot point {name}@{alias} at version {target} "
+            f"({type(error).__name__}: {error}); alias unchanged"
+        ) from error
+    try:
+        return audit.append(registry, _record(action, name, alias, current, checked, reason, actor, "done"))
+    except BaseException:
+        # No change without its record: put the alias back where it was.
+        if current is None:
+            client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, current)
+        raise
+
+
+def _record(action, name, alias, current, checked: Checked, reason, actor, outcome) -> audit.AuditRecord:
+    return audit.AuditRecord(
+        action=action,
+        model=name,
+        alias=alias,
+        from_version=current or "",
+        to_version=checked.version.version,
+        user=audit.current_user(),
+        actor=actor,
+        when=audit.now(),
+        reason=reason,
+        outcome=outcome,
+        verification=checked.verification,
+        signer=checked.signer,
+        bundle_digest=checked.bundle_digest,
+    )
+
+
+def _gates_check(bundle: Path) -> Check:
+    try:
+        gates = json.loads((bundle / "reports" / "gates.json").read_text())
+        verdict = gates.get("verdict")
+    except (OSError, ValueError, AttributeError) as error:
+        return Check("gates report", False, f"reports/gates.json unreadable ({type(error).__name__})")
+    return Check("gates report", verdict == "pass", f"reports/gates.json verdict is {verdict!r}")
+
+
+def _firmware_check(bundle: Path, firmware: str | None) -> Check:
+    try:
+        record = json.loads((bundle / "compiled" / "compiler.json").read_text())
+        built_for = str(record["firmware_revision"])
+        minimum = str(record["minimum_firmware_revision"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return Check("firmware", False, f"compiled/compiler.json unreadable ({type(error).__name__}: {error})")
+    deployed = firmware or built_for
+    source = "--firmware" if firmware else "the target profile it was built for"
+    try:
+        runs = at_least(deployed, minimum)
+    except InvalidInput as error:
+        return Check("firmware", False, str(error))
+    relation = ">=" if runs else "<"
+    return Check(
+        "firmware",
+        runs,
+        f"deployed firmware {deployed} (from {source}) {relation} the artifact's minimum {minimum}",
+    )
+
+
+def _refuse_escapes(bundle: Path) -> None:
+    root = bundle.resolve()
+    for path in bundle.rglob("*"):
+        relative = path.relative_to(bundle).as_posix()
+        if path.is_symlink():
+            raise VerificationFailed(bundle, [f"{relative}: symbolic links are not allowed in a bundle"])
+        if not path.resolve().is_relative_to(root):
+            raise VerificationFailed(bundle, [f"{relative}: path escapes the bundle"])
+        if not (path.is_file() or path.is_dir()):
+            raise VerificationFailed(bundle, [f"{relative}: not a regular file"])

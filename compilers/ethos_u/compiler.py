@@ -1,0 +1,424 @@
+"""The `ethos-u` compiler: Arm's Vela compiles the int8 TFLite model for an Ethos-U NPU.
+
+Compiling is two steps: `tapeout.compilers.tflite.convert` turns the QDQ ONNX model into an int8
+TFLite model keeping its quantization, then Vela (`ethos-u-vela`, pinned) compiles that for the
+chosen accelerator, system config and memory mode. The artifact keeps both `.tflite` files,
+Vela's summary and per-layer CSVs, its console output, the `vela.ini` it read and the exact
+command with Vela's version.
+
+Every number Vela reports (cycles, inferences per second, SRAM and flash bytes) is a *Vela
+estimate* from its performance model, not a measurement: running the NPU binary needs Ethos-U
+silicon or Arm's Corstone FVP simulator, neither of which this machine has. The report labels
+them so. Vela never fails for lack of memory (it over-allocates and exits 0), so `compile`
+checks the SRAM and flash budgets, the ops left on the CPU and the inferences-per-second SLA
+itself. The Runner runs the pre-Vela int8 TFLite on the CPU through LiteRT, for accuracy gates.
+
+Imports of the `ethos-u` extra (ethos-u-vela, flatbuffers, ai-edge-litert) happen inside
+methods, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
+from tapeout.compilers.interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile
+from tapeout.compilers.versions import at_least, parse_version
+
+VELA_VERSION = "5.2.0"
+ESTIMATE = "Vela estimate"
+
+INT8_MODEL = "model_int8.tflite"
+IO_FILE = "model_int8.io.json"
+VELA_MODEL = "model_vela.tflite"
+VELA_SUMMARY = "vela_summary.csv"
+VELA_PER_LAYER = "vela_per_layer.csv"
+VELA_LOG = "vela_output.txt"
+VELA_INI = "vela.ini"
+VELA_COMMAND = "vela_command.json"
+FILES = (INT8_MODEL, IO_FILE, VELA_MODEL, VELA_SUMMARY, VELA_PER_LAYER, VELA_LOG, VELA_INI, VELA_COMMAND)
+
+ACCELERATORS = (
+    "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
+    "ethos-u65-256", "ethos-u65-512",
+    "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048",
+)
+# Per NPU family: the default system config and memory mode from Vela's Arm/vela.ini, and the
+# first Arm Ethos-U software release ("YY.MM", ethos-u-core-driver tags) that drives it.
+_FAMILY = {
+    "ethos-u55": ("Ethos_U55_High_End_Embedded", "Shared_Sram", "20.11"),
+    "ethos-u65": ("Ethos_U65_High_End", "Dedicated_Sram", "21.05"),
+    "ethos-u85": ("Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram_384KB", "24.05"),
+}
+_OPTIMISE = ("Performance", "Size")
+_CPU_KERNELS = ("xnnpack", "reference")
+_OPTION_NAMES = (
+    "accelerator_config", "system_config", "memory_mode", "optimise", "sram_budget_bytes",
+    "flash_budget_bytes", "allowed_cpu_ops", "min_inferences_per_second", "cpu_kernels",
+)
+
+
+@dataclass(frozen=True)
+class EthosUOptions:
+    """The resolved target options (every default written out, STYLE: no hidden defaults)."""
+
+    accelerator_config: str
+    system_config: str
+    memory_mode: str
+    optimise: str
+    sram_budget_bytes: int | None
+    flash_budget_bytes: int | None
+    allowed_cpu_ops: tuple[str, ...]
+    min_inferences_per_second: float | None
+    cpu_kernels: str
+
+    @property
+    def family(self) -> str:
+        return self.accelerator_config.rsplit("-", 1)[0]
+
+    def as_strings(self) -> dict[str, str]:
+        return {
+            "accelerator_config": self.accelerator_config,
+            "system_config": self.system_config,
+            "memory_mode": self.memory_mode,
+            "optimise": self.optimise,
+            "sram_budget_bytes": "" if self.sram_budget_bytes is None else str(self.sram_budget_bytes),
+            "flash_budget_bytes": "" if self.flash_budget_bytes is None else str(self.flash_budget_bytes),
+            "allowed_cpu_ops": ",".join(self.allowed_cpu_ops),
+            "min_inferences_per_second": (
+                "" if self.min_inferences_per_second is None else repr(self.min_inferences_per_second)
+            ),
+            "cpu_kernels": self.cpu_kernels,
+        }
+
+
+def vela_ini_path() -> Path:
+    """The `vela.ini` shipped in the Vela wheel (system configs and memory modes)."""
+    import ethosu.vela
+
+    return Path(ethosu.vela.__file__).parents[1] / "config_files" / "Arm" / "vela.ini"
+
+
+def _ini_sections(kind: str) -> tuple[str, ...]:
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(vela_ini_path())
+    prefix = f"{kind}."
+    return tuple(s[len(prefix):] for s in parser.sections() if s.startswith(prefix))
+
+
+def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = None) -> EthosUOptions:
+    """Validate the target's options and fill in every default.
+
+    `memory_budget_bytes` of the target profile is the SRAM budget unless `sram_budget_bytes`
+    is given.
+
+    Raises:
+        InvalidInput: an unknown option, or a value out of range (names the option, expected
+            and found).
+    """
+    unknown = sorted(set(given) - set(_OPTION_NAMES))
+    if unknown:
+        raise InvalidInput(
+            f"compiler 'ethos-u': unknown option(s) {unknown}; known: {sorted(_OPTION_NAMES)}"
+        )
+    values = {key: str(value).strip() for key, value in given.items()}
+
+    def bad(option: str, expected: str) -> InvalidInput:
+        return InvalidInput(
+            f"compiler 'ethos-u': option {option}: expected {expected}, found {values.get(option)!r}"
+        )
+
+    accelerator = values.get("accelerator_config", "ethos-u55-128")
+    if accelerator not in ACCELERATORS:
+        raise bad("accelerator_config", f"one of {list(ACCELERATORS)}")
+    family = accelerator.rsplit("-", 1)[0]
+    default_system, default_mode, _ = _FAMILY[family]
+    system = values.get("system_config", default_system)
+    systems = _ini_sections("System_Config")
+    if system not in systems:
+        raise bad("system_config", f"a system config of Vela's vela.ini {list(systems)}")
+    if not system.startswith(family.replace("ethos-u", "Ethos_U")):
+        raise bad("system_config", f"a system config for {family} (Ethos_U{family[-2:]}_...)")
+    mode = values.get("memory_mode", default_mode)
+    modes = _ini_sections("Memory_Mode")
+    if mode not in modes:
+        raise bad("memory_mode", f"a memory mode of Vela's vela.ini {list(modes)}")
+    optimise = values.get("optimise", "Performance")
+    if optimise not in _OPTIMISE:
+        raise bad("optimise", f"one of {list(_OPTIMISE)}")
+
+    def byte_count(option: str, fallback: int | None) -> int | None:
+        text = values.get(option, "")
+        if text == "":
+            return fallback
+        if not text.isdigit() or int(text) < 1:
+            raise bad(option, "a positive number of bytes")
+        return int(text)
+
+    sram = byte_count("sram_budget_bytes", memory_budget_bytes)
+    flash = byte_count("flash_budget_bytes", None)
+    listed = values.get("allowed_cpu_ops", "").split(",")
+    allowed = tuple(sorted({op.strip().upper() for op in listed if op.strip()}))
+    if any(not op.replace("_", "").isalnum() for op in allowed):
+        raise bad("allowed_cpu_ops", "comma-separated TFLite op names such as SOFTMAX,QUANTIZE")
+    sla_text = values.get("min_inferences_per_second", "")
+    sla = None
+    if sla_text:
+        try:
+            sla = float(sla_text)
+        except ValueError:
+            raise bad("min_inferences_per_second", "a positive number") from None
+        if not sla > 0:
+            raise bad("min_inferences_per_second", "a positive number")
+    kernels = values.get("cpu_kernels", "xnnpack")
+    if kernels not in _CPU_KERNELS:
+        raise bad("cpu_kernels", f"one of {list(_CPU_KERNELS)}")
+    return EthosUOptions(accelerator, system, mode, optimise, sram, flash, allowed, sla, kernels)
+
+
+class EthosUCompiler:
+    """Compiler plugin `ethos-u` (DESIGN §4): QDQ ONNX -> int8 TFLite -> Vela."""
+
+    name = "ethos-u"
+    version = VELA_VERSION  # the pinned Vela release; compile() checks the installed one
+
+    def capabilities(self) -> Capabilities:
+        from tapeout.compilers.tflite import SUPPORTED_OPS
+
+        return Capabilities(
+            # The QDQ pairs themselves become the int8 tensors' quantization parameters.
+            operators=frozenset(SUPPORTED_OPS | {"QuantizeLinear", "DequantizeLinear"}),
+            input_formats=frozenset({"qdq"}),
+            tensor_dtypes=frozenset({"int8", "int32"}),
+            firmware_range=(min((f[2] for f in _FAMILY.values()), key=parse_version), None),
+            options={
+                "accelerator_config": ACCELERATORS,
+                "system_config": (),
+                "memory_mode": (),
+                "optimise": _OPTIMISE,
+                "sram_budget_bytes": (),
+                "flash_budget_bytes": (),
+                "allowed_cpu_ops": (),
+                "min_inferences_per_second": (),
+                "cpu_kernels": _CPU_KERNELS,
+            },
+        )
+
+    def compile(
+        self, model: QuantizedModel, target: TargetProfile, workdir: Path
+    ) -> CompiledArtifact:
+        """Convert to int8 TFLite, run Vela, and check its estimates against the budgets.
+
+        Raises:
+            InvalidInput: a bad option, a firmware revision too old for the NPU, or the wrong
+                Vela installed.
+            UnsupportedOperator: a node the TFLite converter cannot lower (named).
+            CompilationFailed: Vela fails, an op falls back to the CPU that `allowed_cpu_ops`
+                does not allow, the SRAM or flash estimate exceeds its budget, or the
+                inferences-per-second estimate is below `min_inferences_per_second`.
+        """
+        from tapeout.compilers.tflite import convert
+
+        try:
+            found = installed_version("ethos-u-vela")
+        except PackageNotFoundError:
+            raise InvalidInput(
+                "compiler 'ethos-u' needs the ethos-u extra: pip install 'tapeout[ethos-u]'"
+            ) from None
+        if found != VELA_VERSION:
+            raise InvalidInput(f"compiler 'ethos-u': expected ethos-u-vela {VELA_VERSION}, found {found}")
+        options = resolve_options(target.options, target.memory_budget_bytes)
+        minimum_firmware = _FAMILY[options.family][2]
+        if not at_least(target.firmware_revision, minimum_firmware):
+            raise InvalidInput(
+                f"target {target.name!r}: firmware_revision {target.firmware_revision} predates "
+                f"{options.family} support; Ethos-U software {minimum_firmware} or newer is needed"
+            )
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            conversion = convert(model.path, workdir / INT8_MODEL)
+        except UnsupportedOperator as error:
+            raise UnsupportedOperator(self.name, error.node, error.op_type, error.reason) from error
+        (workdir / IO_FILE).write_text(conversion.io_json())
+        shutil.copyfile(vela_ini_path(), workdir / VELA_INI)
+
+        estimates, cpu_ops = self._run_vela(options, workdir)
+        report = {
+            "estimate_source": f"{ESTIMATE}: Vela {VELA_VERSION} performance model, not measured "
+            "(no Ethos-U silicon or Corstone FVP on the build machine)",
+            "vela_estimate": estimates,
+            "peak_memory_bytes": estimates["sram_bytes"],
+            "peak_memory_source": ESTIMATE,
+            "tflite_int8_operators": list(conversion.operators),
+            "accelerator_config": options.accelerator_config,
+            "system_config": options.system_config,
+            "memory_mode": options.memory_mode,
+            "runner": f"pre-Vela int8 TFLite on the CPU through LiteRT (kernels={options.cpu_kernels}); "
+            "the NPU binary is not run",
+            "artifact_size_bytes": (workdir / VELA_MODEL).stat().st_size,
+        }
+        self._check(options, estimates, cpu_ops)
+        return CompiledArtifact(
+            compiler=self.name,
+            compiler_version=self.version,
+            artifact_id=f"{self.name}-{self.version}-{target.options_digest()[:12]}",
+            directory=workdir,
+            files=tuple(sorted(FILES)),
+            options=options.as_strings(),
+            target=target.name,
+            minimum_firmware_revision=minimum_firmware,
+            inputs=model.inputs,
+            outputs=model.outputs,
+            report=report,
+        )
+
+    def _run_vela(self, options: EthosUOptions, workdir: Path) -> tuple[dict, list[dict]]:
+        output_dir = workdir / "vela-output"
+        shutil.rmtree(output_dir, ignore_errors=True)
+        arguments = [
+            INT8_MODEL,
+            "--accelerator-config", options.accelerator_config,
+            "--config", VELA_INI,
+            "--system-config", options.system_config,
+            "--memory-mode", options.memory_mode,
+            "--optimise", options.optimise,
+            "--output-dir", output_dir.name,
+            "--show-cpu-operations",
+            "--verbose-performance",  # also writes the per-layer CSV
+        ]
+        completed = subprocess.run(
+            [sys.executable, "-m", "ethosu.vela", *arguments],
+            cwd=workdir, capture_output=True, text=True, check=False,
+        )
+        (workdir / VELA_LOG).write_text(completed.stdout + completed.stderr)
+        (workdir / VELA_COMMAND).write_text(json.dumps({
+            "command": ["vela", *arguments],
+            "cwd": "<artifact directory>",
+            "vela_version": installed_version("ethos-u-vela"),
+            "exit_code": completed.returncode,
+        }, indent=2) + "\n")
+        if completed.returncode != 0:
+            tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+            raise CompilationFailed(
+                f"vela exited {completed.returncode} for {options.accelerator_config}: " + " | ".join(tail)
+            )
+        stem = Path(INT8_MODEL).stem
+        moves = {
+            output_dir / f"{stem}_vela.tflite": VELA_MODEL,
+            output_dir / f"{stem}_summary_{options.system_config}.csv": VELA_SUMMARY,
+            output_dir / f"{stem}_per-layer.csv": VELA_PER_LAYER,
+        }
+        for source, name in moves.items():
+            if not source.exists():
+                raise CompilationFailed(f"vela wrote no {source.name} (expected in {output_dir})")
+            shutil.move(source, workdir / name)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        with (workdir / VELA_SUMMARY).open(newline="") as handle:
+            summary = next(csv.DictReader(handle))
+        cpu_ops = cpu_operators(workdir / VELA_MODEL)
+        kib = 1024.0
+        estimates = {
+            "label": ESTIMATE,
+            "accelerator_config": options.accelerator_config,
+            "core_clock_hz": float(summary["core_clock"]),
+            "cycles_total": int(float(summary["cycles_total"])),
+            "cycles_npu": int(float(summary["cycles_npu"])),
+            "inference_time_s": float(summary["inference_time"]),
+            "inferences_per_second": float(summary["inferences_per_second"]),
+            "sram_bytes": int(round(float(summary["sram_memory_used"]) * kib)),
+            "flash_bytes": int(round(
+                (float(summary["on_chip_flash_memory_used"])
+                 + float(summary["off_chip_flash_memory_used"])) * kib
+            )),
+            "dram_bytes": int(round(float(summary["dram_memory_used"]) * kib)),
+            "weights_storage_area": summary["weights_storage_area"],
+            "macs": int(float(summary["nn_macs"])),
+            "npu_passes": int(float(summary["passes_after_fusing"])),
+            "cpu_operators": [op["op"] for op in cpu_ops],
+        }
+        return estimates, cpu_ops
+
+    def _check(self, options: EthosUOptions, estimates: dict, cpu_ops: list[dict]) -> None:
+        refused = [op for op in cpu_ops if op["op"] not in options.allowed_cpu_ops]
+        if refused:
+            listed = ", ".join(f"{op['op']} (output {op['output']!r})" for op in refused)
+            allowed = (
+                f" or in allowed_cpu_ops {list(options.allowed_cpu_ops)}" if options.allowed_cpu_ops else ""
+            )
+            raise CompilationFailed(
+                f"{options.accelerator_config}: expected every op on the NPU{allowed}, "
+                f"found on the CPU: {listed}"
+            )
+        for what, budget, used in (
+            ("SRAM", options.sram_budget_bytes, estimates["sram_bytes"]),
+            ("flash", options.flash_budget_bytes, estimates["flash_bytes"]),
+        ):
+            if budget is not None and used > budget:
+                raise CompilationFailed(
+                    f"{options.accelerator_config} ({options.system_config}, {options.memory_mode}): "
+                    f"{what} budget exceeded: expected at most {budget} bytes, found {used} bytes "
+                    f"({ESTIMATE}; Vela itself over-allocates without failing)"
+                )
+        sla = options.min_inferences_per_second
+        if sla is not None and estimates["inferences_per_second"] < sla:
+            raise CompilationFailed(
+                f"{options.accelerator_config}: inferences per second below the SLA: expected at "
+                f"least {sla:g}, found {estimates['inferences_per_second']:.1f} ({ESTIMATE})"
+            )
+
+    def load(self, artifact: CompiledArtifact) -> "EthosURunner":
+        return EthosURunner(artifact)
+
+
+class EthosURunner:
+    """Runs the artifact's pre-Vela int8 TFLite on the CPU through LiteRT (not the NPU binary:
+    that needs Ethos-U silicon or Arm's FVP). Float32 NCHW in and out, keyed by ONNX names."""
+
+    def __init__(self, artifact: CompiledArtifact) -> None:
+        from tapeout.compilers.tflite import read_edges
+        from tapeout.compilers.tflite.runner import TfliteRunner
+
+        inputs, outputs = read_edges((artifact.directory / IO_FILE).read_text())
+        kernels = dict(artifact.options).get("cpu_kernels", "xnnpack")
+        self._runner = TfliteRunner(artifact.directory / INT8_MODEL, inputs, outputs, kernels)
+
+    def run(self, inputs: Mapping[str, object]) -> dict[str, object]:
+        return self._runner.run(inputs)
+
+
+def cpu_operators(vela_model: Path) -> list[dict[str, str]]:
+    """Ops Vela left for the CPU: every operator of its output other than the `ethos-u`
+    custom op (which holds the NPU command stream)."""
+    from ethosu.vela.tflite import BuiltinOperator, Model
+
+    names = {
+        value: key
+        for key, value in vars(BuiltinOperator.BuiltinOperator).items()
+        if not key.startswith("_")
+    }
+    model = Model.Model.GetRootAsModel(vela_model.read_bytes(), 0)
+    found = []
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            operator = subgraph.Operators(o)
+            code = model.OperatorCodes(operator.OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = names.get(builtin, str(builtin))
+            if name == "CUSTOM" and (code.CustomCode() or b"").decode() == "ethos-u":
+                continue
+            output = subgraph.Tensors(operator.Outputs(0)).Name().decode() if operator.OutputsLength() else ""
+            found.append({"op": name, "output": output})
+    return found

@@ -1,0 +1,105 @@
+"""Cache keys: the digest of everything a stage's output depends on (DESIGN §1, §8).
+
+A key names the stage's output folder under `<home>/cache/<stage>/<key>` and Prefect's
+persisted result record, so an unchanged stage is not run again, also in a new process.
+Each key includes the versions of the libraries whose output it is: a new onnxruntime means
+a new quantized model, so it must mean a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tapeout.artifacts.digest import file_digest
+from tapeout.compilers.frontends import OnnxSource, PyTorchSource
+from tapeout.compilers.interface import TargetProfile
+from tapeout.flows.config import Pipeline
+
+# Bump when a stage's own code changes what it writes for the same inputs.
+STAGE_FORMAT = {"export": 1, "calibrate": 2, "quantize": 1, "compile": 1, "evaluate": 1}
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _key(stage: str, document: dict) -> str:
+    document = {"stage": stage, "format": STAGE_FORMAT[stage], **document}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def export_key(pipeline: Pipeline) -> str:
+    source = pipeline.model_source()
+    if isinstance(source, PyTorchSource):
+        material = {
+            "factory": file_digest(source.factory_file) if source.factory_file.is_file() else "missing",
+            "factory_name": source.factory_name,
+            "weights": file_digest(source.weights) if source.weights.is_file() else "missing",
+            "tools": _versions("torch", "onnxscript", "onnx"),
+        }
+    else:
+        assert isinstance(source, OnnxSource)
+        material = {
+            "onnx": file_digest(source.path) if source.path.is_file() else "missing",
+            "tools": _versions("onnx"),
+        }
+    config = pipeline.config.model
+    return _key(
+        "export",
+        {**material, "inputs": [item.model_dump() for item in config.inputs], "outputs": config.outputs},
+    )
+
+
+def calibrate_key(model_digest: str, set_digest: str, method: str, batch_size: int) -> str:
+    return _key(
+        "calibrate",
+        {
+            "model": model_digest,
+            "set": set_digest,
+            "method": method,
+            "batch_size": batch_size,
+            "tools": _versions("onnxruntime", "tapeout"),
+        },
+    )
+
+
+def quantize_key(model_digest: str, table: Path) -> str:
+    return _key(
+        "quantize",
+        {"model": model_digest, "table": file_digest(table), "tools": _versions("onnxruntime", "tapeout")},
+    )
+
+
+def compile_key(quantized_digest: str, target: TargetProfile, compiler_version: str) -> str:
+    return _key(
+        "compile",
+        {
+            "model": quantized_digest,
+            "compiler": target.compiler,
+            "compiler_version": compiler_version,
+            "firmware": target.firmware_revision,
+            "options": target.options_digest(),
+            "memory_budget_bytes": target.memory_budget_bytes,
+        },
+    )
+
+
+def evaluate_key(artifact_files: list[Path], validation_digest: str, reference_digest: str) -> str:
+    return _key(
+        "evaluate",
+        {
+            "artifact": [file_digest(path) for path in artifact_files],
+            "validation": validation_digest,
+            "reference": reference_digest,
+        },
+    )
