@@ -1,39 +1,35 @@
 """Find the range of every activation tensor by running the fp32 model on the calibration set.
 
-This first version drives ONNX Runtime's calibrators through a streaming data reader; the
-table it produces is the seam the quantizer consumes, whatever observer made it.
+The model runs batch by batch (`calibration.stream`); each batch's activations go to one
+streaming observer per tensor (`calibration.observers`) and are dropped. Memory is one batch of
+activations plus, per tensor, at most `bins` counts — independent of the number of samples.
+The result is the calibration table the quantizer consumes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from tapeout.calibration.dataset import SampleSet
-from tapeout.calibration.table import CalibrationTable, TensorRange
+from tapeout.calibration.observers import (
+    METHODS,
+    OPTIONS_BY_METHOD,
+    Observer,
+    ObserverOptions,
+    check_options,
+    make_observer,
+    options_dict,
+)
+from tapeout.calibration.stream import open_stream
+from tapeout.calibration.table import CalibrationTable
 from tapeout.compilers.errors import InvalidInput
 
-METHODS = ("minmax", "entropy", "percentile")
-
-
-class _StreamingReader:
-    """ONNX Runtime's CalibrationDataReader over a sample set, one model batch at a time.
-
-    A model with a fixed batch of B takes the set in chunks of B; a short last chunk is
-    dropped rather than padded, since padding would add values the data never holds.
-    """
-
-    def __init__(self, samples: SampleSet, batch_size: int) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            batch
-            for batch in samples.batches(batch_size)
-            if all(array.shape[0] == batch_size for array in batch.values())
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+OBSERVER_VERSION = "v1"
+DEFAULT_CHUNK = 256
 
 
 def calibrate(
@@ -43,43 +39,64 @@ def calibrate(
     method: str,
     batch_size: int,
     workdir: Path,
+    options: ObserverOptions | None = None,
+    symmetric: bool | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    dynamic_batch: bool = True,
+    threads: int | None = None,
 ) -> CalibrationTable:
     """Compute a calibration table for every float activation of the model at `model_path`.
 
-    Raises:
-        InvalidInput: the method is unknown, or the set has fewer samples than one batch.
-    """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    `method` is one of minmax, percentile, entropy, mse; `options` that method's options
+    (defaults when None); `symmetric` overrides the options' symmetric flag (what the target
+    asks for). `batch_size` is the model's own batch; when the batch axis can be made free
+    (checked, see `calibration.stream`) the model runs `chunk_size` samples at a time.
 
-    ort_methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if method not in ort_methods:
+    Raises:
+        InvalidInput: the method is unknown or the options belong to another method, the set
+            has fewer samples than one batch of the model, or the model cannot be read.
+    """
+    if method not in OPTIONS_BY_METHOD:
         raise InvalidInput(f"calibration method: expected one of {list(METHODS)}, found {method!r}")
+    if options is None:
+        options = OPTIONS_BY_METHOD[method]()
+    if not isinstance(options, OPTIONS_BY_METHOD[method]):
+        raise InvalidInput(
+            f"calibration options: method {method!r} takes {OPTIONS_BY_METHOD[method].__name__}, "
+            f"found {type(options).__name__}"
+        )
+    if symmetric is not None:
+        options = replace(options, symmetric=symmetric)
+    check_options(options)
+    if batch_size < 1 or chunk_size < 1:
+        raise InvalidInput(
+            f"calibration: expected batch_size and chunk_size >= 1, found {batch_size}, {chunk_size}"
+        )
     if samples.count < batch_size:
         raise InvalidInput(
             f"{samples.path}: expected at least one batch of {batch_size} samples, "
             f"found {samples.count}"
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    calibrator = create_calibrator(
-        model_path,
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=ort_methods[method],
-        providers=["CPUExecutionProvider"],
-    )
-    calibrator.collect_data(_StreamingReader(samples, batch_size))
-    computed = calibrator.compute_data()
-    ranges = {
-        name: TensorRange(float(np.asarray(low).min()), float(np.asarray(high).max()))
-        for name, (low, high) in ((name, data.range_value) for name, data in computed.items())
-    }
+    stream = open_stream(model_path, workdir, samples, dynamic_batch=dynamic_batch, threads=threads)
+    observers: dict[str, Observer] = {name: make_observer(options) for name in stream.model.tensors()}
+
+    def observe(activations: Mapping[str, np.ndarray]) -> None:
+        for name, values in activations.items():
+            try:
+                observers[name].observe(values)
+            except InvalidInput as error:
+                raise InvalidInput(f"{model_path}: tensor {name!r}: {error}") from error
+
+    used = stream.run(samples, chunk_size, observe)
     return CalibrationTable(
-        ranges=ranges,
+        ranges={name: observer.range() for name, observer in observers.items()},
         method=method,
         set_digest=samples.digest,
-        sample_count=samples.count - samples.count % batch_size,
-        options={"observer": f"onnxruntime.{ort_methods[method].name}", "batch_size": batch_size},
+        sample_count=used,
+        options={
+            "observer": f"tapeout.{method}.{OBSERVER_VERSION}",
+            **options_dict(options),
+            "batch_size": stream.model.batch_size or chunk_size,
+            "dynamic_batch": stream.dynamic,
+        },
     )

@@ -23,8 +23,13 @@ def quantize(
     inputs: tuple[TensorSpec, ...],
     outputs: tuple[TensorSpec, ...],
     output_path: Path,
+    symmetric_activations: bool = False,
 ) -> QuantizedModel:
-    """Write the QDQ model to `output_path` and describe it."""
+    """Write the QDQ model to `output_path` and describe it.
+
+    `symmetric_activations` gives activations zero point 0 (a target that asks for it; pair it
+    with a table calibrated with `symmetric=True`, whose ranges are already [-t, t]).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +55,10 @@ def quantize(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=cache_path,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": symmetric_activations,
+                "WeightSymmetric": True,
+            },
         )
     finally:
         cache_path.unlink(missing_ok=True)

@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     from tapeout.artifacts.commands import add_commands as add_artifact_commands
 
     add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, keys
+    from tapeout.calibration.commands import add_commands as add_calibration_commands
+
+    add_calibration_commands(commands)  # calibrate, calib inspect|pack
     from tapeout.flows.triggers import add_commands as add_trigger_commands
 
     add_trigger_commands(commands, common)  # watch, hook install

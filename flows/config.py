@@ -76,7 +76,7 @@ class ModelConfig(_Strict):
 
 class CalibrationConfig(_Strict):
     set: str
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile", "mse"] = "minmax"
     samples: int = Field(default=1, ge=1, description="the set must hold at least this many")
 
 

@@ -33,7 +33,7 @@ def test_example_pipeline_loads_with_paths_relative_to_the_file():
 
 
 def test_unknown_field_is_named_with_its_line(tmp_path):
-    text = VALID.replace("  method: minmax\n", "  method: minmax\n  bins: 2048\n")
+    text = VALID.replace("  samples: 300\n", "  samples: 300\n  bins: 2048\n")
     with pytest.raises(ConfigError) as caught:
         load_pipeline(write(tmp_path, text))
     line = text.splitlines().index("  bins: 2048") + 1
@@ -51,13 +51,13 @@ def test_missing_field_is_named(tmp_path):
 
 
 def test_wrong_value_says_expected_and_found(tmp_path):
-    text = VALID.replace("method: minmax", "method: kl")
+    text = VALID.replace("  method: mse ", "  method: kl ")
     with pytest.raises(ConfigError) as caught:
         load_pipeline(write(tmp_path, text))
     message = str(caught.value)
     assert caught.value.field == "calibration.method"
     assert "'minmax'" in message and "'kl'" in message
-    assert caught.value.line == text.splitlines().index("  method: kl") + 1
+    assert caught.value.line == next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("  method: kl"))
 
 
 def test_firmware_revision_must_be_a_version(tmp_path):
@@ -110,7 +110,7 @@ def test_per_target_digest_ignores_other_targets(tmp_path):
 
 
 def test_command_line_exits_2_with_one_line_naming_the_field(tmp_path, capsys):
-    path = write(tmp_path, VALID.replace("  method: minmax\n", "  method: minmax\n  bins: 2048\n"))
+    path = write(tmp_path, VALID.replace("  samples: 300\n", "  samples: 300\n  bins: 2048\n"))
     code = main(["run", str(path), "--commit", "abc123", "--home", str(tmp_path / "home")])
     error = capsys.readouterr().err
     assert code == 2

@@ -130,8 +130,9 @@ def test_failing_gate_exits_1_records_the_run_and_registers_nothing(built, capsy
         [registry._client.get_experiment_by_name("digits-cnn").experiment_id],
         f"tags.commit = '{commit}'",
     )
-    assert [run.info.status for run in runs] == ["FAILED"]
-    assert "top1_agreement" in runs[0].data.tags["failed_gates"]
+    assert len(runs) == len(document["targets"])  # one run per target, each recorded as failed
+    assert {run.info.status for run in runs} == {"FAILED"}
+    assert all("top1_agreement" in run.data.tags["failed_gates"] for run in runs)
 
 
 def test_not_a_git_repository_needs_commit(tmp_path, capsys):

@@ -1,0 +1,220 @@
+"""`tapeout calibrate` and `tapeout calib inspect|pack`: the calibration stage by hand.
+
+`add_commands(subparsers)` adds them to the `tapeout` parser (flows/cli.py); each handler takes
+the parsed arguments and returns the exit code. Bad input raises `InvalidInput` (exit code 2),
+which the command line prints without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tapeout.calibration.calibrate import calibrate
+from tapeout.calibration.dataset import ImagePreprocessing, SampleSet, load_sample_set
+from tapeout.calibration.observers import METHODS, options_for
+from tapeout.calibration.pack import describe, pack
+from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.interface import TensorSpec
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `calibrate` and `calib {inspect,pack}` to the given subparsers."""
+    run = subparsers.add_parser(
+        "calibrate",
+        help="compute a calibration table for an ONNX model from a calibration set",
+        description="Run MODEL over SET with one streaming observer per activation and write "
+        "the calibration table (tensor -> range, method, options, set digest) as JSON.",
+    )
+    run.add_argument("model", type=Path, metavar="MODEL.onnx")
+    run.add_argument("--set", dest="set_path", type=Path, required=True, metavar="SET")
+    run.add_argument("--method", choices=METHODS, default="entropy")
+    run.add_argument("-o", "--output", type=Path, required=True, metavar="TABLE.json")
+    run.add_argument("--percentile", type=float, help="percentile method: percent of values kept")
+    run.add_argument("--bins", type=int, help="histogram bins (percentile, entropy, mse)")
+    run.add_argument("--levels", type=int, help="quantization levels (entropy, mse; 256 for int8)")
+    run.add_argument("--symmetric", action="store_true", help="ranges symmetric about zero")
+    run.add_argument("--batch", type=int, default=256, help="samples per model run (default 256)")
+    run.add_argument("--min-samples", type=int, default=1, help="refuse sets with fewer samples")
+    run.add_argument("--workdir", type=Path, help="where the augmented model goes (default: a temporary directory)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.set_defaults(func=calibrate_command)
+
+    calib = subparsers.add_parser("calib", help="calibration sets: inspect, pack")
+    calib_commands = calib.add_subparsers(dest="calib_command", metavar="{inspect,pack}", required=True)
+
+    inspect = calib_commands.add_parser("inspect", help="print a set's manifest")
+    inspect.add_argument("set_path", type=Path, metavar="SET")
+    inspect.add_argument("--labels", help="the name of the labels array (.npz), if any")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    inspect.set_defaults(func=inspect_command)
+
+    build = calib_commands.add_parser(
+        "pack",
+        help="build a set from raw files with a sampling rule",
+        description="Draw COUNT samples (seeded, without replacement) from SRC: an .npz, a "
+        "folder of .npy files, or a folder of images (give the preprocessing). -o NAME.npz "
+        "writes an .npz; any other name a folder of copies with tapeout-set.json.",
+    )
+    build.add_argument("source", type=Path, metavar="SRC")
+    build.add_argument("-o", "--output", type=Path, required=True, metavar="SET")
+    build.add_argument("--count", type=int, help="samples to draw (default: all)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--input-name", help="the model input the samples feed (folders)")
+    build.add_argument("--labels", help="the labels array to carry along (.npz)")
+    build.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                       help="free-form metadata, e.g. license=CC-BY-4.0 (repeatable)")
+    images = build.add_argument_group("images: preprocessing, recorded in the set and its digest")
+    images.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"))
+    images.add_argument("--mode", choices=("L", "RGB"), default="L")
+    images.add_argument("--resample", default="bilinear")
+    images.add_argument("--scale", type=float, default=1.0 / 255.0)
+    images.add_argument("--mean", type=float, nargs="+", default=[0.0])
+    images.add_argument("--std", type=float, nargs="+", default=[1.0])
+    images.add_argument("--layout", choices=("CHW", "HWC"), default="CHW")
+    build.add_argument("--json", action="store_true", help="print the new set's manifest as JSON")
+    build.set_defaults(func=pack_command)
+
+
+def model_inputs(model_path: Path) -> tuple[TensorSpec, ...]:
+    """The graph inputs of an ONNX file (initializers excluded); a symbolic batch counts as 1.
+
+    Raises:
+        InvalidInput: unreadable model, or a symbolic dimension other than the batch.
+    """
+    import onnx
+
+    if not model_path.is_file():
+        raise InvalidInput(f"{model_path}: ONNX model not found")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 — onnx raises DecodeError and friends
+        raise InvalidInput(f"{model_path}: not a readable ONNX model ({error})") from error
+    constants = {init.name for init in model.graph.initializer}
+    specs = []
+    for info in model.graph.input:
+        if info.name in constants:
+            continue
+        tensor = info.type.tensor_type
+        dims = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(1)
+            else:
+                raise InvalidInput(
+                    f"{model_path}: input {info.name!r}: axis {axis} is symbolic "
+                    f"({dim.dim_param!r}); calibration needs static sample shapes"
+                )
+        specs.append(TensorSpec(info.name, tuple(dims), _ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type))))
+    return tuple(specs)
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    values = {
+        key: getattr(args, key)
+        for key in ("percentile", "bins", "levels")
+        if getattr(args, key, None) is not None
+    }
+    if args.symmetric:
+        values["symmetric"] = True
+    options = options_for(args.method, **values)
+    inputs = model_inputs(args.model)
+    samples = load_sample_set(args.set_path, inputs, minimum_count=args.min_samples)
+    batch = inputs[0].shape[0] if inputs and inputs[0].shape else 1
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tapeout-calibrate-") as tmp:
+        table = calibrate(
+            args.model,
+            samples,
+            method=args.method,
+            batch_size=batch,
+            workdir=args.workdir or Path(tmp),
+            options=options,
+            chunk_size=args.batch,
+        )
+    seconds = time.perf_counter() - start
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    table.write(args.output)
+    summary = {
+        "table": str(args.output),
+        "method": table.method,
+        "tensors": len(table.ranges),
+        "samples": table.sample_count,
+        "set_digest": table.set_digest,
+        "seconds": round(seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{args.output}: {len(table.ranges)} tensors, method {table.method}, "
+            f"{table.sample_count} samples of set {table.set_digest[:12]}, {seconds:.2f} s"
+        )
+    return 0
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    samples = describe(args.set_path, label_key=args.labels)
+    _print_manifest(samples, as_json=args.json)
+    return 0
+
+
+def pack_command(args: argparse.Namespace) -> int:
+    preprocessing = None
+    if args.size is not None:
+        preprocessing = ImagePreprocessing(
+            size=tuple(args.size), mode=args.mode, resample=args.resample, scale=args.scale,
+            mean=tuple(args.mean), std=tuple(args.std), layout=args.layout,
+        )
+        preprocessing.check("--size/--mode/--scale/--mean/--std/--layout")
+    samples = pack(
+        args.source,
+        args.output,
+        count=args.count,
+        seed=args.seed,
+        input_name=args.input_name,
+        preprocessing=preprocessing,
+        metadata=_metadata(args.meta),
+        label_key=args.labels,
+    )
+    _print_manifest(samples, as_json=args.json)
+    return 0
+
+
+def _metadata(pairs: list[str]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--meta: expected KEY=VALUE, found {pair!r}")
+        metadata[key] = value
+    return metadata
+
+
+def _print_manifest(samples: SampleSet, *, as_json: bool) -> None:
+    manifest = samples.manifest()
+    if as_json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    out = sys.stdout
+    out.write(f"set       {samples.path}\n")
+    out.write(f"format    {manifest['format']}\n")
+    out.write(f"digest    {manifest['digest']} ({manifest['digest_scheme']})\n")
+    out.write(f"samples   {manifest['count']}\n")
+    for spec in manifest["inputs"]:  # type: ignore[union-attr]
+        out.write(f"input     {spec['name']}: {spec['dtype']} {spec['shape']} per sample\n")
+    if manifest["labels"]:
+        out.write(f"labels    {manifest['labels']}\n")
+    if "preprocessing" in manifest:
+        out.write(f"preproc   {json.dumps(manifest['preprocessing'], sort_keys=True)}\n")
+    out.write(f"source    {json.dumps(manifest['source'], sort_keys=True)}\n")
+    for key, value in sorted(dict(manifest["metadata"]).items()):  # type: ignore[arg-type]
+        out.write(f"meta      {key}: {value}\n")
