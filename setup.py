@@ -1,5 +1,16 @@
 """Only the compiled extensions live here; everything else is in pyproject.toml."""
 
-from setuptools import setup
+from Cython.Build import cythonize
+from setuptools import Extension, setup
 
-setup(ext_modules=[])
+# Portable flags only (no -march=native): the artifact's numbers must not depend on the
+# build machine. OpenMP is not used.
+extensions = [
+    Extension(
+        "tapeout.compilers.int8_ref._kernels",
+        ["compilers/int8_ref/_kernels.pyx"],
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3))

@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     home = environment.configure(Path(args.home) if args.home else None)
     args.home_path = home
+    if not args.debug:
+        # urllib3 logs every retry against an unreachable server; the error line says it once.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except TapeoutError as error:
@@ -111,7 +114,11 @@ def _run(args: argparse.Namespace) -> int:
         # tapeout reports a failed stage in one line; Prefect would add its traceback.
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    say = (lambda message: print(f"· {message}", file=sys.stderr, flush=True))
+    def say(message: str) -> None:
+        # One write per line: targets report from concurrent threads.
+        sys.stderr.write(f"· {message}\n")
+        sys.stderr.flush()
+
     # In --json mode stdout carries exactly one JSON object: whatever libraries print goes
     # to stderr with the progress.
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()

@@ -1,0 +1,169 @@
+"""The int8-ref compiler plugin: capabilities(), compile(), load() (DESIGN §4, §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import CompilationFailed, InvalidInput
+from ..interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile, TensorSpec
+from .artifact_format import FORMAT_VERSION, parse_revision, write_image
+from .compat import ort_float_nodes, report_for_model
+from .exceptions import ArtifactRejected, IncompatibleModel
+from .lowering import ONNX_DTYPES, SUPPORTED_OPS, LoweringError, lower
+from .memory_plan import plan_memory
+from .opset import Kind
+from .runtime import FIRMWARE_REVISION, Int8Runner, load_image
+
+__version__ = "0.1.0"
+ARTIFACT_FILE = "model.i8r"
+MIN_FIRMWARE = "1.0.0"  # the oldest firmware that runs what this compiler writes
+DEFAULT_REQUANT = "fixed-point"
+OPTIONS = {"requant": ("ort", "fixed-point")}
+MS_OPS = {"QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
+          "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
+
+
+class Int8ReferenceCompiler:
+    """Reference compiler for an integer-only accelerator, simulated by a Cython runtime."""
+
+    name = "int8-ref"
+    version = __version__
+
+    def capabilities(self) -> Capabilities:
+        ops = frozenset(f"com.microsoft.{o}" if o in MS_OPS else o for o in SUPPORTED_OPS)
+        return Capabilities(
+            operators=ops,
+            input_formats=frozenset({"qdq", "qoperator"}),
+            tensor_dtypes=frozenset({"int8", "uint8", "int32", "float32"}),
+            firmware_range=(MIN_FIRMWARE, None),
+            options=dict(OPTIONS),
+        )
+
+    def _options(self, target: TargetProfile) -> dict[str, str]:
+        opts = dict(target.options)
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise InvalidInput(f"target {target.name!r}: unknown int8-ref option(s) {unknown}; "
+                               f"expected some of {sorted(OPTIONS)}")
+        requant = opts.get("requant", DEFAULT_REQUANT)
+        if requant not in OPTIONS["requant"]:
+            raise InvalidInput(f"target {target.name!r}: requant={requant!r}, expected one of "
+                               f"{OPTIONS['requant']}")
+        return {"requant": requant}
+
+    def compile(self, model: QuantizedModel, target: TargetProfile,
+                workdir: Path) -> CompiledArtifact:
+        """Lower, plan and write `model.i8r` under `workdir`.
+
+        Raises:
+            InvalidInput: bad options or an unreadable model.
+            IncompatibleModel: (an UnsupportedOperator) listing every node it cannot build.
+            MemoryBudgetExceeded: (a CompilationFailed) naming the op where memory overflows.
+            CompilationFailed: the target's firmware is older than the artifact needs.
+        """
+        t0 = time.perf_counter()
+        opts = self._options(target)
+        try:
+            fw = parse_revision(target.firmware_revision)
+        except ValueError as exc:
+            raise InvalidInput(f"target {target.name!r}: {exc}") from None
+        if fw < parse_revision(MIN_FIRMWARE):
+            raise CompilationFailed(
+                f"target {target.name!r} runs firmware {target.firmware_revision}; int8-ref "
+                f"artifacts need at least {MIN_FIRMWARE}")
+        try:
+            onnx_model = onnx.load(str(model.path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
+            raise InvalidInput(f"cannot read ONNX model {model.path}: {exc}") from None
+        shapes = {s.name: tuple(s.shape) for s in model.inputs}
+        problems = report_for_model(onnx_model, shapes, opts["requant"])
+        if problems:
+            raise IncompatibleModel(self.name, problems)
+        ort_float: list[str] | str = []
+        if opts["requant"] == "ort":
+            # Where ONNX Runtime itself stays in float, `ort` mode follows it: elementwise ops
+            # are emulated in float32; a float Conv/MatMul's summation order cannot be, so
+            # those nodes are named in the report.
+            try:
+                ort_float = ort_float_nodes(model.path)
+            except Exception as exc:  # noqa: BLE001 - diagnostic only
+                ort_float = f"unknown: {exc}"
+        try:
+            prog = lower(onnx_model, shapes, opts["requant"],
+                         frozenset(ort_float) if isinstance(ort_float, list) else frozenset())
+        except LoweringError as exc:
+            raise IncompatibleModel(self.name, [exc.problem]) from None
+        plan = plan_memory(prog, target.memory_budget_bytes)
+        image = write_image(
+            compiler=self.name, compiler_version=self.version, requant=opts["requant"],
+            min_firmware=MIN_FIRMWARE, tensors=prog.tensors, offsets=plan.offsets,
+            inputs=prog.inputs, outputs=prog.outputs, consts=prog.consts, ops=prog.ops,
+            arena_bytes=plan.arena_bytes, scratch_bytes=plan.scratch_bytes)
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / ARTIFACT_FILE).write_bytes(image)
+        ops_by_kind: dict[str, int] = {}
+        for op in prog.ops:
+            ops_by_kind[op.kind.name] = ops_by_kind.get(op.kind.name, 0) + 1
+        out_scales = {prog.tensors[op.output].name: op.floats[0] for op in prog.ops
+                      if op.kind == Kind.DEQUANTIZE and op.output in prog.outputs}
+        report = {
+            "format_version": FORMAT_VERSION,
+            "requant": opts["requant"],
+            "peak_memory_bytes": plan.peak_bytes,
+            "arena_bytes": plan.arena_bytes,
+            "scratch_bytes": plan.scratch_bytes,
+            "constant_bytes": int(sum(np.asarray(c).nbytes for c in prog.consts)),
+            "artifact_bytes": len(image),
+            "artifact_sha256": hashlib.sha256(image).hexdigest(),
+            "op_count": len(prog.ops),
+            "ops": dict(sorted(ops_by_kind.items())),
+            "output_scales": out_scales,
+        }
+        if opts["requant"] == "ort":
+            report["ort_float_nodes"] = ort_float
+        report["compile_seconds"] = round(time.perf_counter() - t0, 4)
+
+        def spec(tid):
+            t = prog.tensors[tid]
+            return TensorSpec(t.name, tuple(t.shape), t.dtype)
+
+        return CompiledArtifact(
+            compiler=self.name,
+            compiler_version=self.version,
+            artifact_id=f"{self.name}-{self.version}-{target.options_digest()[:12]}",
+            directory=workdir,
+            files=(ARTIFACT_FILE,),
+            options=opts,
+            target=target.name,
+            minimum_firmware_revision=MIN_FIRMWARE,
+            inputs=tuple(spec(t) for t in prog.inputs),
+            outputs=tuple(spec(t) for t in prog.outputs),
+            report=report,
+        )
+
+    def load(self, artifact: CompiledArtifact) -> Int8Runner:
+        """Load the artifact into the firmware simulator.
+
+        Raises:
+            ArtifactRejected: malformed, truncated or corrupted file, or not int8-ref's.
+            FirmwareTooOld: the artifact needs a newer firmware than FIRMWARE_REVISION.
+        """
+        path = Path(artifact.directory) / ARTIFACT_FILE
+        image = load_image(path)
+        if image.compiler != self.name:
+            raise ArtifactRejected(str(path), f"built by {image.compiler!r}, not {self.name!r}")
+        return Int8Runner(image)
+
+
+def load_file(path: Path) -> Int8Runner:
+    """Load a `model.i8r` directly (for tools and tests)."""
+    return Int8Runner(load_image(Path(path)))
+
+
+__all__ = ["Int8ReferenceCompiler", "FIRMWARE_REVISION", "load_file", "ONNX_DTYPES"]

@@ -1,0 +1,114 @@
+"""Requantization parameters, computed once at compile time ("prepare", STYLE §2).
+
+Two named modes (STYLE §4), recorded in every artifact header:
+
+``ort``
+    ONNX Runtime's CPU kernels (MLAS): the int32 accumulator (bias included) is converted to
+    float32, multiplied by a float32 multiplier, clamped to the output range shifted by the
+    zero point, converted with round-half-to-even (cvtps2dq under the default MXCSR) and the
+    zero point added — ``MlasRequantizeOutput`` in onnxruntime/core/mlas/lib/quantize.cpp.
+    The multiplier is computed as QLinearConv does (onnxruntime/core/providers/cpu/nn/
+    qlinearconv.cc): ``(f32(x_scale) * f32(w_scale)) / f32(y_scale)``, each step in float32.
+
+``fixed-point``
+    Integer-only silicon: the real multiplier (computed in float64 from the same float32
+    scales) is split into an int32 Q31 mantissa and a power-of-two shift by TFLite's
+    ``QuantizeMultiplier`` (tflite-micro tensorflow/lite/kernels/internal/quantization_util.cc:
+    frexp, round half away from zero, mantissa 2^31 folded into the exponent), and applied by
+    ``MultiplyByQuantizedMultiplier`` (internal/common.cc, double rounding: a saturating
+    rounding doubling high multiply, then a rounding right shift, both round half away from
+    zero). The result differs from ``ort`` by at most one LSB per op.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INT8_RANGE = (-128, 127)
+UINT8_RANGE = (0, 255)
+
+
+def qrange(signed: bool) -> tuple[int, int]:
+    """The saturation range of int8 (signed) or uint8."""
+    return INT8_RANGE if signed else UINT8_RANGE
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite QuantizeMultiplier: real = mantissa * 2^(shift - 31), mantissa in [2^30, 2^31).
+
+    Returns (mantissa, shift); shift > 0 is a left shift. A multiplier too small to represent
+    becomes (0, 0), as in TFLite.
+    """
+    if real == 0.0 or not math.isfinite(real):
+        return 0, 0
+    if real < 0:
+        raise ValueError(f"negative requantization multiplier {real}")
+    q, shift = math.frexp(real)  # real = q * 2^shift, q in [0.5, 1)
+    q_fixed = int(math.floor(q * (1 << 31) + 0.5))  # std::round: half away from zero (q > 0)
+    if q_fixed == (1 << 31):
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if shift > 30:
+        shift, q_fixed = 30, (1 << 31) - 1
+    return q_fixed, shift
+
+
+def f32(x) -> np.float32:
+    return np.float32(x)
+
+
+def ort_multiplier(x_scale: float, w_scale: float, y_scale: float) -> np.float32:
+    """(f32(x_scale) * f32(w_scale)) / f32(y_scale) in float32, QLinearConv's order."""
+    return np.float32(np.float32(np.float32(x_scale) * np.float32(w_scale)) / np.float32(y_scale))
+
+
+def conv_params(x_scale: float, w_scales: np.ndarray, y_scale: float, mode: str):
+    """Per-output-channel requantization arrays for Conv / Gemm / MatMul with a weight.
+
+    Returns (scale_or_mult, shift): for ``ort`` a float32 multiplier per channel and zeros;
+    for ``fixed-point`` int32 mantissas and shifts.
+    """
+    w_scales = np.asarray(w_scales, dtype=np.float32).reshape(-1)
+    if mode == "ort":
+        xs = np.float32(x_scale)
+        scales = ((xs * w_scales).astype(np.float32) / np.float32(y_scale)).astype(np.float32)
+        return scales, np.zeros(len(w_scales), np.int32)
+    mults, shifts = zip(*(quantize_multiplier(float(np.float32(x_scale)) * float(w) /
+                                              float(np.float32(y_scale))) for w in w_scales))
+    return np.array(mults, np.int32), np.array(shifts, np.int32)
+
+
+def fixed_multiplier(real: float) -> tuple[int, int]:
+    """quantize_multiplier under a name that says where it is used."""
+    return quantize_multiplier(real)
+
+
+def add_params(a_scale: float, b_scale: float, y_scale: float, a_zp: int, b_zp: int,
+               y_zp: int) -> dict:
+    """QLinearAdd parameters for both modes.
+
+    ``ort`` (MlasQLinearAddKernelAvx2Helper, onnxruntime/core/mlas/lib/intrinsics/avx2/
+    qladd_avx2.cpp): rAC = a/c, rBC = b/c in float32, FixedPart = zc - (rAC*za + rBC*zb).
+    ``fixed-point`` (TFLite reference integer_ops/add.h, PrepareGeneralSubOp): inputs are
+    shifted left by 20 bits, rescaled by a/(2 max(a, b)) and b/(2 max(a, b)), summed and
+    rescaled by 2 max(a, b) / (2^20 c).
+    """
+    sa, sb, sc = np.float32(a_scale), np.float32(b_scale), np.float32(y_scale)
+    rac = np.float32(sa / sc)
+    rbc = np.float32(sb / sc)
+    fixed = np.float32(np.float32(y_zp) - np.float32(np.float32(rac * np.float32(a_zp)) +
+                                                      np.float32(rbc * np.float32(b_zp))))
+    left_shift = 20
+    twice_max = 2.0 * max(float(sa), float(sb))
+    ma, sha = quantize_multiplier(float(sa) / twice_max)
+    mb, shb = quantize_multiplier(float(sb) / twice_max)
+    my, shy = quantize_multiplier(twice_max / ((1 << left_shift) * float(sc)))
+    return {
+        "floats": (float(rac), float(rbc), float(fixed)),
+        "mult_a": ma, "shift_a": sha, "mult_b": mb, "shift_b": shb,
+        "mult_y": my, "shift_y": shy, "left_shift": left_shift,
+    }
