@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("artifact", type=Path)
     bench.add_argument("--iterations", type=int, default=200)
     bench.add_argument("--warmup", type=int, default=20)
+    bench.add_argument("--batch", type=int, help="check the artifact's static batch (it is fixed at compile time)")
+    bench.add_argument("--threads", type=int, help="check the artifact's thread count (fixed at compile time)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)
 
@@ -269,6 +271,18 @@ def _bench(args: argparse.Namespace) -> int:
     if args.iterations < 1 or args.warmup < 0:
         raise InvalidInput("--iterations must be at least 1 and --warmup at least 0")
     artifact, runner = _load_runner(args.artifact)
+    batch = artifact.inputs[0].shape[0]
+    if args.batch is not None and args.batch != batch:
+        raise InvalidInput(
+            f"--batch {args.batch}: {args.artifact} was compiled for a static batch of {batch}; "
+            "compile the model exported with that batch to time it"
+        )
+    threads = int(artifact.options.get("threads", "1"))
+    if args.threads is not None and args.threads != threads:
+        raise InvalidInput(
+            f"--threads {args.threads}: {args.artifact} runs with {threads} thread(s), fixed at compile "
+            "time; recompile with --option threads=N where the compiler has that option"
+        )
     generator = np.random.default_rng(0)
     feed = {
         spec.name: generator.standard_normal(spec.shape).astype(spec.dtype) for spec in artifact.inputs
@@ -283,10 +297,10 @@ def _bench(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         runner.run(feed)
         timings[index] = time.perf_counter() - start
-    batch = artifact.inputs[0].shape[0]
     report = {
         "artifact_id": artifact.artifact_id,
         "batch": batch,
+        "threads": threads,
         "iterations": args.iterations,
         "first_inference_ms": first * 1e3,
         "latency_p50_ms": float(np.percentile(timings, 50) * 1e3),
