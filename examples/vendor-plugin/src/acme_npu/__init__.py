@@ -1,0 +1,1 @@
+"""ACME NPU support for tapeout: the `acme-npuc` toolchain, its runtime and the plugin."""
