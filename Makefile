@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tapeout-installed
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard compilers/*/*.pyx compilers/*/*.pxd)
+BUILD_INPUTS := pyproject.toml setup.py examples/vendor-plugin/pyproject.toml $(wildcard compilers/*/*.pyx compilers/*/*.pxd)
 
 .PHONY: run test test-quick clean
 
@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to the CPU wheel in the `torch` extra; an unpinned torch pulls a CUDA build.
-# The tests cover every optional compiler, so they install every extra.
+# The tests cover every optional compiler, so they install every extra, and the out-of-tree
+# plugin example (examples/vendor-plugin) as a package of its own, as a third party would.
 $(INSTALLED): $(BIN)/python $(BUILD_INPUTS)
-	$(BIN)/python -m pip install --quiet -e '.[torch,ethos-u,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,ethos-u,openvino,sklearn,dev]'
+	$(BIN)/python -m pip install --quiet -e examples/vendor-plugin
 	touch $@
 
 run: $(INSTALLED)

@@ -11,7 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tapeout.artifacts.compiled import write_record
@@ -42,6 +42,8 @@ class BundleContents:
     invocation_id: str
     started_on: str
     finished_on: str
+    # More files for reports/ (gates.md, plots, sensitivity.json, fallback.json): name → file.
+    extra_reports: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,10 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
     reports.mkdir()
     _write_json(reports / "gates.json", contents.gates)
     _write_json(reports / "benchmark.json", contents.benchmark)
+    for name, path in sorted(contents.extra_reports.items()):
+        if name in ("gates.json", "benchmark.json") or Path(name).name != name:
+            raise ValueError(f"extra report {name!r}: expected a plain new file name under reports/")
+        shutil.copyfile(path, reports / name)
 
     (root / "config").mkdir()
     (root / "config" / "pipeline.yaml").write_text(contents.config_text)

@@ -58,8 +58,11 @@ def read_record(directory: Path) -> tuple[CompiledArtifact, dict[str, object]]:
         )
     except OSError as error:
         raise InvalidInput(f"{path}: cannot read the compiler record ({error.strerror})") from error
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as error:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int("x") in a shape.
         raise InvalidInput(f"{path}: malformed compiler record ({type(error).__name__}: {error})") from error
+    if not isinstance(artifact.report, dict):
+        raise InvalidInput(f"{path}: malformed compiler record (report: expected an object)")
     for name in artifact.files:
         resolved = (directory / name).resolve()
         if not resolved.is_relative_to(directory.resolve()) or not resolved.is_file():

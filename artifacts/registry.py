@@ -38,6 +38,11 @@ class RegisteredVersion:
     aliases: tuple[str, ...]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def registered_name(model: str, target: str) -> str:
     return f"{model}-{target}"
 
@@ -113,12 +118,19 @@ class Registry:
 
         try:
             self._client.get_registered_model(name)
-        except MlflowException:
-            return None
-        versions = self._search(name, tags)
-        if not versions:
-            return None
-        return self.get_version(name, min(versions, key=int))
+            versions = self._search(name, tags)
+            if not versions:
+                return None
+            return self.get_version(name, min(versions, key=int))
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            # An unreachable server is not "nothing registered": a build that went on would
+            # fail only at registration, minutes later.
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri}: cannot look up {name} "
+                f"({type(error).__name__}: {_first_line(error)})"
+            ) from error
 
     def register(
         self,
@@ -178,6 +190,32 @@ class Registry:
             ) from error
         return self.get_version(name, version)
 
+    def complete(self, version: RegisteredVersion) -> RegisteredVersion:
+        """Finish a registration that a killed process left half done, and return the version.
+
+        A registration is complete when its run is FINISHED: `register_stage` ends the run
+        only after the version, its tags and the `candidate` alias are written. A process
+        killed between creating the version and ending its run leaves a version (its bundle
+        was uploaded before it was created) without the alias; the next run of the same
+        build moves `candidate` to it and ends the run, instead of reporting it as done.
+        Harmless when the registrant is still alive: it writes the same alias itself.
+
+        Raises:
+            RegistryUnavailable: MLflow refused.
+        """
+        try:
+            run = self._client.get_run(version.run_id)
+            if run.info.status == "FINISHED":
+                return version
+            self._client.set_registered_model_alias(version.name, CANDIDATE_ALIAS, version.version)
+            self._client.set_terminated(version.run_id, status="FINISHED")
+            return self.get_version(version.name, version.version)
+        except Exception as error:
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri}: cannot finish the registration of {version.name} "
+                f"version {version.version} ({type(error).__name__}: {_first_line(error)})"
+            ) from error
+
     def _search(self, name: str, tags: Mapping[str, str]) -> list[str]:
         filters = [f"name = '{name}'"] + [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
         return [str(found.version) for found in self._client.search_model_versions(" and ".join(filters))]
@@ -222,12 +260,30 @@ class Registry:
         """Download the version's bundle into a new folder under `destination`."""
         import mlflow.artifacts
 
+        from mlflow.exceptions import MlflowException
+
+        from tapeout.artifacts.signing import VerificationFailed
+
         destination.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(prefix=f"{version.name}-{version.version}-", dir=destination))
-        mlflow.artifacts.download_artifacts(
-            run_id=version.run_id,
-            artifact_path=BUNDLE_ARTIFACT_PATH,
-            dst_path=str(target),
-            tracking_uri=self.tracking_uri,
-        )
+        try:
+            mlflow.artifacts.download_artifacts(
+                run_id=version.run_id,
+                artifact_path=BUNDLE_ARTIFACT_PATH,
+                dst_path=str(target),
+                tracking_uri=self.tracking_uri,
+            )
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryUnavailable(
+                    f"MLflow at {self.tracking_uri}: cannot download the bundle of {version.name} "
+                    f"version {version.version} ({_first_line(error)})"
+                ) from error
+            # The run's bundle is gone, or the store holds what MLflow will not copy (a link
+            # out of the store, a path that escapes it): nothing to verify, so refuse.
+            raise VerificationFailed(
+                Path(f"{version.name}@{version.version}"),
+                [f"the bundle cannot be downloaded from {self.tracking_uri} (run {version.run_id}): "
+                 f"{_first_line(error)}"],
+            ) from error
         return target / BUNDLE_ARTIFACT_PATH

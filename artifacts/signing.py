@@ -21,6 +21,7 @@ OIDC issuer) without trusting it; the `verify_*` functions check it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -128,7 +129,7 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
     pair = KeyPair(keys_dir / PRIVATE_KEY_FILE, keys_dir / PUBLIC_KEY_FILE)
     if pair.private_key.exists():
         if not pair.public_key.exists():
-            pair.public_key.write_bytes(_public_pem(pair.private_key))
+            _publish(pair.public_key, _public_pem(pair.private_key), 0o644, replace=True)
         return pair, False
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -137,15 +138,40 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    descriptor = os.open(pair.private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(pem)
-    pair.public_key.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    # Concurrent first runs race here: each key is written whole under a temporary name and
+    # linked into place, so exactly one wins and nobody ever reads a half-written key.
+    if not _publish(pair.private_key, pem, 0o600, replace=False):
+        return init_keys(keys_dir)  # another process created it first: use theirs
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    _publish(pair.public_key, public, 0o644, replace=True)
     return pair, True
+
+
+def _publish(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+    """Write `data` to `path` atomically (temporary file, fsync, link or rename). With
+    `replace` False an existing `path` is kept and False returned."""
+    import tempfile
+
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def signer_identity(public_key: Path) -> str:

@@ -24,11 +24,14 @@ def quantize(
     outputs: tuple[TensorSpec, ...],
     output_path: Path,
     symmetric_activations: bool = False,
+    nodes_to_exclude: tuple[str, ...] = (),
 ) -> QuantizedModel:
     """Write the QDQ model to `output_path` and describe it.
 
     `symmetric_activations` gives activations zero point 0 (a target that asks for it; pair it
     with a table calibrated with `symmetric=True`, whose ranges are already [-t, t]).
+    `nodes_to_exclude` names fp32 nodes the quantizer leaves in float (ONNX Runtime's
+    `nodes_to_exclude`; the accuracy fallback, tapeout.flows.fallback, uses it).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -55,6 +58,7 @@ def quantize(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             calibration_cache_path=cache_path,
+            nodes_to_exclude=list(nodes_to_exclude),
             extra_options={
                 "ActivationSymmetric": symmetric_activations,
                 "WeightSymmetric": True,

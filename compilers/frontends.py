@@ -1,9 +1,15 @@
 """Model front ends: turn the configured model source into one checked fp32 ONNX file.
 
-Two sources: a PyTorch factory plus a state dict (exported with torch.onnx's dynamo exporter,
-single file, no external data), or an ONNX file as given. Both pass through the same checks:
-`onnx.checker` (full), strict shape inference, and the input/output names and shapes the
-pipeline declares.
+Front ends are plugins, found through the `tapeout.frontends` entry-point group and checked
+when loaded, like compilers. Three ship with tapeout: `pytorch` (a factory plus a state dict,
+exported with torch.onnx's dynamo exporter, single file, no external data), `onnx` (a file as
+given) and `sklearn` (a factory returning a fitted scikit-learn estimator, exported by
+skl2onnx). Every export passes through the same checks: `onnx.checker` (full), strict shape
+inference, and the input/output names and shapes the pipeline declares.
+
+A front end is a class with `name`, `source_type` (the frozen dataclass it exports from),
+`material(source)` (what the export depends on: file digests and tool versions, for the
+stage's cache key) and `export(source, inputs, output_names, output_path)`.
 """
 
 from __future__ import annotations
@@ -11,14 +17,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import inspect
 import logging
 import sys
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, entry_points
+from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.errors import InvalidInput, PluginError, TapeoutError
 from tapeout.compilers.interface import TensorSpec
+
+ENTRY_POINT_GROUP = "tapeout.frontends"
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
 
@@ -38,6 +50,17 @@ class OnnxSource:
 
 
 @dataclass(frozen=True)
+class SklearnSource:
+    """`factory` is "FILE.py:FUNCTION" returning a fitted scikit-learn estimator (or Pipeline).
+
+    A factory rather than a pickle: the estimator is rebuilt from code under review, and
+    nothing is unpickled."""
+
+    factory_file: Path
+    factory_name: str
+
+
+@dataclass(frozen=True)
 class ExportedModel:
     """The fp32 ONNX model every later stage starts from."""
 
@@ -49,28 +72,144 @@ class ExportedModel:
 
 
 def export_model(
-    source: PyTorchSource | OnnxSource,
+    source: object,
     inputs: tuple[TensorSpec, ...],
     output_names: tuple[str, ...],
     output_path: Path,
 ) -> ExportedModel:
-    """Write the checked fp32 model to `output_path`.
+    """Write the checked fp32 model to `output_path`, with the front end registered for the
+    source's type.
 
     Raises:
-        InvalidInput: a source file is missing or not what it claims to be, the factory
-            cannot be imported, the weights do not fit the module, or the model's inputs or
-            outputs differ from the declared ones.
+        InvalidInput: no front end handles the source, a source file is missing or not what
+            it claims to be, the factory cannot be imported, the weights do not fit the
+            module, or the model's inputs or outputs differ from the declared ones.
+        PluginError: the front end plugin is broken.
     """
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(source, PyTorchSource):
-        _export_pytorch(source, inputs, output_names, output_path)
-        return check_model(output_path, inputs, output_names)
-    if not source.path.is_file():
-        raise InvalidInput(f"{source.path}: ONNX model not found")
-    # Check the user's file first, so that errors name it rather than our copy.
-    check_model(source.path, inputs, output_names)
-    output_path.write_bytes(source.path.read_bytes())
+    frontend_for(source).export(source, inputs, output_names, output_path)
     return check_model(output_path, inputs, output_names)
+
+
+class FrontEndError(PluginError):
+    """A front end plugin could not be loaded or does not implement the interface."""
+
+    def __init__(self, plugin: str, problem: str) -> None:
+        self.plugin, self.problem = plugin, problem
+        TapeoutError.__init__(self, f"front end plugin {plugin!r}: {problem}")
+
+
+@runtime_checkable
+class FrontEnd(Protocol):
+    """A front end plugin, found through the `tapeout.frontends` entry point."""
+
+    name: str
+    source_type: type
+
+    def material(self, source: object) -> dict[str, object]: ...
+
+    def export(
+        self, source: object, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
+    ) -> None: ...
+
+
+def load_frontends() -> dict[str, FrontEnd]:
+    """Every registered front end, loaded and checked.
+
+    Raises:
+        FrontEndError: a front end fails to import or to instantiate, or lacks part of the
+            interface (the message names it and what is wrong).
+    """
+    found: dict[str, FrontEnd] = {}
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            plugin_class = entry.load()
+        except Exception as error:  # any import-time failure of third-party code
+            raise FrontEndError(entry.name, f"cannot import {entry.value} ({type(error).__name__}: {error})") from error
+        if not inspect.isclass(plugin_class):
+            raise FrontEndError(entry.name, f"{entry.value} must be a class")
+        try:
+            frontend = plugin_class()
+        except Exception as error:
+            raise FrontEndError(entry.name, f"{entry.value}() failed ({type(error).__name__}: {error})") from error
+        missing = [m for m in ("material", "export") if not callable(getattr(frontend, m, None))]
+        if missing:
+            raise FrontEndError(entry.name, f"{entry.value} lacks method(s) {missing}")
+        if getattr(frontend, "name", None) != entry.name:
+            raise FrontEndError(entry.name, f"registered as {entry.name!r} but calls itself {getattr(frontend, 'name', None)!r}")
+        if not inspect.isclass(getattr(frontend, "source_type", None)):
+            raise FrontEndError(entry.name, f"{entry.value}.source_type must be a class")
+        found[entry.name] = frontend
+    return found
+
+
+def frontend_for(source: object) -> FrontEnd:
+    """The registered front end whose `source_type` the source is.
+
+    Raises:
+        InvalidInput: none is (names the source type and the registered front ends).
+    """
+    frontends = load_frontends()
+    for frontend in frontends.values():
+        if isinstance(source, frontend.source_type):
+            return frontend
+    raise InvalidInput(
+        f"no front end handles a {type(source).__name__} source; registered front ends "
+        f"({ENTRY_POINT_GROUP}): {sorted(frontends)}"
+    )
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = installed_version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+class OnnxFrontEnd:
+    """Front end `onnx`: an ONNX file as given, checked before it is copied."""
+
+    name = "onnx"
+    source_type = OnnxSource
+
+    def material(self, source: OnnxSource) -> dict[str, object]:
+        return {"onnx": _file_digest(source.path), "tools": _versions("onnx")}
+
+    def export(
+        self, source: OnnxSource, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
+    ) -> None:
+        if not source.path.is_file():
+            raise InvalidInput(f"{source.path}: ONNX model not found")
+        # Check the user's file first, so that errors name it rather than our copy.
+        check_model(source.path, inputs, output_names)
+        output_path.write_bytes(source.path.read_bytes())
+
+
+class PyTorchFrontEnd:
+    """Front end `pytorch`: a module factory plus a state dict, through torch.onnx (dynamo)."""
+
+    name = "pytorch"
+    source_type = PyTorchSource
+
+    def material(self, source: PyTorchSource) -> dict[str, object]:
+        return {
+            "factory": _file_digest(source.factory_file),
+            "factory_name": source.factory_name,
+            "weights": _file_digest(source.weights),
+            "tools": _versions("torch", "onnxscript", "onnx"),
+        }
+
+    def export(
+        self, source: PyTorchSource, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
+    ) -> None:
+        _export_pytorch(source, inputs, output_names, output_path)
 
 
 def check_model(
@@ -199,28 +338,184 @@ def _export_pytorch(
 def _build_module(source: PyTorchSource) -> "torch.nn.Module":  # noqa: F821
     import torch
 
-    if not source.factory_file.is_file():
-        raise InvalidInput(f"{source.factory_file}: model factory file not found")
-    module_name = f"tapeout_model_factory_{hashlib.sha256(str(source.factory_file).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, source.factory_file)
-    assert spec is not None and spec.loader is not None  # a .py file always has a loader
-    factory_module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(factory_module)
-    except Exception as error:
-        raise InvalidInput(
-            f"{source.factory_file}: importing the model factory failed "
-            f"({type(error).__name__}: {error})"
-        ) from error
-    factory = getattr(factory_module, source.factory_name, None)
-    if not callable(factory):
-        raise InvalidInput(
-            f"{source.factory_file}: expected a function {source.factory_name!r}, found none"
-        )
-    module = factory()
+    module = _call_factory(source.factory_file, source.factory_name)
     if not isinstance(module, torch.nn.Module):
         raise InvalidInput(
             f"{source.factory_file}: {source.factory_name}() must return a torch.nn.Module, "
             f"found {type(module).__name__}"
         )
     return module
+
+
+def _call_factory(factory_file: Path, factory_name: str) -> object:
+    """Import `factory_file` as a module of its own and call `factory_name()`.
+
+    Raises:
+        InvalidInput: the file is missing, fails to import, or has no such function.
+    """
+    if not factory_file.is_file():
+        raise InvalidInput(f"{factory_file}: model factory file not found")
+    module_name = f"tapeout_model_factory_{hashlib.sha256(str(factory_file).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, factory_file)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
+    factory_module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(factory_module)
+    except Exception as error:
+        raise InvalidInput(
+            f"{factory_file}: importing the model factory failed "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    factory = getattr(factory_module, factory_name, None)
+    if not callable(factory):
+        raise InvalidInput(
+            f"{factory_file}: expected a function {factory_name!r}, found none"
+        )
+    return factory()
+
+
+class SklearnFrontEnd:
+    """Front end `sklearn`: a fitted scikit-learn estimator, exported by skl2onnx.
+
+    The graph gets the declared input (one float32 tensor, fixed batch: [B, features]) and
+    keeps only the declared outputs; with none declared, a classifier keeps `probabilities`
+    (the scores the gates take the top-1 of), anything else all its outputs. Classifiers are
+    exported without ZipMap, so probabilities are a plain tensor. Nodes and initializers the
+    kept outputs do not need are dropped, so a classifier's label branch (ArgMax,
+    ArrayFeatureExtractor) does not reach the quantizer or the compilers.
+    """
+
+    name = "sklearn"
+    source_type = SklearnSource
+    TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+    def material(self, source: SklearnSource) -> dict[str, object]:
+        return {
+            "factory": _file_digest(source.factory_file),
+            "factory_name": source.factory_name,
+            "tools": _versions("scikit-learn", "skl2onnx", "onnx"),
+        }
+
+    def export(
+        self, source: SklearnSource, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
+    ) -> None:
+        try:
+            import onnx
+            from skl2onnx import to_onnx
+            from skl2onnx.common.data_types import FloatTensorType
+            from sklearn.base import is_classifier
+        except ImportError as error:
+            raise InvalidInput(
+                "a scikit-learn model source needs the sklearn extra: pip install 'tapeout[sklearn]'"
+            ) from error
+        if len(inputs) != 1 or inputs[0].dtype != "float32" or len(inputs[0].shape) != 2:
+            raise InvalidInput(
+                "a scikit-learn model takes one float32 input of shape [batch, features], found "
+                f"{[f'{spec.name}: {spec.dtype}{list(spec.shape)}' for spec in inputs]}"
+            )
+        estimator = _call_factory(source.factory_file, source.factory_name)
+        if not hasattr(estimator, "predict"):
+            raise InvalidInput(
+                f"{source.factory_file}: {source.factory_name}() must return a fitted scikit-learn "
+                f"estimator, found {type(estimator).__name__}"
+            )
+        final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+        options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                model = to_onnx(
+                    estimator,
+                    initial_types=[(inputs[0].name, FloatTensorType(list(inputs[0].shape)))],
+                    target_opset=self.TARGET_OPSET,
+                    options=options,
+                )
+            except Exception as error:  # skl2onnx raises RuntimeError, NotImplementedError, ...
+                raise InvalidInput(
+                    f"{source.factory_file}: skl2onnx cannot export {type(estimator).__name__} "
+                    f"({type(error).__name__}: {error})"
+                ) from error
+        available = [output.name for output in model.graph.output]
+        wanted = list(output_names)
+        if not wanted:
+            wanted = ["probabilities"] if is_classifier(final) and "probabilities" in available else available
+        unknown = [name for name in wanted if name not in available]
+        if unknown:
+            raise InvalidInput(
+                f"{source.factory_file}: {type(estimator).__name__} outputs: expected {wanted}, "
+                f"skl2onnx produces {available}"
+            )
+        _keep_outputs(model, wanted)
+        _drop_noop_casts(model)
+        model.producer_name, model.producer_version = "tapeout-sklearn", _versions("skl2onnx")["skl2onnx"]
+        onnx.save(model, str(output_path))
+
+
+def _drop_noop_casts(model: "onnx.ModelProto") -> None:  # noqa: F821
+    """Remove Casts to the type their input already has (skl2onnx starts MLPs with a
+    float -> float Cast), rewiring their readers to the Cast's input. Integer-only compilers
+    have no Cast, and it does nothing here."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    }
+    types.update({tensor.name: tensor.data_type for tensor in model.graph.initializer})
+    outputs = {output.name for output in model.graph.output}
+    replaced: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = replaced.get(name, name)
+        target = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+        if (
+            target is not None and node.domain in ("", "ai.onnx") and types.get(node.input[0]) == target
+            and node.output[0] not in outputs
+        ):
+            replaced[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    if replaced:
+        copies = []
+        for node in kept:
+            copy = type(node)()
+            copy.CopyFrom(node)
+            copies.append(copy)
+        del model.graph.node[:]
+        model.graph.node.extend(copies)
+
+
+def _keep_outputs(model: "onnx.ModelProto", wanted: list[str]) -> None:  # noqa: F821
+    """Keep only `wanted` graph outputs (in that order) and what they depend on."""
+    graph = model.graph
+    by_name = {output.name: output for output in graph.output}
+    kept_outputs = [by_name[name] for name in wanted]
+    needed = set(wanted)
+    kept_nodes = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept_nodes.append(node)
+            needed.update(name for name in node.input if name)
+    kept_nodes.reverse()
+    kept_initializers = [tensor for tensor in graph.initializer if tensor.name in needed]
+    domains = {node.domain for node in kept_nodes}
+    kept_opsets = [entry for entry in model.opset_import if entry.domain in ("", "ai.onnx") or entry.domain in domains]
+    for field, values in (
+        (graph.output, kept_outputs), (graph.node, kept_nodes), (graph.initializer, kept_initializers),
+        (model.opset_import, kept_opsets),
+    ):
+        copies = [type(value)() for value in values]
+        for copy, value in zip(copies, values):
+            copy.CopyFrom(value)
+        del field[:]
+        field.extend(copies)
+    kept_values = [value for value in graph.value_info if value.name in needed]
+    copies = []
+    for value in kept_values:
+        copy = type(value)()
+        copy.CopyFrom(value)
+        copies.append(copy)
+    del graph.value_info[:]
+    graph.value_info.extend(copies)

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tapeout.artifacts.digest import file_digest
-from tapeout.compilers.frontends import OnnxSource, PyTorchSource
+from tapeout.compilers.frontends import frontend_for
 from tapeout.compilers.interface import TargetProfile
 from tapeout.flows.config import Pipeline
 
@@ -40,19 +40,8 @@ def _key(stage: str, document: dict) -> str:
 
 def export_key(pipeline: Pipeline) -> str:
     source = pipeline.model_source()
-    if isinstance(source, PyTorchSource):
-        material = {
-            "factory": file_digest(source.factory_file) if source.factory_file.is_file() else "missing",
-            "factory_name": source.factory_name,
-            "weights": file_digest(source.weights) if source.weights.is_file() else "missing",
-            "tools": _versions("torch", "onnxscript", "onnx"),
-        }
-    else:
-        assert isinstance(source, OnnxSource)
-        material = {
-            "onnx": file_digest(source.path) if source.path.is_file() else "missing",
-            "tools": _versions("onnx"),
-        }
+    # The front end says what its export depends on (file digests, tool versions).
+    material = frontend_for(source).material(source)
     config = pipeline.config.model
     return _key(
         "export",
@@ -101,5 +90,6 @@ def evaluate_key(artifact_files: list[Path], validation_digest: str, reference_d
             "artifact": [file_digest(path) for path in artifact_files],
             "validation": validation_digest,
             "reference": reference_digest,
+            "metrics": "v2",  # issue 5: p99, throughput, warm-up, output SQNR/cosine, latencies
         },
     )

@@ -99,9 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     from tapeout.calibration.commands import add_commands as add_calibration_commands
 
     add_calibration_commands(commands)  # calibrate, calib inspect|pack
-    from tapeout.flows.triggers import add_commands as add_trigger_commands
+    from tapeout.flows.trigger_commands import add_commands as add_trigger_commands
 
     add_trigger_commands(commands, common)  # watch, hook install
+    from tapeout.compilers.diff import add_commands as add_diff_commands
+
+    add_diff_commands(commands, common)  # diff
+    from tapeout.flows.explain import add_commands as add_explain_commands
+
+    add_explain_commands(commands, common)  # explain
     return parser
 
 
@@ -109,7 +115,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tapeout.flows.pipeline import build
+    import os
+
+    if not args.debug:
+        # Prefect re-applies its logging config (on import, when a flow starts), resetting
+        # the levels set below; these environment overrides are what it re-reads each time.
+        for name in ("FLOW_RUNS", "TASK_RUNS"):
+            os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")
+    from tapeout.flows.build import build
 
     stdout = sys.stdout
     if not args.debug:
@@ -176,6 +189,7 @@ def _print_outcomes(outcomes) -> None:
                 f"[green]PASS[/] {outcome.target}: {how} {outcome.registered_model} "
                 f"version {outcome.version}, bundle {outcome.bundle_digest}"
                 + (f"\n     {outcome.bundle_path}" if outcome.bundle_path else "")
+                + (f"\n     {outcome.message.strip(' ()')}" if outcome.message else "")
             )
         elif outcome.verdict == "fail":
             console.print(f"[red]FAIL[/] {outcome.target}: {outcome.message}")

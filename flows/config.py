@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from tapeout.compilers.errors import InvalidInput
-from tapeout.compilers.frontends import OnnxSource, PyTorchSource
+from tapeout.compilers.frontends import OnnxSource, PyTorchSource, SklearnSource
 from tapeout.compilers.interface import TargetProfile, TensorSpec
 from tapeout.compilers.versions import parse_version
 
@@ -27,6 +27,16 @@ GATE_METRICS = (
     "latency_p50_ms",
     "latency_p95_ms",
     "artifact_size_bytes",
+    # issue 5: more gates (flows/evaluate.py measures them)
+    "accuracy_drop_relative",
+    "output_sqnr_db",
+    "output_cosine",
+    "latency_p99_ms",
+    "warmup_ms",
+    "throughput_per_s",
+    "peak_memory_bytes",
+    "compile_seconds",
+    "energy_per_inference_uj_estimate",  # an estimate from the target's cost_model (flows/energy.py)
 )
 
 
@@ -50,14 +60,22 @@ class PyTorchSourceConfig(_Strict):
     weights: str = Field(description="state dict file, loaded with weights_only=True")
 
 
+class SklearnSourceConfig(_Strict):
+    factory: Annotated[str, StringConstraints(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        description="FILE.py:FUNCTION returning a fitted scikit-learn estimator (exported by skl2onnx)"
+    )
+
+
 class ModelSourceConfig(_Strict):
     pytorch: PyTorchSourceConfig | None = None
     onnx: str | None = None
+    sklearn: SklearnSourceConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSourceConfig":
-        if (self.pytorch is None) == (self.onnx is None):
-            raise ValueError("expected exactly one of 'pytorch' or 'onnx'")
+        given = [self.pytorch, self.onnx, self.sklearn]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("expected exactly one of 'pytorch' or 'onnx' or 'sklearn'")
         return self
 
 
@@ -102,6 +120,13 @@ class Threshold(_Strict):
 Gates = dict[Literal[GATE_METRICS], Threshold]  # type: ignore[valid-type]
 
 
+class CostModel(_Strict):
+    """The target's energy cost model: what the energy *estimate* is computed from."""
+
+    energy_per_mac_pj: float = Field(gt=0, description="picojoules per int8 multiply-accumulate")
+    energy_per_byte_pj: float = Field(ge=0, description="picojoules per byte moved to or from memory")
+
+
 class TargetConfig(_Strict):
     name: Name
     compiler: str
@@ -109,6 +134,7 @@ class TargetConfig(_Strict):
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     memory_budget_bytes: int | None = Field(default=None, ge=1)
     gates: Gates | None = Field(default=None, description="replaces the pipeline's gates")
+    cost_model: CostModel | None = Field(default=None, description="for the energy estimate gate")
 
     @field_validator("firmware_revision")
     @classmethod
@@ -155,6 +181,21 @@ class SigningConfig(_Strict):
         return self
 
 
+class FallbackConfig(_Strict):
+    """The accuracy-aware fallback (tapeout.flows.fallback): when an accuracy gate fails, keep
+    the most sensitive layers out of int8, trying at most `budget` re-quantizations."""
+
+    enabled: bool = True
+    budget: int = Field(default=4, ge=0, le=64, description="re-quantizations per target, at most")
+
+
+class SensitivityConfig(_Strict):
+    """Per-layer sensitivity (tapeout.flows.sensitivity), on the validation set."""
+
+    samples: int = Field(default=200, ge=1, description="validation samples used, at most")
+    top_k: int = Field(default=3, ge=0, description="layers measured by re-quantizing (the expensive metric)")
+
+
 class RegistryConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: sqlite:///<home>/mlflow.db")
 
@@ -167,6 +208,8 @@ class PipelineConfig(_Strict):
     gates: Gates = Field(default_factory=dict)
     signing: SigningConfig = SigningConfig()
     registry: RegistryConfig = RegistryConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
 
     @model_validator(mode="after")
     def _unique_targets(self) -> "PipelineConfig":
@@ -199,10 +242,13 @@ class Pipeline:
     def batch_size(self) -> int:
         return self.config.model.inputs[0].shape[0]
 
-    def model_source(self) -> PyTorchSource | OnnxSource:
+    def model_source(self) -> PyTorchSource | OnnxSource | SklearnSource:
         source = self.config.model.source
         if source.onnx is not None:
             return OnnxSource(self.resolve(source.onnx))
+        if source.sklearn is not None:
+            file_name, function = source.sklearn.factory.rsplit(":", 1)
+            return SklearnSource(self.resolve(file_name), function)
         assert source.pytorch is not None  # guaranteed by ModelSourceConfig._exactly_one
         file_name, function = source.pytorch.factory.rsplit(":", 1)
         return PyTorchSource(self.resolve(file_name), function, self.resolve(source.pytorch.weights))
@@ -248,6 +294,11 @@ def load_pipeline(path: Path) -> Pipeline:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(path, None, "", f"cannot read the pipeline file ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            path, line, "", f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}"
+        ) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)
@@ -256,6 +307,8 @@ def load_pipeline(path: Path) -> Pipeline:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(path, line, "", f"not valid YAML: {problem}") from error
+    except RecursionError:
+        raise ConfigError(path, None, "", "not a pipeline: the YAML is nested too deeply") from None
     if not isinstance(document, dict):
         raise ConfigError(path, 1, "", f"expected a mapping at the top, found {type(document).__name__}")
     try:

@@ -24,6 +24,11 @@ QUIET_ENVIRONMENT = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # MLflow's defaults retry an unreachable server for minutes (7 retries, backoff factor 2,
+    # 120 s timeout). Bound it: a few seconds per call; the register task retries on top.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
 

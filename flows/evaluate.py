@@ -22,9 +22,11 @@ TIMED_RUNS = 200
 
 @dataclass(frozen=True)
 class Predictions:
-    """Top-1 class per validation sample, for one model."""
+    """Top-1 class per validation sample, for one model, and its first output, flattened per
+    sample (for output SQNR and cosine against fp32)."""
 
     top1: np.ndarray
+    outputs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Evaluation:
     metrics: Mapping[str, float]
     validation_digest: str
     validation_count: int
+    latencies_ms: tuple[float, ...] = ()  # every timed run, for the latency plot
 
 
 def predict(runner: Runner, samples: SampleSet, inputs: tuple[TensorSpec, ...]) -> Predictions:
@@ -43,7 +46,7 @@ def predict(runner: Runner, samples: SampleSet, inputs: tuple[TensorSpec, ...]) 
     """
     batch_size = inputs[0].shape[0]
     arrays = samples.arrays()
-    top1 = []
+    top1, outputs = [], []
     for start in range(0, samples.count, batch_size):
         feed = {}
         for spec in inputs:
@@ -52,15 +55,21 @@ def predict(runner: Runner, samples: SampleSet, inputs: tuple[TensorSpec, ...]) 
             if real < batch_size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, axis=0)])
             feed[spec.name] = np.ascontiguousarray(chunk)
-        output = next(iter(runner.run(feed).values()))
-        top1.append(np.asarray(output).reshape(batch_size, -1).argmax(axis=1)[:real])
-    return Predictions(np.concatenate(top1))
+        output = np.asarray(next(iter(runner.run(feed).values()))).reshape(batch_size, -1)
+        top1.append(output.argmax(axis=1)[:real])
+        outputs.append(output[:real].astype(np.float32))
+    return Predictions(np.concatenate(top1), np.concatenate(outputs))
 
 
 def measure_latency(
-    runner: Runner, samples: SampleSet, inputs: tuple[TensorSpec, ...], runs: int = TIMED_RUNS
+    runner: Runner,
+    samples: SampleSet,
+    inputs: tuple[TensorSpec, ...],
+    runs: int = TIMED_RUNS,
+    timings_ms: list[float] | None = None,
 ) -> dict[str, float]:
-    """p50/p95 latency in milliseconds of one batch, after warm-up (as trtexec reports)."""
+    """p50/p95/p99 latency in milliseconds of one batch after warm-up, and throughput in
+    samples per second (as trtexec reports). Every timing is appended to `timings_ms` if given."""
     batch_size = inputs[0].shape[0]
     arrays = samples.arrays()
     feed = {spec.name: np.ascontiguousarray(arrays[spec.name][:batch_size]) for spec in inputs}
@@ -71,10 +80,28 @@ def measure_latency(
         start = time.perf_counter()
         runner.run(feed)
         timings[index] = time.perf_counter() - start
-    return {
+    result = {
         "latency_p50_ms": float(np.percentile(timings, 50) * 1e3),
         "latency_p95_ms": float(np.percentile(timings, 95) * 1e3),
+        "latency_p99_ms": float(np.percentile(timings, 99) * 1e3),
+        **({"throughput_per_s": float(batch_size * runs / timings.sum())} if timings.sum() > 0 else {}),
     }
+    if timings_ms is not None:
+        timings_ms.extend(float(value * 1e3) for value in timings)
+    return result
+
+
+def output_fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """SQNR (dB) = 10·log10(Σx² / Σ(x − x̂)²) and mean per-sample cosine of the artifact's first
+    output x̂ against the fp32 model's x, over the validation set."""
+    exact = reference.astype(np.float64)
+    approximate = outputs.astype(np.float64)
+    noise = float(np.sum((exact - approximate) ** 2))
+    signal = float(np.sum(exact**2))
+    sqnr = 200.0 if noise == 0 else (-200.0 if signal == 0 else min(10 * np.log10(signal / noise), 200.0))
+    norms = np.linalg.norm(exact, axis=1) * np.linalg.norm(approximate, axis=1)
+    cosine = np.where(norms > 0, np.sum(exact * approximate, axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+    return {"output_sqnr_db": float(sqnr), "output_cosine": float(np.mean(cosine))}
 
 
 def evaluate(
@@ -87,6 +114,11 @@ def evaluate(
     """All gate metrics for one compiled artifact."""
     arrays = samples.arrays()
     labels = arrays[samples.label_key] if samples.label_key else None
+    batch_size = inputs[0].shape[0]
+    first = {spec.name: np.ascontiguousarray(arrays[spec.name][:batch_size]) for spec in inputs}
+    start = time.perf_counter()
+    runner.run(first)  # warm-up: the first inference of a freshly loaded artifact
+    warmup_ms = (time.perf_counter() - start) * 1e3
     predictions = predict(runner, samples, inputs)
     metrics: dict[str, float] = {
         "top1_agreement": float(np.mean(predictions.top1 == reference.top1)),
@@ -96,5 +128,12 @@ def evaluate(
         metrics["accuracy_fp32"] = float(np.mean(reference.top1 == labels))
         metrics["accuracy"] = float(np.mean(predictions.top1 == labels))
         metrics["accuracy_drop"] = metrics["accuracy_fp32"] - metrics["accuracy"]
-    metrics.update(measure_latency(runner, samples, inputs))
-    return Evaluation(metrics, samples.digest, samples.count)
+        if metrics["accuracy_fp32"] > 0:
+            metrics["accuracy_drop_relative"] = metrics["accuracy_drop"] / metrics["accuracy_fp32"]
+    if reference.outputs is not None and predictions.outputs is not None:
+        if reference.outputs.shape == predictions.outputs.shape:
+            metrics.update(output_fidelity(predictions.outputs, reference.outputs))
+    metrics["warmup_ms"] = warmup_ms
+    timings: list[float] = []
+    metrics.update(measure_latency(runner, samples, inputs, timings_ms=timings))
+    return Evaluation(metrics, samples.digest, samples.count, tuple(timings))

@@ -16,7 +16,6 @@ import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,85 +24,15 @@ from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, registered_name
-from tapeout.artifacts.signing import init_keys, public_key_for
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, stages
+from tapeout.flows import cache_keys, fallback, stages
+from tapeout.flows.reports import fallback_note, target_reports
+from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
-from tapeout.flows.environment import default_tracking_uri
+from tapeout.flows.build import BuildSettings, Progress, TargetOutcome, already_registered, settings_for
 from tapeout.flows.gates import GateResult
 
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TargetOutcome:
-    """What happened to one target. `verdict`: pass, fail (a gate) or error (bad input)."""
-
-    target: str
-    registered_model: str
-    verdict: str
-    version: str | None = None
-    bundle_path: str | None = None
-    bundle_digest: str | None = None
-    reused: bool = False
-    gates: tuple[GateResult, ...] = ()
-    message: str = ""
-    exit_code: int = 0
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Where a build keeps its files and which key signs it."""
-
-    home: Path
-    tracking_uri: str
-    private_key: Path
-    public_key: Path
-    progress: Progress = field(default=lambda message: None)
-
-
-def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSettings:
-    """Where the build keeps its files and how it signs. For the `key` method `private_key`
-    is the key path; for `certificate` and `sigstore` it is the signer value
-    (tapeout.artifacts.signing) and `public_key` names the material the signer shows."""
-    from tapeout.artifacts.signing import CertificateSigner, KeylessSigner
-
-    signing = pipeline.config.signing
-    if signing.policy:
-        from tapeout.artifacts.policy import load_policy
-
-        load_policy(pipeline.resolve(signing.policy))  # fail fast on a broken policy file
-    tracking_uri = pipeline.config.registry.tracking_uri or default_tracking_uri(home)
-    if signing.method == "certificate":
-        assert signing.private_key and signing.certificate  # guaranteed by SigningConfig
-        signer = CertificateSigner(
-            pipeline.resolve(signing.private_key),
-            pipeline.resolve(signing.certificate),
-            tuple(pipeline.resolve(item) for item in signing.certificate_chain),
-        )
-        public_key_for(signer.private_key)  # fail fast on an unusable key
-        return BuildSettings(home, tracking_uri, signer, signer.certificate, progress)  # type: ignore[arg-type]
-    if signing.method == "sigstore":
-        from tapeout.artifacts.sigstore_trust import trust_config_file
-
-        trust_config = pipeline.resolve(signing.trust_config) if signing.trust_config else None
-        signer = KeylessSigner(trust_config=trust_config, oidc_issuer=signing.oidc_issuer)
-        return BuildSettings(home, tracking_uri, signer, trust_config or trust_config_file(), progress)  # type: ignore[arg-type]
-    configured = signing.private_key
-    if configured:
-        private_key = pipeline.resolve(configured)
-        public_key = private_key.with_suffix(".pub")
-        if not public_key.exists():
-            public_key = home / "keys" / f"{private_key.stem}.pub"
-            public_key.parent.mkdir(parents=True, exist_ok=True)
-            public_key.write_bytes(public_key_for(private_key))
-    else:
-        pair, created = init_keys(home / "keys")
-        if created:
-            progress(f"created a signing key: {pair.private_key}")
-        private_key, public_key = pair.private_key, pair.public_key
-    return BuildSettings(home, tracking_uri, private_key, public_key, progress)
 
 
 def _now() -> str:
@@ -118,7 +47,8 @@ def _key_from_workdir(context, parameters: dict) -> str:
     and the folder's own path tells homes apart (each home keeps its own outputs)."""
     workdir: Path = parameters["workdir"]
     home = hashlib.sha256(str(workdir.resolve().parent).encode()).hexdigest()[:12]
-    return f"tapeout-{workdir.parent.name}-{workdir.name}-{home}"
+    name = workdir.name.split(_PRIVATE, 1)[0]  # a private re-run folder shares the key
+    return f"tapeout-{workdir.parent.name}-{name}-{home}"
 
 
 def _cached(function, name: str):
@@ -163,12 +93,29 @@ def _stage_lock(workdir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_PRIVATE = "~"
+
+
 def _run_cached(stage_task, workdir: Path, outputs: Callable[[object], list[Path]], **arguments):
-    """Run a cached stage; if its cached result points at files that are gone, run it again."""
+    """Run a cached stage; if its cached result points at files that are gone, run it again.
+
+    A finished stage folder is never written again: other runs may be reading it (compiling
+    from it, evaluating it, copying it into a bundle). When the stage must run although its
+    folder is finished — Prefect missed its cache, as it does for the compile and evaluate
+    tasks nested in build-target (seen with concurrent runs on a Prefect server) — it runs in
+    a private sibling folder that shares the cache key.
+    """
+    finished = workdir.parent / f".{workdir.name}.finished"
     with _stage_lock(workdir):
-        result = stage_task(**arguments, workdir=workdir)
+        target = workdir
+        if finished.exists():
+            target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
+        result = stage_task(**arguments, workdir=target)
         if not all(path.exists() for path in outputs(result)):
-            result = stage_task.with_options(refresh_cache=True)(**arguments, workdir=workdir)
+            target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
+            result = stage_task.with_options(refresh_cache=True)(**arguments, workdir=target)
+        if target == workdir:
+            finished.touch()
     return result
 
 
@@ -202,27 +149,33 @@ def build_target(
             evaluate_task, cache / "evaluate" / key, lambda e: [],
             artifact=artifact, validation=shared["validation"], reference=shared["reference"],
         )
-        gated = stages.gate_stage(pipeline, target, evaluation)
+        gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"])
+        # issue 5: an accuracy gate failed → keep the most sensitive layers out of int8 (bounded).
+        quantized, artifact, gated, kept = fallback.repair_target(
+            pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress
+        )
+        reports = target_reports(cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept)
         if not gated.passed:
             run_id = stages.record_failed_gates(
-                registry, pipeline, target, source, artifact, gated, cache / "reports" / uuid.uuid4().hex
+                registry, pipeline, target, source, artifact, gated, cache / "reports" / uuid.uuid4().hex, reports
             )
             failed = [gate for gate in gated.gates if not gate.passed]
             return TargetOutcome(
                 target.name, name, "fail", gates=gated.gates, exit_code=1,
                 message=f"gate(s) failed, MLflow run {run_id} recorded as FAILED, nothing registered: "
-                + "; ".join(gate.describe() for gate in failed),
+                + "; ".join(gate.describe() for gate in failed) + fallback_note(kept),
             )
         progress(f"[{target.name}] bundle and sign")
         bundle = bundle_task(
-            pipeline=pipeline, target=target, model=shared["model"], quantized=shared["quantized"],
+            pipeline=pipeline, target=target, model=shared["model"], quantized=quantized,
             calibrated=shared["calibrated"], artifact=artifact, gated=gated, source=source,
             invocation_id=shared["invocation_id"], started_on=started_on, finished_on=_now(),
-            bundles_root=settings.home / "bundles", private_key=settings.private_key,
+            bundles_root=settings.home / "bundles", private_key=settings.private_key, extra_reports=reports,
         )
         tags = stages.version_tags(
             pipeline, target, source, artifact, shared["calibrated"], bundle, settings.public_key
         )
+        tags.update({"fallback_kept_out": ",".join(item["node"] for item in kept["kept_out"])} if kept else {})
         progress(f"[{target.name}] register {name}")
         version = register_task(registry, pipeline, target, source, artifact, gated, bundle, tags)
     except TapeoutError as error:
@@ -232,60 +185,13 @@ def build_target(
         target.name, name, "pass", version=version.version,
         bundle_path=None if reused else str(bundle.path),
         bundle_digest=version.tags.get("bundle_digest"), gates=gated.gates, reused=reused,
-        message="registered concurrently by another run" if reused else "",
+        message=("registered concurrently by another run" if reused else "") + fallback_note(kept),
     )
 
 
 # -- the flow ---------------------------------------------------------------------------------
 
-_progress: Progress = lambda message: None
-
-
-def _already_registered(
-    pipeline: Pipeline, source: SourceRevision, registry: Registry, progress: Progress
-) -> dict[str, TargetOutcome]:
-    """Targets whose (commit, per-target config digest) already has a registered version."""
-    found: dict[str, TargetOutcome] = {}
-    if source.dirty:
-        return found
-    for target in pipeline.config.targets:
-        name = registered_name(pipeline.config.model.name, target.name)
-        existing = registry.find_version(
-            name, {"commit": source.commit, "config_digest": pipeline.digest(target)}
-        )
-        if existing is not None:
-            progress(f"[{target.name}] {name} version {existing.version} already built from this commit")
-            found[target.name] = TargetOutcome(
-                target.name, name, "pass", version=existing.version,
-                bundle_digest=existing.tags.get("bundle_digest"), reused=True,
-                message="already registered for this commit and config",
-            )
-    return found
-
-
-def build(
-    pipeline_file: Path, commit: str | None, home: Path, progress: Progress = lambda m: None
-) -> list[TargetOutcome]:
-    """Run the whole pipeline once, reporting each stage to `progress`.
-
-    Raises:
-        TapeoutError: bad input shared by every target (config, commit, model, data, key).
-    """
-    global _progress
-    # Fail fast on what every target shares, and skip Prefect entirely when every target of
-    # this commit is already registered.
-    pipeline = load_pipeline(pipeline_file)
-    source = stages.source_revision(pipeline.path, commit)
-    settings = settings_for(pipeline, home, progress)
-    registry = Registry(settings.tracking_uri, settings.home / "artifacts")
-    done = _already_registered(pipeline, source, registry, progress)
-    if len(done) == len(pipeline.config.targets):
-        return [done[target.name] for target in pipeline.config.targets]
-    _progress = progress
-    try:
-        return build_flow(str(pipeline_file), commit, str(home))
-    finally:
-        _progress = lambda message: None
+_progress: Progress = lambda message: None  # set by tapeout.flows.build.build
 
 
 @flow(name="tapeout-build", log_prints=False)
@@ -297,7 +203,7 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
     source = stages.source_revision(pipeline.path, commit)
     settings = settings_for(pipeline, Path(home), progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
-    outcomes = _already_registered(pipeline, source, registry, progress)
+    outcomes = already_registered(pipeline, source, registry, progress)
     pending = [target for target in pipeline.config.targets if target.name not in outcomes]
     if pending:
         cache = settings.home / "cache"
@@ -325,6 +231,12 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
             "reference_digest": stages.predictions_digest(reference), "source": source,
             "invocation_id": uuid.uuid4().hex,
         }
+        progress(f"per-layer sensitivity on {min(validation.count, pipeline.config.sensitivity.samples)} validation samples")
+        shared["sensitivity"] = sensitivity_stage(
+            model.path, calibrated.table, calibrated.table_path, quantized, validation,
+            samples=pipeline.config.sensitivity.samples, top_k=pipeline.config.sensitivity.top_k,
+            cache=cache / "sensitivity", progress=progress,
+        )
         futures = [
             build_target.submit(pipeline, target, shared, settings, registry) for target in pending
         ]

@@ -181,16 +181,33 @@ def evaluate_stage(
     artifact: CompiledArtifact, validation: SampleSet, reference: Predictions
 ) -> Evaluation:
     runner = load_compiler(artifact.compiler).load(artifact)
-    return evaluate(
+    evaluation = evaluate(
         runner,
         validation,
         artifact.inputs,
         reference,
         [artifact.directory / name for name in artifact.files],
     )
+    # What the compiler measured itself (int8-ref: the static memory plan's peak, compile time).
+    reported = {
+        metric: float(artifact.report[metric])  # type: ignore[arg-type]
+        for metric in ("peak_memory_bytes", "compile_seconds")
+        if isinstance(artifact.report.get(metric), (int, float))
+    }
+    return replace(evaluation, metrics={**evaluation.metrics, **reported}) if reported else evaluation
 
 
-def gate_stage(pipeline: Pipeline, target: TargetConfig, evaluation: Evaluation) -> Gated:
+def gate_stage(
+    pipeline: Pipeline, target: TargetConfig, evaluation: Evaluation, model: QuantizedModel | None = None
+) -> Gated:
+    """Check the target's gates. With `model` (the QDQ model compiled) and the target's
+    `cost_model`, the energy per inference is estimated first (flows/energy.py)."""
+    if model is not None and target.cost_model is not None:
+        from tapeout.flows.energy import energy_metrics
+
+        cost = target.cost_model
+        estimate = energy_metrics(model.path, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
+        evaluation = replace(evaluation, metrics={**evaluation.metrics, **estimate})
     return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics))
 
 
@@ -199,6 +216,9 @@ def benchmark_report(artifact: CompiledArtifact, gated: Gated) -> dict[str, obje
     report = {
         "latency_p50_ms": metrics.get("latency_p50_ms"),
         "latency_p95_ms": metrics.get("latency_p95_ms"),
+        "latency_p99_ms": metrics.get("latency_p99_ms"),
+        "warmup_ms": metrics.get("warmup_ms"),
+        "throughput_per_s": metrics.get("throughput_per_s"),
         "artifact_size_bytes": metrics.get("artifact_size_bytes"),
         "batch_size": artifact.inputs[0].shape[0],
         "threads": 1,
@@ -224,6 +244,7 @@ def bundle_stage(
     finished_on: str,
     bundles_root: Path,
     private_key: Path,
+    extra_reports: Mapping[str, Path] | None = None,
 ) -> Bundle:
     resolved = pipeline.resolved()
     contents = BundleContents(
@@ -244,6 +265,7 @@ def bundle_stage(
         invocation_id=invocation_id,
         started_on=started_on,
         finished_on=finished_on,
+        extra_reports=dict(extra_reports or {}),
     )
     return build_bundle(contents, bundles_root, private_key)
 
@@ -325,8 +347,10 @@ def record_failed_gates(
     artifact: CompiledArtifact,
     gated: Gated,
     workdir: Path,
+    extra_reports: Mapping[str, Path] | None = None,
 ) -> str:
-    """A failed-gate run: recorded in MLflow as FAILED with its reasons; nothing registered."""
+    """A failed-gate run: recorded in MLflow as FAILED with its reasons; nothing registered.
+    `extra_reports` (gates.md, plots, fallback.json...) are logged beside gates.json."""
     name = registered_name(pipeline.config.model.name, target.name)
     failed = [gate for gate in gated.gates if not gate.passed]
     run_id = registry.start_run(
@@ -347,6 +371,9 @@ def record_failed_gates(
         reports.mkdir(parents=True, exist_ok=True)
         report = gates_report(gated.gates, gated.evaluation.validation_digest)
         (reports / "gates.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        for name, path in (extra_reports or {}).items():
+            if path.resolve() != (reports / name).resolve():
+                shutil.copyfile(path, reports / name)
         registry.log_directory(run_id, reports, "reports")
     finally:
         registry.end_run(run_id, "FAILED")
@@ -373,7 +400,7 @@ def register_stage(
     if not source.dirty:
         existing = registry.find_version(name, identity)
         if existing is not None:
-            return existing
+            return registry.complete(existing)  # finishes one a killed run left half done
     run_id = registry.start_run(
         pipeline.config.model.name,
         f"{source.commit[:12]}-{target.name}",
@@ -388,5 +415,7 @@ def register_stage(
         raise
     if version.run_id != run_id:
         registry.log(run_id, tags={"superseded_by": f"{name}/{version.version}"})
+        registry.end_run(run_id, "FINISHED")
+        return registry.complete(version)  # the winner may have been killed before its alias
     registry.end_run(run_id, "FINISHED")
     return version

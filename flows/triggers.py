@@ -228,50 +228,6 @@ def _is_bare(repo: Path) -> bool:
     return _git(repo, "rev-parse", "--is-bare-repository") == "true"
 
 
-def add_commands(subparsers, common) -> None:
-    """`tapeout watch` and `tapeout hook install`."""
-    watch = subparsers.add_parser(
-        "watch", parents=[common], help="build every model commit: cron schedule + event trigger"
-    )
-    watch.add_argument("repo", type=Path)
-    watch.add_argument("--pipeline", required=True, help="pipeline file, relative to the repository")
-    watch.add_argument("--branch", default="main")
-    watch.add_argument("--cron", default="*/15 * * * *", help="schedule of the watcher (default: every 15 min)")
-    watch.add_argument("--once", action="store_true", help="build what is pending now and exit (no server needed)")
-    watch.set_defaults(func=_watch_command)
-
-    hook = subparsers.add_parser("hook", parents=[common], help="git hooks that emit model.committed")
-    actions = hook.add_subparsers(metavar="ACTION")
-    install = actions.add_parser("install", parents=[common], help="install the hooks into REPO")
-    install.add_argument("repo", type=Path)
-    install.add_argument("--pipeline", required=True, help="pipeline file, relative to the repository")
-    install.add_argument("--api-url", help="Prefect server URL the hooks send to (default: the environment's)")
-    install.set_defaults(func=_hook_install_command)
-
-
-def _watch_command(args) -> int:
-    if args.once:
-        built = watch_flow(str(args.repo), args.pipeline, args.branch, str(args.home_path))
-        print(f"built {len(built)} commit(s): {' '.join(sha[:12] for sha in built) or 'none pending'}")
-        return 0
-    from prefect import serve
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
-        raise InvalidInput(
-            "tapeout watch serves deployments and needs a Prefect server: set PREFECT_API_URL "
-            "(see docs/scale-out.md), or use --once"
-        )
-    serve(*deployments(args.repo, args.pipeline, args.branch, args.cron, args.home_path))
-    return 0
-
-
-def _hook_install_command(args) -> int:
-    for path in install_hook(args.repo, args.pipeline, args.api_url):
-        print(f"installed {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m tapeout.flows.triggers emit ...`: what the installed hooks run."""
     import argparse

@@ -25,6 +25,11 @@ BUNDLE_FILES = {
     "compiled/compiler.json",
     "reports/gates.json",
     "reports/benchmark.json",
+    "reports/gates.md",  # issue 5: reports people read
+    "reports/latency.png",
+    "reports/accuracy.png",
+    "reports/sensitivity.json",
+    "reports/sensitivity.png",
     "config/pipeline.yaml",
     "provenance.json",
     "model.sig",
@@ -71,6 +76,29 @@ def test_run_registers_a_signed_bundle_with_every_design_file(built, capsys):
     gates = json.loads((bundle / "reports" / "gates.json").read_text())
     assert gates["verdict"] == "pass"
     assert {gate["metric"] for gate in gates["gates"]} == {"accuracy_drop", "top1_agreement", "latency_p95_ms"}
+
+
+def test_reports_open_and_match_the_mlflow_metrics(built):
+    from PIL import Image
+
+    registry = Registry(f"sqlite:///{built['home'] / 'mlflow.db'}", built["home"] / "artifacts")
+    version = registry.resolve("digits-cnn-cpu@candidate")
+    metrics = registry._client.get_run(version.run_id).data.metrics
+    bundle = next((built["home"] / "bundles" / "digits-cnn-cpu").iterdir())
+    for plot in ("latency.png", "accuracy.png", "sensitivity.png"):
+        with Image.open(bundle / "reports" / plot) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    gates = json.loads((bundle / "reports" / "gates.json").read_text())
+    markdown = (bundle / "reports" / "gates.md").read_text()
+    assert "**Verdict: PASS**" in markdown and gates["validation_set_digest"] in markdown
+    for gate in gates["gates"]:
+        assert gate["observed"] == pytest.approx(metrics[gate["metric"]], rel=1e-12)
+        assert f"| {gate['metric']} | " in markdown and f"{metrics[gate['metric']]:.6g}" in markdown
+    for metric in ("latency_p99_ms", "throughput_per_s", "warmup_ms", "output_sqnr_db", "output_cosine"):
+        assert f"| {metric} | {metrics[metric]:.6g} |" in markdown
+    sensitivity = json.loads((bundle / "reports" / "sensitivity.json").read_text())
+    assert sensitivity["data"]["samples_used"] == 200
+    assert {layer["node"] for layer in sensitivity["layers"]} >= {"node_conv2d", "node_linear_1"}
 
 
 def test_verify_and_trace_by_registry_reference(built, capsys):

@@ -1,0 +1,148 @@
+"""Orchestration overhead and caching of the build, measured in one run.
+
+    .venv/bin/python benchmarks/pipeline.py [--repeat 3]
+
+(a) `tapeout run` against a running Prefect server vs the same stages called as plain
+    functions, each in a fresh process with a fresh home: the ratio is what Prefect costs.
+(b) a rebuild in a new process vs the first build: the same commit (found registered, nothing
+    runs) and a new commit that changes nothing the build reads (every stage cached, a new
+    version signed and registered).
+Bars (issue 7): overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
+
+The servers come from infra/local/services.sh (PostgreSQL, Prefect, MLflow); the build uses
+the example model with its `cpu` target only, so the numbers are about orchestration, not
+about a compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+EXAMPLE = REPOSITORY / "examples" / "digits"
+
+
+def make_project(root: Path) -> Path:
+    project = root / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__"))
+    pipeline = project / "pipeline.yaml"
+    text = pipeline.read_text()
+    # Keep the cpu target only.
+    text = re.sub(r"\n  - name: (?!cpu\n).*?(?=\ngates:)", "\n", text, flags=re.S)
+    pipeline.write_text(text)
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "benchmark")
+    return pipeline
+
+
+def git(folder: Path, *arguments: str) -> str:
+    environment = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
+                   "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}
+    return subprocess.run(["git", "-C", str(folder), *arguments], check=True, capture_output=True,
+                          text=True, env=environment).stdout.strip()
+
+
+def timed(command: list[str], environment: dict[str, str]) -> float:
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+    elapsed = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    return elapsed
+
+
+def plain_build(pipeline_file: Path, home: Path) -> None:
+    """Every stage of one build as plain function calls: no Prefect, no cache."""
+    from tapeout.artifacts.registry import Registry
+    from tapeout.flows import environment, stages
+    from tapeout.flows.config import load_pipeline
+    from tapeout.flows.build import settings_for
+
+    environment.configure(home)
+    pipeline = load_pipeline(pipeline_file)
+    source = stages.source_revision(pipeline.path, None)
+    settings = settings_for(pipeline, home, lambda message: None)
+    registry = Registry(settings.tracking_uri, home / "artifacts")
+    work = home / "plain"
+    model = stages.export_stage(pipeline, work / "export")
+    samples = stages.calibration_set(pipeline, model)
+    calibrated = stages.calibrate_stage(pipeline, model, samples, work / "calibrate")
+    quantized = stages.quantize_stage(model, calibrated, work / "quantize")
+    validation, reference = stages.validation_stage(pipeline, model)
+    for target in pipeline.config.targets:
+        artifact = stages.compile_stage(quantized, pipeline.target_profile(target), work / "compile" / target.name)
+        evaluation = stages.evaluate_stage(artifact, validation, reference)
+        gated = stages.gate_stage(pipeline, target, evaluation)
+        bundle = stages.bundle_stage(
+            pipeline=pipeline, target=target, model=model, quantized=quantized, calibrated=calibrated,
+            artifact=artifact, gated=gated, source=source, invocation_id="plain", started_on="",
+            finished_on="", bundles_root=home / "bundles", private_key=settings.private_key,
+        )
+        tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.public_key)
+        stages.register_stage(registry, pipeline, target, source, artifact, gated, bundle, tags)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--plain", nargs=2, metavar=("PIPELINE", "HOME"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        plain_build(Path(args.plain[0]), Path(args.plain[1]))
+        return
+
+    scratch = Path(tempfile.mkdtemp(prefix="tapeout-bench-"))
+    services = scratch / "services"
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([str(REPOSITORY / "infra/local/services.sh"), "start", str(services)], check=True,
+                   env=environment, stdout=subprocess.DEVNULL)
+    try:
+        urls = dict(line.split("=", 1) for line in (services / "services.env").read_text().split())
+        environment["PREFECT_API_URL"] = urls["PREFECT_API_URL"]
+        tapeout = [sys.executable, "-m", "tapeout.flows.cli"]
+        rows: dict[str, list[float]] = {"plain": [], "prefect": [], "same commit": [], "new commit": []}
+        for attempt in range(args.repeat):
+            pipeline = make_project(scratch / f"run{attempt}")
+            rows["plain"].append(timed(
+                [sys.executable, __file__, "--plain", str(pipeline), str(scratch / f"plain-home{attempt}")],
+                environment))
+            home = scratch / f"home{attempt}"
+            rows["prefect"].append(timed([*tapeout, "run", str(pipeline), "--home", str(home)], environment))
+            rows["same commit"].append(timed([*tapeout, "run", str(pipeline), "--home", str(home)], environment))
+            (pipeline.parent / "NOTES.md").write_text(f"unrelated change {attempt}\n")
+            git(pipeline.parent, "add", "-A")
+            git(pipeline.parent, "commit", "-qm", "notes")
+            rows["new commit"].append(timed([*tapeout, "run", str(pipeline), "--home", str(home)], environment))
+    finally:
+        subprocess.run([str(REPOSITORY / "infra/local/services.sh"), "stop", str(services)], env=environment)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    median = {name: statistics.median(values) for name, values in rows.items()}
+    report = {
+        "seconds_median": median,
+        "orchestration_overhead": median["prefect"] / median["plain"],
+        "rebuild_same_commit_vs_first": median["same commit"] / median["prefect"],
+        "rebuild_new_commit_cached_vs_first": median["new commit"] / median["prefect"],
+        "repeat": args.repeat,
+    }
+    print(f"{'build':<34}{'median s':>10}{'ratio':>10}")
+    print(f"{'plain functions (no Prefect)':<34}{median['plain']:>10.2f}{1:>10.2f}")
+    print(f"{'tapeout run, Prefect server':<34}{median['prefect']:>10.2f}{report['orchestration_overhead']:>10.2f}  vs plain (bar <= 1.3)")
+    print(f"{'rebuild, same commit':<34}{median['same commit']:>10.2f}{report['rebuild_same_commit_vs_first']:>10.2f}  vs first (bar <= 0.25)")
+    print(f"{'rebuild, new commit, all cached':<34}{median['new commit']:>10.2f}{report['rebuild_new_commit_cached_vs_first']:>10.2f}  vs first")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
