@@ -11,7 +11,8 @@ from __future__ import annotations
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+
+from tapeout.compilers.versions import package_versions
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -32,13 +33,7 @@ class SourceRevision:
 
 
 def environment_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in _RECORDED_PACKAGES:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+    return {"python": platform.python_version(), **package_versions(*_RECORDED_PACKAGES)}
 
 
 def provenance_statement(

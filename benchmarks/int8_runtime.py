@@ -122,6 +122,25 @@ def compile_int8ref(qdq: Path, batch: int, mode: str, workdir: Path):
     return compiler.load(art).run, seconds, art.report["peak_memory_bytes"]
 
 
+def compile_openvino(qdq: Path, batch: int, workdir: Path):
+    """The `openvino` plugin's int8 CPU blob, or None when the openvino extra is missing."""
+    from tapeout.compilers.errors import PluginError
+    from tapeout.compilers.registry import load_compiler
+
+    try:
+        compiler = load_compiler("openvino")
+        qm = QuantizedModel(qdq, hashlib.sha256(qdq.read_bytes()).hexdigest(), qdq,
+                            (TensorSpec("image", (batch, 1, 16, 16), "float32"),),
+                            (TensorSpec("logits", (batch, 10), "float32"),))
+        t0 = time.perf_counter()
+        art = compiler.compile(qm, TargetProfile("bench", "openvino", compiler.version, {"threads": "1"}),
+                               workdir / f"openvino-{batch}")
+    except (PluginError, ImportError) as error:
+        print(f"openvino skipped: {error}")
+        return None
+    return compiler.load(art).run, time.perf_counter() - t0
+
+
 def time_calls(fn, feed, iterations: int) -> list[float]:
     for _ in range(max(20, iterations // 10)):
         fn(feed)
@@ -144,6 +163,9 @@ def measure(iterations: int) -> dict:
             fp32, qdq = quantize(build_cnn(b), work, f"cnn{b}")
             engines.setdefault("onnxruntime fp32", {})[b] = ort_runner(fp32)
             engines.setdefault("onnxruntime int8 (QDQ)", {})[b] = ort_runner(qdq)
+            openvino = compile_openvino(qdq, b, work)
+            if openvino is not None:
+                engines.setdefault("openvino int8 (CPU)", {})[b] = openvino[0]
             for mode in ("fixed-point", "ort"):
                 run, secs, peak = compile_int8ref(qdq, b, mode, work)
                 key = f"int8-ref ({mode})"

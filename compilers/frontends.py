@@ -22,13 +22,13 @@ import logging
 import sys
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, entry_points
-from importlib.metadata import version as installed_version
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tapeout.compilers.errors import InvalidInput, PluginError, TapeoutError
 from tapeout.compilers.interface import TensorSpec
+from tapeout.compilers.versions import package_versions
 
 ENTRY_POINT_GROUP = "tapeout.frontends"
 
@@ -163,16 +163,6 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
-def _versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = installed_version(package)
-        except PackageNotFoundError:
-            found[package] = "absent"
-    return found
-
-
 class OnnxFrontEnd:
     """Front end `onnx`: an ONNX file as given, checked before it is copied."""
 
@@ -180,7 +170,7 @@ class OnnxFrontEnd:
     source_type = OnnxSource
 
     def material(self, source: OnnxSource) -> dict[str, object]:
-        return {"onnx": _file_digest(source.path), "tools": _versions("onnx")}
+        return {"onnx": _file_digest(source.path), "tools": package_versions("onnx")}
 
     def export(
         self, source: OnnxSource, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
@@ -203,7 +193,7 @@ class PyTorchFrontEnd:
             "factory": _file_digest(source.factory_file),
             "factory_name": source.factory_name,
             "weights": _file_digest(source.weights),
-            "tools": _versions("torch", "onnxscript", "onnx"),
+            "tools": package_versions("torch", "onnxscript", "onnx"),
         }
 
     def export(
@@ -393,7 +383,7 @@ class SklearnFrontEnd:
         return {
             "factory": _file_digest(source.factory_file),
             "factory_name": source.factory_name,
-            "tools": _versions("scikit-learn", "skl2onnx", "onnx"),
+            "tools": package_versions("scikit-learn", "skl2onnx", "onnx"),
         }
 
     def export(
@@ -447,7 +437,7 @@ class SklearnFrontEnd:
             )
         _keep_outputs(model, wanted)
         _drop_noop_casts(model)
-        model.producer_name, model.producer_version = "tapeout-sklearn", _versions("skl2onnx")["skl2onnx"]
+        model.producer_name, model.producer_version = "tapeout-sklearn", package_versions("skl2onnx")["skl2onnx"]
         onnx.save(model, str(output_path))
 
 

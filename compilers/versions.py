@@ -1,8 +1,9 @@
-"""Dotted version strings: parse and compare firmware and runtime revisions."""
+"""Versions: dotted revisions (parse, compare) and the installed versions of packages."""
 
 from __future__ import annotations
 
 import re
+from importlib.metadata import PackageNotFoundError, version
 
 from tapeout.compilers.errors import InvalidInput
 
@@ -23,3 +24,14 @@ def parse_version(text: str, what: str = "version") -> tuple[int, ...]:
 
 def at_least(version: str, minimum: str) -> bool:
     return parse_version(version) >= parse_version(minimum)
+
+
+def package_versions(*packages: str) -> dict[str, str]:
+    """Installed version of each distribution, or "not installed"."""
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found

@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tapeout.artifacts.digest import file_digest
 from tapeout.compilers.frontends import frontend_for
 from tapeout.compilers.interface import TargetProfile
+from tapeout.compilers.versions import package_versions
 from tapeout.flows.config import Pipeline
 
 # Bump when a stage's own code changes what it writes for the same inputs.
 STAGE_FORMAT = {"export": 1, "calibrate": 2, "quantize": 1, "compile": 1, "evaluate": 1}
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    found = {}
-    for package in packages:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "absent"
-    return found
 
 
 def _key(stage: str, document: dict) -> str:
@@ -57,7 +47,7 @@ def calibrate_key(model_digest: str, set_digest: str, method: str, batch_size: i
             "set": set_digest,
             "method": method,
             "batch_size": batch_size,
-            "tools": _versions("onnxruntime", "tapeout"),
+            "tools": package_versions("onnxruntime", "tapeout"),
         },
     )
 
@@ -65,7 +55,7 @@ def calibrate_key(model_digest: str, set_digest: str, method: str, batch_size: i
 def quantize_key(model_digest: str, table: Path) -> str:
     return _key(
         "quantize",
-        {"model": model_digest, "table": file_digest(table), "tools": _versions("onnxruntime", "tapeout")},
+        {"model": model_digest, "table": file_digest(table), "tools": package_versions("onnxruntime", "tapeout")},
     )
 
 
