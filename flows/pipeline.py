@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
+from tapeout.artifacts.compiled import read_record, write_record
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
@@ -31,6 +34,7 @@ from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
 from tapeout.flows.build import BuildSettings, Progress, TargetOutcome, already_registered, settings_for
+from tapeout.flows.evaluate import Evaluation
 from tapeout.flows.gates import GateResult
 
 
@@ -64,13 +68,33 @@ def _cached(function, name: str):
 export_task = _cached(stages.export_stage, "export")
 calibrate_task = _cached(stages.calibrate_stage, "calibrate")
 quantize_task = _cached(stages.quantize_stage, "quantize")
-compile_task = _cached(stages.compile_stage, "compile")
+EVALUATION_FILE = "evaluation.json"
+
+
+def _compile(model, target, workdir: Path):
+    artifact = stages.compile_stage(model, target, workdir)
+    write_record(artifact, target.firmware_revision)  # lets a later run reload the folder
+    return artifact
 
 
 def _evaluate(artifact, validation, reference, workdir: Path):
-    return stages.evaluate_stage(artifact, validation, reference)
+    evaluation = stages.evaluate_stage(artifact, validation, reference)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / EVALUATION_FILE).write_text(json.dumps(asdict(evaluation), sort_keys=True, default=float))
+    return evaluation
 
 
+def _load_compiled(workdir: Path):
+    return read_record(workdir)[0]
+
+
+def _load_evaluation(workdir: Path) -> Evaluation:
+    document = json.loads((workdir / EVALUATION_FILE).read_text())
+    document["latencies_ms"] = tuple(document.get("latencies_ms", ()))
+    return Evaluation(**document)
+
+
+compile_task = _cached(_compile, "compile")
 evaluate_task = _cached(_evaluate, "evaluate")
 reference_task = task(stages.validation_stage, name="fp32-reference", cache_policy=NO_CACHE)
 bundle_task = task(stages.bundle_stage, name="bundle-and-sign", cache_policy=NO_CACHE)
@@ -96,17 +120,33 @@ def _stage_lock(workdir: Path) -> Iterator[None]:
 _PRIVATE = "~"
 
 
-def _run_cached(stage_task, workdir: Path, outputs: Callable[[object], list[Path]], **arguments):
+def _run_cached(
+    stage_task,
+    workdir: Path,
+    outputs: Callable[[object], list[Path]],
+    load_finished: Callable[[Path], object] | None = None,
+    **arguments,
+):
     """Run a cached stage; if its cached result points at files that are gone, run it again.
 
-    A finished stage folder is never written again: other runs may be reading it (compiling
-    from it, evaluating it, copying it into a bundle). When the stage must run although its
-    folder is finished — Prefect missed its cache, as it does for the compile and evaluate
-    tasks nested in build-target (seen with concurrent runs on a Prefect server) — it runs in
-    a private sibling folder that shares the cache key.
+    A stage whose folder records its own result (`load_finished`: compile and evaluate) is
+    reloaded from a finished folder without asking Prefect, whose cache lookup misses now and
+    then for tasks nested in build-target. A finished stage folder is never written again:
+    other runs may be reading it (compiling from it, evaluating it, copying it into a bundle).
+    When a stage must run although its folder is finished, it runs in a private sibling
+    folder that shares the cache key.
     """
     finished = workdir.parent / f".{workdir.name}.finished"
     with _stage_lock(workdir):
+        if finished.exists() and load_finished is not None:
+            # The folder describes its own result: no need to trust Prefect's cache lookup,
+            # which misses for tasks nested in build-target now and then.
+            try:
+                result = load_finished(workdir)
+                if all(path.exists() for path in outputs(result)):
+                    return result
+            except (OSError, ValueError, KeyError, TypeError, TapeoutError):
+                pass  # an older or damaged record: run the stage again below
         target = workdir
         if finished.exists():
             target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
@@ -140,13 +180,14 @@ def build_target(
         progress(f"[{target.name}] compile with {target.compiler} {compiler_version}")
         artifact = _run_cached(
             compile_task, cache / "compile" / key,
-            lambda a: [a.directory / f for f in a.files], model=shared["quantized"], target=profile,
+            lambda a: [a.directory / f for f in a.files], _load_compiled,
+            model=shared["quantized"], target=profile,
         )
         files = [artifact.directory / f for f in artifact.files]
         key = cache_keys.evaluate_key(files, shared["validation"].digest, shared["reference_digest"])
         progress(f"[{target.name}] evaluate on {shared['validation'].count} validation samples")
         evaluation = _run_cached(
-            evaluate_task, cache / "evaluate" / key, lambda e: [],
+            evaluate_task, cache / "evaluate" / key, lambda e: [], _load_evaluation,
             artifact=artifact, validation=shared["validation"], reference=shared["reference"],
         )
         gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"])
