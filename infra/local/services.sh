@@ -34,6 +34,10 @@ as_db_user() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+http_ok() {  # http_ok URL: exit 0 when URL answers 2xx (no curl needed on the machine)
+  python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1"
+}
+
 wait_for() {  # wait_for NAME SECONDS COMMAND...: until COMMAND succeeds or NAME's process dies
   local name=$1 seconds=$2; shift 2
   for _ in $(seq "$seconds"); do
@@ -78,8 +82,8 @@ start() {
     >"$dir/mlflow.log" 2>&1 &
   echo $! >"$dir/mlflow.pid"
 
-  wait_for prefect 180 curl -sf "http://127.0.0.1:$prefect_port/api/health"
-  wait_for mlflow 180 curl -sf "http://127.0.0.1:$mlflow_port/health"
+  wait_for prefect 180 http_ok "http://127.0.0.1:$prefect_port/api/health"
+  wait_for mlflow 180 http_ok "http://127.0.0.1:$mlflow_port/health"
 
   cat >"$dir/services.env" <<EOF
 PREFECT_API_URL=http://127.0.0.1:$prefect_port/api
