@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,20 +85,18 @@ class Registry:
         self,
         run_id: str,
         *,
-        params: Mapping[str, str] = {},
-        metrics: Mapping[str, float] = {},
-        tags: Mapping[str, str] = {},
+        params: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
-
-        import time
 
         now = int(time.time() * 1000)
         self._client.log_batch(
             run_id,
-            metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
-            params=[Param(key, str(value)[:6000]) for key, value in params.items()],
-            tags=[RunTag(key, str(value)) for key, value in tags.items()],
+            metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
+            params=[Param(key, str(value)[:6000]) for key, value in (params or {}).items()],
+            tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
         )
 
     def log_directory(self, run_id: str, directory: Path, artifact_path: str) -> None:

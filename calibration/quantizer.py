@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from tapeout.calibration.table import CalibrationTable
@@ -47,6 +48,11 @@ def quantize(
         },
     }
     cache_path.write_text(json.dumps(cache))
+    # ONNX Runtime's quantizer logs a pre-processing suggestion on the root logger on every
+    # call; the export already ran shape inference, so keep a run's output to what matters.
+    root = logging.getLogger()
+    previous_level = root.level
+    root.setLevel(logging.ERROR)
     try:
         quantize_static(
             str(float_model),
@@ -65,6 +71,7 @@ def quantize(
             },
         )
     finally:
+        root.setLevel(previous_level)
         cache_path.unlink(missing_ok=True)
     return QuantizedModel(
         path=output_path,

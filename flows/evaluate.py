@@ -39,13 +39,19 @@ class Evaluation:
     latencies_ms: tuple[float, ...] = ()  # every timed run, for the latency plot
 
 
-def predict(runner: Runner, samples: SampleSet, inputs: tuple[TensorSpec, ...]) -> Predictions:
+def predict(
+    runner: Runner,
+    samples: SampleSet,
+    inputs: tuple[TensorSpec, ...],
+    arrays: Mapping[str, np.ndarray] | None = None,
+) -> Predictions:
     """Run `runner` over every validation sample in batches of the model's fixed batch size.
 
     The last batch is padded with copies of its final sample and the padding dropped again.
+    `arrays` is the set already in memory (`samples.arrays()`), read here when not given.
     """
     batch_size = inputs[0].shape[0]
-    arrays = samples.arrays()
+    arrays = samples.arrays() if arrays is None else arrays
     top1, outputs = [], []
     for start in range(0, samples.count, batch_size):
         feed = {}
@@ -67,11 +73,12 @@ def measure_latency(
     inputs: tuple[TensorSpec, ...],
     runs: int = TIMED_RUNS,
     timings_ms: list[float] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """p50/p95/p99 latency in milliseconds of one batch after warm-up, and throughput in
     samples per second (as trtexec reports). Every timing is appended to `timings_ms` if given."""
     batch_size = inputs[0].shape[0]
-    arrays = samples.arrays()
+    arrays = samples.arrays() if arrays is None else arrays
     feed = {spec.name: np.ascontiguousarray(arrays[spec.name][:batch_size]) for spec in inputs}
     for _ in range(WARMUP_RUNS):
         runner.run(feed)
@@ -119,7 +126,7 @@ def evaluate(
     start = time.perf_counter()
     runner.run(first)  # warm-up: the first inference of a freshly loaded artifact
     warmup_ms = (time.perf_counter() - start) * 1e3
-    predictions = predict(runner, samples, inputs)
+    predictions = predict(runner, samples, inputs, arrays)
     metrics: dict[str, float] = {
         "top1_agreement": float(np.mean(predictions.top1 == reference.top1)),
         "artifact_size_bytes": float(sum(path.stat().st_size for path in artifact_files)),
@@ -135,5 +142,5 @@ def evaluate(
             metrics.update(output_fidelity(predictions.outputs, reference.outputs))
     metrics["warmup_ms"] = warmup_ms
     timings: list[float] = []
-    metrics.update(measure_latency(runner, samples, inputs, timings_ms=timings))
+    metrics.update(measure_latency(runner, samples, inputs, timings_ms=timings, arrays=arrays))
     return Evaluation(metrics, samples.digest, samples.count, tuple(timings))

@@ -209,22 +209,14 @@ def keep_out(
 ) -> QuantizedModel:
     """Quantize `float_model` with `layers` kept out of int8: each node left in float and its
     output tensor unquantized (the QuantizeLinear → DequantizeLinear pair becomes Identity)."""
-    import logging
-
     import onnx
 
     from tapeout.calibration.quantizer import quantize
 
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.ERROR)  # ORT's quantizer suggests pre-processing on every call
-    try:
-        quantize(
-            float_model, table, inputs=inputs, outputs=outputs, output_path=output_path,
-            nodes_to_exclude=tuple(layer.node for layer in layers),
-        )
-    finally:
-        root.setLevel(previous)
+    quantize(
+        float_model, table, inputs=inputs, outputs=outputs, output_path=output_path,
+        nodes_to_exclude=tuple(layer.node for layer in layers),
+    )
     model = onnx.load(str(output_path))
     keep = {layer.quantize_input for layer in layers} | {layer.float_tensor for layer in layers}
     quantizers = {

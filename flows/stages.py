@@ -4,8 +4,8 @@ tests call directly (STYLE §11). Each takes typed inputs and an explicit work d
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -120,21 +120,13 @@ def calibrate_stage(
 
 
 def quantize_stage(model: ExportedModel, calibrated: Calibrated, workdir: Path) -> QuantizedModel:
-    # ONNX Runtime's quantizer logs a pre-processing suggestion on every call; we export
-    # with shape inference already, so keep the run's output to what matters.
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        return quantize(
-            model.path,
-            calibrated.table,
-            inputs=model.inputs,
-            outputs=model.outputs,
-            output_path=workdir / "model.qdq.onnx",
-        )
-    finally:
-        root.setLevel(previous)
+    return quantize(
+        model.path,
+        calibrated.table,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        output_path=workdir / "model.qdq.onnx",
+    )
 
 
 def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSet, Predictions]:
@@ -156,8 +148,6 @@ def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSe
 
 
 def predictions_digest(predictions: Predictions) -> str:
-    import hashlib
-
     return hashlib.sha256(predictions.top1.astype("<i8").tobytes()).hexdigest()
 
 
@@ -339,6 +329,31 @@ def run_params(pipeline: Pipeline, target: TargetConfig, artifact: CompiledArtif
     return params
 
 
+def _start_target_run(
+    registry: Registry,
+    pipeline: Pipeline,
+    target: TargetConfig,
+    source: SourceRevision,
+    artifact: CompiledArtifact,
+    gated: Gated,
+    tags: Mapping[str, str],
+) -> str:
+    """The MLflow run of one (commit, target), named and tagged alike whatever its verdict,
+    with the run's params and the gates' metrics logged."""
+    name = registered_name(pipeline.config.model.name, target.name)
+    run_id = registry.start_run(
+        pipeline.config.model.name,
+        f"{source.commit[:12]}-{target.name}",
+        {**tags, "target": target.name, "registered_model": name},
+    )
+    try:
+        registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
+    except BaseException:
+        registry.end_run(run_id, "FAILED")
+        raise
+    return run_id
+
+
 def record_failed_gates(
     registry: Registry,
     pipeline: Pipeline,
@@ -351,22 +366,17 @@ def record_failed_gates(
 ) -> str:
     """A failed-gate run: recorded in MLflow as FAILED with its reasons; nothing registered.
     `extra_reports` (gates.md, plots, fallback.json...) are logged beside gates.json."""
-    name = registered_name(pipeline.config.model.name, target.name)
     failed = [gate for gate in gated.gates if not gate.passed]
-    run_id = registry.start_run(
-        pipeline.config.model.name,
-        f"{source.commit[:12]}-{target.name}",
+    run_id = _start_target_run(
+        registry, pipeline, target, source, artifact, gated,
         {
             "commit": source.commit,
-            "target": target.name,
-            "registered_model": name,
             "config_digest": pipeline.digest(target),
             "gate_verdict": "fail",
             "failed_gates": "; ".join(gate.describe() for gate in failed),
         },
     )
     try:
-        registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
         reports = workdir / "reports"
         reports.mkdir(parents=True, exist_ok=True)
         report = gates_report(gated.gates, gated.evaluation.validation_digest)
@@ -401,13 +411,8 @@ def register_stage(
         existing = registry.find_version(name, identity)
         if existing is not None:
             return registry.complete(existing)  # finishes one a killed run left half done
-    run_id = registry.start_run(
-        pipeline.config.model.name,
-        f"{source.commit[:12]}-{target.name}",
-        {**tags, "target": target.name, "registered_model": name},
-    )
+    run_id = _start_target_run(registry, pipeline, target, source, artifact, gated, tags)
     try:
-        registry.log(run_id, params=run_params(pipeline, target, artifact), metrics=gated.evaluation.metrics)
         registry.log_directory(run_id, bundle.path, "bundle")
         version = registry.register(name, run_id, tags, unique_by=None if source.dirty else identity)
     except BaseException:

@@ -30,7 +30,10 @@ from tapeout.compilers.interface import (
     TargetProfile,
     TensorSpec,
 )
-from tapeout.compilers.onnxruntime_cpu.compiler import _FIRST_RELEASE_FOR_OPSET  # the same runtime
+from tapeout.compilers.onnxruntime_cpu.compiler import (  # the same runtime
+    _FIRST_RELEASE_FOR_OPSET,
+    recorded_session,
+)
 from tapeout.compilers.versions import at_least
 
 MODEL_FILE = "model.fp16.onnx"
@@ -151,7 +154,6 @@ class Fp16Compiler:
             CompilationFailed: the conversion or ONNX Runtime fails.
         """
         import onnx
-        import onnxruntime
         from onnxconverter_common import float16
 
         options = resolve_options(target.options)
@@ -243,17 +245,7 @@ class Fp16Runner:
     """
 
     def __init__(self, directory: Path) -> None:
-        import onnxruntime
-
-        settings = json.loads((directory / SESSION_FILE).read_text())
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.intra_op_num_threads = settings["intra_op_num_threads"]
-        options.inter_op_num_threads = settings["inter_op_num_threads"]
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        self._session = onnxruntime.InferenceSession(
-            str(directory / MODEL_FILE), options, providers=settings["providers"]
-        )
+        self._session = recorded_session(directory / MODEL_FILE, directory / SESSION_FILE, "ORT_ENABLE_BASIC")
         self.inputs = tuple(_spec(value) for value in self._session.get_inputs())
         self.outputs = tuple(_spec(value) for value in self._session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]

@@ -136,21 +136,27 @@ class OnnxRuntimeCompiler:
         return OnnxRuntimeRunner(artifact.directory)
 
 
+def recorded_session(model: Path, settings_file: Path, optimization_level: str):
+    """An ONNX Runtime session with the thread counts and providers recorded in
+    `settings_file` (session.json), at `optimization_level` (a GraphOptimizationLevel name).
+    The runners of every artifact that ONNX Runtime runs open their model this way."""
+    import onnxruntime
+
+    settings = json.loads(settings_file.read_text())
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, optimization_level)
+    options.intra_op_num_threads = settings["intra_op_num_threads"]
+    options.inter_op_num_threads = settings["inter_op_num_threads"]
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(str(model), options, providers=settings["providers"])
+
+
 class OnnxRuntimeRunner:
     """Runs a compiled `onnxruntime` artifact with exactly its recorded session settings."""
 
     def __init__(self, directory: Path) -> None:
-        import onnxruntime
-
-        settings = json.loads((directory / SESSION_FILE).read_text())
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.intra_op_num_threads = settings["intra_op_num_threads"]
-        options.inter_op_num_threads = settings["inter_op_num_threads"]
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        self._session = onnxruntime.InferenceSession(
-            str(directory / MODEL_FILE), options, providers=settings["providers"]
-        )
+        # The saved model is already optimised: loading it runs no rewrites again.
+        self._session = recorded_session(directory / MODEL_FILE, directory / SESSION_FILE, "ORT_DISABLE_ALL")
         self._output_names = [output.name for output in self._session.get_outputs()]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tapeout.artifacts.registry import (
-    CANDIDATE_ALIAS,
     Registry,
     RegistryUnavailable,
     ReferenceNotFound,
@@ -60,9 +59,6 @@ def test_references_that_name_nothing_are_clear(registry, run_with_bundle):
     with pytest.raises(InvalidInput, match="expected MODEL-TARGET@VERSION"):
         registry.resolve("digits-cnn-cpu")
 
-
-def test_candidate_alias_name_is_the_design_name():
-    assert CANDIDATE_ALIAS == "candidate"
 
 
 def test_registrations_of_the_same_build_converge_on_the_lowest_version(registry, tmp_path):
