@@ -34,6 +34,7 @@ def quantize(
     `nodes_to_exclude` names fp32 nodes the quantizer leaves in float (ONNX Runtime's
     `nodes_to_exclude`; the accuracy fallback, tapeout.flows.fallback, uses it).
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,11 @@ def quantize(
     root.setLevel(logging.ERROR)
     try:
         quantize_static(
-            str(float_model),
+            # A ModelProto, not the path: given a path, ONNX Runtime writes
+            # "<model>-inferred.onnx" beside the model and deletes it again, so two
+            # quantizations of one model at once (targets' fallbacks run concurrently) would
+            # remove each other's file. With a ModelProto it works in a temporary folder.
+            onnx.load(str(float_model)),
             str(output_path),
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
