@@ -200,7 +200,8 @@ def test_symmetric_percentile_within_one_bin_of_numpy(kind):
 @pytest.mark.parametrize("symmetric, bins", [(False, 512), (True, 512), (False, 2048)])
 def test_entropy_equals_reference(kind, symmetric, bins):
     values = _data(kind, n=20_000)
-    options = EntropyOptions(bins=bins, levels=64, symmetric=symmetric)
+    # min_bin_count=0: the plain search over every bin (merging is tested on its own below).
+    options = EntropyOptions(bins=bins, levels=64, symmetric=symmetric, min_bin_count=0)
     got = _feed(EntropyObserver(options), values).range()
     observed = np.abs(values) if symmetric else values
     counts, edges = _reference_histogram(observed, options.bins)
@@ -216,6 +217,31 @@ def test_entropy_equals_reference(kind, symmetric, bins):
         assert (got.low, got.high) == (-high, high)
     else:
         assert (got.low, got.high) == (low, high)
+
+
+@pytest.mark.parametrize("kind", DISTRIBUTIONS)
+def test_sparse_entropy_merges_bins_then_equals_reference(kind):
+    values = _data(kind, n=3_000)  # about 1.5 values per bin of 2048
+    options = EntropyOptions(bins=2048, levels=64)
+    observer = _feed(EntropyObserver(options), values)
+    nonzero = int(np.count_nonzero(values))
+    merged = observer.merged(observer.histogram)
+    width, _ = _reference_grid(float(values.min()), float(values.max()), options.bins)
+    steps = round(math.log2(merged.width / width))
+    assert steps >= 1 and merged.counts.sum() == values.size
+    # The fewest merges that reach 16 values per used bin, or 64 bins (one per level) at most.
+    assert nonzero >= 16 * merged.used() or merged.used() <= 64
+    assert nonzero < 16 * observer.histogram.coarsened(steps - 1).used()
+    # On the merged grid, the search is the plain one.
+    wide = width * 2**steps
+    origin = math.floor(float(values.min()) / wide)
+    edges = (origin + np.arange(options.bins + 1)) * wide
+    counts = np.bincount(np.searchsorted(edges, values.astype(np.float64), side="right") - 1, minlength=options.bins)
+    counts[np.searchsorted(edges, 0.0, side="right") - 1] -= values.size - nonzero
+    used = math.floor(float(values.max()) / wide) - origin + 1
+    low, high = _reference_entropy(counts, edges, 64, min(max(-origin, 0), used), used)
+    got = observer.range()
+    assert (got.low, got.high) == (max(low, float(values.min())), min(high, float(values.max())))
 
 
 def test_entropy_and_mse_keep_relu_ranges_despite_the_zero_spike():

@@ -51,7 +51,7 @@ def test_missing_field_is_named(tmp_path):
 
 
 def test_wrong_value_says_expected_and_found(tmp_path):
-    text = VALID.replace("  method: mse ", "  method: kl ")
+    text = VALID.replace("  method: entropy ", "  method: kl ")
     with pytest.raises(ConfigError) as caught:
         load_pipeline(write(tmp_path, text))
     message = str(caught.value)
