@@ -263,7 +263,14 @@ class Pipeline:
         )
 
     def gates_for(self, target: TargetConfig) -> dict[str, Threshold]:
-        return dict(target.gates if target.gates is not None else self.config.gates)
+        """The target's gates (its own, else the pipeline's). A target with a
+        `memory_budget_bytes` also gates `peak_memory_bytes` at that budget, unless it sets
+        that gate itself: a budget nothing checks would be a comment, and a compiler that
+        cannot report its peak then fails the gate as "not measured" instead of passing."""
+        gates = dict(target.gates if target.gates is not None else self.config.gates)
+        if target.memory_budget_bytes is not None and "peak_memory_bytes" not in gates:
+            gates["peak_memory_bytes"] = Threshold(max=float(target.memory_budget_bytes))
+        return gates
 
     def resolved(self) -> dict[str, Any]:
         """The config with every default filled in, as plain data (goes into the bundle)."""

@@ -122,3 +122,27 @@ def test_missing_pipeline_file_exits_2(tmp_path, capsys):
     code = main(["run", str(tmp_path / "absent.yaml"), "--home", str(tmp_path / "home")])
     assert code == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_memory_budget_becomes_a_peak_memory_gate_unless_the_target_sets_one(tmp_path):
+    from tapeout.flows.gates import check_gates
+
+    pipeline = load_pipeline(EXAMPLE / "pipeline.yaml")
+    npu = next(target for target in pipeline.config.targets if target.name == "npu-int8")
+    cpu = next(target for target in pipeline.config.targets if target.name == "cpu")
+    gates = pipeline.gates_for(npu)
+    assert gates["peak_memory_bytes"].max == npu.memory_budget_bytes == 65536
+    assert "peak_memory_bytes" not in pipeline.gates_for(cpu)  # no budget, no gate
+    over, unmeasured = (
+        check_gates(gates, {"peak_memory_bytes": 65537.0}), check_gates(gates, {})
+    )
+    assert not next(g for g in over if g.metric == "peak_memory_bytes").passed
+    assert not next(g for g in unmeasured if g.metric == "peak_memory_bytes").passed
+    # A target's own peak_memory_bytes gate wins over the budget.
+    text = VALID.replace(
+        "    memory_budget_bytes: 65536         # the arena the static memory plan must fit (gated)\n",
+        "    memory_budget_bytes: 65536\n    gates:\n      peak_memory_bytes: {max: 4096}\n",
+    )
+    own = load_pipeline(write(tmp_path, text))
+    target = next(target for target in own.config.targets if target.name == "npu-int8")
+    assert own.gates_for(target)["peak_memory_bytes"].max == 4096
