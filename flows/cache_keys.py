@@ -59,10 +59,17 @@ def quantize_key(model_digest: str, table: Path) -> str:
     )
 
 
+# What a cached compile record holds. Raised when compilers start reporting something new
+# (2: report["cost"], the work counted from the lowered program), so an older record, which
+# lacks it, is not reused in its place.
+COMPILE_RECORD = 2
+
+
 def compile_key(quantized_digest: str, target: TargetProfile, compiler_version: str) -> str:
     return _key(
         "compile",
         {
+            "record": COMPILE_RECORD,
             "model": quantized_digest,
             "compiler": target.compiler,
             "compiler_version": compiler_version,

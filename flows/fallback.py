@@ -226,7 +226,7 @@ def repair_target(pipeline, target, profile: TargetProfile, shared: dict, artifa
     def attempt(model: QuantizedModel, folder: Path):
         compiled = stages.compile_stage(model, profile, folder)
         evaluation = stages.evaluate_stage(compiled, shared["validation"], shared["reference"])
-        return compiled, stages.gate_stage(pipeline, target, evaluation, model)
+        return compiled, stages.gate_stage(pipeline, target, evaluation, model, compiled)
 
     result = search(
         float_path=shared["model"].path, table=shared["calibrated"].table, quantized=quantized,

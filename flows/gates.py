@@ -57,10 +57,16 @@ def check_gates(thresholds: Mapping[str, Threshold], metrics: Mapping[str, float
     return tuple(results)
 
 
-def gates_report(results: tuple[GateResult, ...], validation_digest: str) -> dict[str, object]:
-    """The document written to reports/gates.json."""
-    return {
+def gates_report(
+    results: tuple[GateResult, ...], validation_digest: str, notes: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """The document written to reports/gates.json. `notes` say where derived metrics came
+    from (e.g. energy_work_source)."""
+    document: dict[str, object] = {
         "verdict": "pass" if all(result.passed for result in results) else "fail",
         "validation_set_digest": validation_digest,
         "gates": [asdict(result) for result in results],
     }
+    if notes:
+        document["notes"] = dict(notes)
+    return document

@@ -190,7 +190,7 @@ def build_target(
             evaluate_task, cache / "evaluate" / key, lambda e: [], _load_evaluation,
             artifact=artifact, validation=shared["validation"], reference=shared["reference"],
         )
-        gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"])
+        gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"], artifact)
         # issue 5: an accuracy gate failed → keep the most sensitive layers out of int8 (bounded).
         quantized, artifact, gated, kept = fallback.repair_target(
             pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress

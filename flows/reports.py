@@ -31,8 +31,8 @@ METRIC_NOTES: dict[str, str] = {
     "peak_memory_bytes": "peak activation memory reported by the compiler's memory plan, bytes",
     "compile_seconds": "compile time reported by the compiler, s",
     "energy_per_inference_uj_estimate": "ESTIMATE, µJ per sample, from the target's cost model (not measured)",
-    "macs_per_inference": "multiply-accumulates per sample, counted from the QDQ model (for the energy estimate)",
-    "bytes_moved_per_inference": "bytes read and written per sample, counted from the QDQ model (for the energy estimate)",
+    "macs_per_inference": "multiply-accumulates per sample, as the compiler counted them (for the energy estimate)",
+    "bytes_moved_per_inference": "bytes read and written per sample, as the compiler counted them (for the energy estimate)",
 }
 
 
@@ -54,6 +54,7 @@ def gates_markdown(
     fallback: Mapping[str, object] | None = None,
     sensitivity: Mapping[str, object] | None = None,
     plots: Sequence[str] = (),
+    notes: Mapping[str, str] | None = None,
 ) -> str:
     """The text of reports/gates.md."""
     verdict = "PASS" if gates and all(gate.passed for gate in gates) else "FAIL"
@@ -81,8 +82,8 @@ def gates_markdown(
         lines += [
             "",
             f"Energy per inference: **{metrics['energy_per_inference_uj_estimate']:.6g} µJ, an ESTIMATE** from the "
-            "target profile's cost model (energy per MAC and per byte moved, counted from the QDQ model); "
-            "no silicon is measured here.",
+            "target profile's cost model (energy per MAC and per byte moved); no silicon is measured here. "
+            f"Work counted from: {(notes or {}).get('energy_work_source', 'not recorded')}.",
         ]
     else:
         lines += [
@@ -242,6 +243,7 @@ def write_reports(
         gates_markdown(
             title=title, gates=gated.gates, metrics=metrics, validation_digest=evaluation.validation_digest,
             validation_count=evaluation.validation_count, fallback=fallback, sensitivity=sensitivity, plots=plots,
+            notes=getattr(gated, "notes", None),
         )
     )
     written["gates.md"] = folder / "gates.md"

@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -45,6 +45,9 @@ class Gated:
 
     evaluation: Evaluation
     gates: tuple[GateResult, ...]
+    # Where a derived metric came from, e.g. energy_work_source: what was counted for the
+    # energy estimate. Printed in gates.md and gates.json beside the numbers.
+    notes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -188,17 +191,24 @@ def evaluate_stage(
 
 
 def gate_stage(
-    pipeline: Pipeline, target: TargetConfig, evaluation: Evaluation, model: QuantizedModel | None = None
+    pipeline: Pipeline,
+    target: TargetConfig,
+    evaluation: Evaluation,
+    model: QuantizedModel | None = None,
+    artifact: CompiledArtifact | None = None,
 ) -> Gated:
-    """Check the target's gates. With `model` (the QDQ model compiled) and the target's
-    `cost_model`, the energy per inference is estimated first (flows/energy.py)."""
+    """Check the target's gates. With the target's `cost_model`, the energy per inference is
+    estimated first (flows/energy.py), from the work `artifact`'s compiler counted in its
+    lowered program, else from `model` (the QDQ model compiled)."""
+    notes: dict[str, str] = {}
     if model is not None and target.cost_model is not None:
-        from tapeout.flows.energy import energy_metrics
+        from tapeout.flows.energy import energy_metrics, work_for
 
         cost = target.cost_model
-        estimate = energy_metrics(model.path, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
+        work = work_for(artifact.report if artifact is not None else {}, model.path)
+        estimate, notes["energy_work_source"] = energy_metrics(work, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
         evaluation = replace(evaluation, metrics={**evaluation.metrics, **estimate})
-    return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics))
+    return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics), notes)
 
 
 def benchmark_report(artifact: CompiledArtifact, gated: Gated) -> dict[str, object]:
@@ -247,7 +257,7 @@ def bundle_stage(
         calibration_manifest=calibrated.samples.manifest(),
         calibration_table=calibrated.table_path,
         artifact=artifact,
-        gates=gates_report(gated.gates, gated.evaluation.validation_digest),
+        gates=gates_report(gated.gates, gated.evaluation.validation_digest, gated.notes),
         benchmark=benchmark_report(artifact, gated),
         config_text=yaml.safe_dump(resolved, sort_keys=False),
         resolved_config=resolved,
@@ -379,7 +389,7 @@ def record_failed_gates(
     try:
         reports = workdir / "reports"
         reports.mkdir(parents=True, exist_ok=True)
-        report = gates_report(gated.gates, gated.evaluation.validation_digest)
+        report = gates_report(gated.gates, gated.evaluation.validation_digest, gated.notes)
         (reports / "gates.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         for name, path in (extra_reports or {}).items():
             if path.resolve() != (reports / name).resolve():

@@ -30,6 +30,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
+from tapeout.compilers.cost import Cost
 from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
 from tapeout.compilers.interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile
 from tapeout.compilers.versions import at_least, parse_version
@@ -261,6 +262,12 @@ class EthosUCompiler:
             "vela_estimate": estimates,
             "peak_memory_bytes": estimates["sram_bytes"],
             "peak_memory_source": ESTIMATE,
+            "cost": Cost(
+                macs=estimates["macs"], bytes_read=estimates["bytes_read"],
+                bytes_written=estimates["bytes_written"], batch=model.inputs[0].shape[0] if model.inputs else 1,
+                source=f"Vela {VELA_VERSION}'s count of the NPU program: nn_macs and every memory's "
+                "feature-map and weight read/write bytes (vela_summary.csv)",
+            ).to_report(),
             "tflite_int8_operators": list(conversion.operators),
             "accelerator_config": options.accelerator_config,
             "system_config": options.system_config,
@@ -345,6 +352,9 @@ class EthosUCompiler:
             "dram_bytes": int(round(float(summary["dram_memory_used"]) * kib)),
             "weights_storage_area": summary["weights_storage_area"],
             "macs": int(float(summary["nn_macs"])),
+            # Traffic per memory (sram, dram, on/off-chip flash) and kind (feature map, weight).
+            "bytes_read": sum(int(float(value)) for key, value in summary.items() if key.endswith("_read_bytes")),
+            "bytes_written": sum(int(float(value)) for key, value in summary.items() if key.endswith("_write_bytes")),
             "npu_passes": int(float(summary["passes_after_fusing"])),
             "cpu_operators": [op["op"] for op in cpu_ops],
         }

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tapeout.compilers.cost import count_onnx
 from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
 from tapeout.compilers.interface import (
     Capabilities,
@@ -219,6 +220,7 @@ class Fp16Compiler:
             report={
                 "artifact_size_bytes": (workdir / MODEL_FILE).stat().st_size,
                 "opset": opset,
+                "cost": count_onnx(workdir / MODEL_FILE, "the float16 graph the compiler wrote").to_report(),
                 "source_model": "float",
                 "io_dtype": "float32" if options.keep_io_types else "float16",
                 "nodes": len(converted.graph.node),

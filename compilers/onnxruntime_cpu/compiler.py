@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tapeout.compilers.cost import count_onnx
 from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
 from tapeout.compilers.interface import (
     Capabilities,
@@ -129,7 +130,14 @@ class OnnxRuntimeCompiler:
             minimum_firmware_revision=minimum_release,
             inputs=model.inputs,
             outputs=model.outputs,
-            report={"artifact_size_bytes": size, "opset": opset},
+            report={
+                "artifact_size_bytes": size,
+                "opset": opset,
+                "cost": count_onnx(
+                    workdir / MODEL_FILE,
+                    f"the graph ONNX Runtime saved after its {options['graph_optimization_level']} optimisations",
+                ).to_report(),
+            },
         )
 
     def load(self, artifact: CompiledArtifact) -> "OnnxRuntimeRunner":

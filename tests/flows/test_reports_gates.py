@@ -101,19 +101,24 @@ def test_output_fidelity_sqnr_and_cosine():
     assert result["output_cosine"] == pytest.approx(1.0)
 
 
-def test_energy_estimate_is_labelled_and_counted_from_the_model(quantized_model, tmp_path):
-    from tapeout.flows.energy import count_work, energy_metrics
+def test_energy_estimate_is_labelled_and_says_what_was_counted(quantized_model, tmp_path):
+    from tapeout.compilers.cost import Cost
+    from tapeout.flows.energy import QDQ_SOURCE, energy_metrics, work_for
 
-    work = count_work(quantized_model.path)
+    work = work_for({}, quantized_model.path)  # no compiler cost: the QDQ model is counted
     # conv 8x16x16 outputs x 9 + conv 16x8x8 x 72 + linear 32x256 + linear 10x32
     assert work.macs == 2048 * 9 + 1024 * 72 + 32 * 256 + 10 * 32 and work.batch == 1
-    estimate = energy_metrics(quantized_model.path, 0.5, 10.0)
+    assert work.source == QDQ_SOURCE
+    estimate, source = energy_metrics(work, 0.5, 10.0)
     expected = (work.macs * 0.5 + work.bytes_moved * 10.0) / 1e6
-    assert estimate["energy_per_inference_uj_estimate"] == pytest.approx(expected)
-    float_work = count_work(quantized_model.float_path)
-    assert float_work.macs == work.macs and float_work.bytes_moved > 3 * work.bytes_moved  # fp32 moves 4 bytes
+    assert estimate["energy_per_inference_uj_estimate"] == pytest.approx(expected) and source == QDQ_SOURCE
+    reported = Cost(1000, 300, 200, 2, "the lowered program").to_report()
+    own = work_for({"cost": reported}, quantized_model.path)  # the compiler's count wins
+    assert (own.macs, own.bytes_moved, own.source) == (1000, 500, "the lowered program")
+    assert energy_metrics(own, 0.5, 10.0)[0]["energy_per_inference_uj_estimate"] == pytest.approx((500 + 5000) / 1e6 / 2)
     metrics = dict(METRICS, **estimate)
-    write_reports(tmp_path, title="t", gated=_gated(metrics))
+    gated = Gated(_gated(metrics).evaluation, _gated(metrics).gates, {"energy_work_source": source})
+    write_reports(tmp_path, title="t", gated=gated)
     text = (tmp_path / "gates.md").read_text()
-    assert "an ESTIMATE** from the target profile's cost model" in text
+    assert "an ESTIMATE** from the target profile's cost model" in text and f"Work counted from: {QDQ_SOURCE}" in text
     assert "| energy_per_inference_uj_estimate |" in text and "not measured" in text

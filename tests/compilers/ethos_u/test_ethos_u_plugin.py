@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -73,6 +74,18 @@ def test_report_carries_labelled_vela_estimates(u55):
     assert 0 < estimate["sram_bytes"] < 64 * 1024 and estimate["flash_bytes"] > 9000
     assert u55.report["peak_memory_bytes"] == estimate["sram_bytes"]
     assert "not run" in u55.report["runner"]
+
+
+def test_cost_is_vela_count_of_the_npu_program(u55):
+    from tapeout.compilers.cost import Cost
+
+    cost = Cost.from_report(u55.report)
+    summary = next(csv.DictReader((u55.directory / "vela_summary.csv").open()))
+    assert cost is not None and cost.macs == int(float(summary["nn_macs"])) == 103744 and cost.batch == 1
+    # Every read: the activations from SRAM and the weights streamed from off-chip flash.
+    assert cost.bytes_read == sum(int(float(v)) for k, v in summary.items() if k.endswith("_read_bytes"))
+    assert cost.bytes_read > int(float(summary["off_chip_flash_weight_read_bytes"])) > 9000
+    assert cost.bytes_written > 0 and "Vela" in cost.source
 
 
 def test_runner_runs_the_int8_tflite_like_onnxruntime(u55, quantized_model):
