@@ -108,6 +108,16 @@ class Registry:
     def end_run(self, run_id: str, status: str) -> None:
         self._client.set_terminated(run_id, status=status)
 
+    def version_metrics(self, name: str, version: str) -> dict[str, float]:
+        """The metrics logged by the run a version was registered from."""
+        registered = self.get_version(name, version)
+        try:
+            return dict(self._client.get_run(registered.run_id).data.metrics)
+        except Exception as error:
+            raise RegistryUnavailable(
+                f"MLflow at {self.tracking_uri}: cannot read run {registered.run_id} ({type(error).__name__}: {error})"
+            ) from error
+
     # -- the model registry ------------------------------------------------------------------
 
     def find_version(self, name: str, tags: Mapping[str, str]) -> RegisteredVersion | None:

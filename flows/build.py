@@ -8,7 +8,7 @@ costs a registry query, not a Prefect start-up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class TargetOutcome:
     gates: tuple[GateResult, ...] = ()
     message: str = ""
     exit_code: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)  # this build's, when it measured
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from tapeout.compilers.registry import load_compiler
 from tapeout.flows import cache_keys, fallback, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
+from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
 from tapeout.flows.build import BuildSettings, Progress, TargetOutcome, already_registered, settings_for
 from tapeout.flows.evaluate import Evaluation
@@ -202,7 +203,7 @@ def build_target(
             )
             failed = [gate for gate in gated.gates if not gate.passed]
             return TargetOutcome(
-                target.name, name, "fail", gates=gated.gates, exit_code=1,
+                target.name, name, "fail", gates=gated.gates, exit_code=1, metrics=dict(gated.evaluation.metrics),
                 message=f"gate(s) failed, MLflow run {run_id} recorded as FAILED, nothing registered: "
                 + "; ".join(gate.describe() for gate in failed) + fallback_note(kept),
             )
@@ -226,6 +227,7 @@ def build_target(
         target.name, name, "pass", version=version.version,
         bundle_path=None if reused else str(bundle.path),
         bundle_digest=version.tags.get("bundle_digest"), gates=gated.gates, reused=reused,
+        metrics=dict(gated.evaluation.metrics),
         message=("registered concurrently by another run" if reused else "") + fallback_note(kept),
     )
 
@@ -283,4 +285,13 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
         ]
         for target, future in zip(pending, futures):
             outcomes[target.name] = future.result()
-    return [outcomes[target.name] for target in pipeline.config.targets]
+    ordered = [outcomes[target.name] for target in pipeline.config.targets]
+    if pending:
+        folder = settings.home / "reports" / source.commit[:12]
+        try:
+            files, run_id = summarize(pipeline.config.model.name, source.commit, ordered, registry, folder)
+        except Exception as error:  # the targets are registered and stand; say what is missing
+            progress(f"build summary not written: {type(error).__name__}: {error}")
+        else:
+            progress(f"build summary: {files['summary.md']} (MLflow run {run_id})")
+    return ordered

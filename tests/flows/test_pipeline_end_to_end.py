@@ -101,6 +101,30 @@ def test_reports_open_and_match_the_mlflow_metrics(built):
     assert {layer["node"] for layer in sensitivity["layers"]} >= {"node_conv2d", "node_linear_1"}
 
 
+def test_build_summary_compares_every_target_with_the_numbers_their_runs_logged(built):
+    from PIL import Image
+
+    commit = git(built["pipeline"].parent, "rev-parse", "HEAD")
+    folder = built["home"] / "reports" / commit[:12]
+    with Image.open(folder / "accuracy-per-target.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    markdown = (folder / "summary.md").read_text()
+    registry = Registry(f"sqlite:///{built['home'] / 'mlflow.db'}", built["home"] / "artifacts")
+    client = registry._client
+    experiment = client.get_experiment_by_name("digits-cnn")
+    (summary,) = client.search_runs([experiment.experiment_id], f"tags.build_summary = '{commit}'")
+    for target in ("cpu", "npu-int8", "ethos-u55", "x86-openvino", "cpu-fp16"):
+        version = registry.resolve(f"digits-cnn-{target}@candidate")
+        logged = client.get_run(version.run_id).data.metrics
+        assert summary.data.metrics[f"{target}.accuracy"] == logged["accuracy"]
+        assert f"| {target} | pass | {version.version} | {logged['accuracy']:.4g} |" in markdown
+    # The budget of npu-int8 became a gate on the memory plan's peak.
+    npu = client.get_run(registry.resolve("digits-cnn-npu-int8@candidate").run_id).data.metrics
+    bundle = next((built["home"] / "bundles" / "digits-cnn-npu-int8").iterdir())
+    gates = {gate["metric"]: gate for gate in json.loads((bundle / "reports" / "gates.json").read_text())["gates"]}
+    assert gates["peak_memory_bytes"]["threshold"] == 65536 and gates["peak_memory_bytes"]["observed"] == npu["peak_memory_bytes"]
+
+
 def test_verify_and_trace_by_registry_reference(built, capsys):
     home = ["--home", str(built["home"])]
     assert main(["verify", "digits-cnn-cpu@candidate", *home]) == 0
