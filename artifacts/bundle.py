@@ -44,6 +44,9 @@ class BundleContents:
     finished_on: str
     # More files for reports/ (gates.md, plots, sensitivity.json, fallback.json): name → file.
     extra_reports: Mapping[str, Path] = field(default_factory=dict)
+    # A set kept in the artifact store (tapeout.artifacts.set_store): the bundle holds this
+    # pointer as calibration/pointer.json instead of the data files.
+    calibration_pointer: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,9 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
     calibration = root / "calibration"
     calibration.mkdir()
     source = contents.calibration_data
-    if source.is_dir():
+    if contents.calibration_pointer is not None:
+        _write_json(calibration / "pointer.json", contents.calibration_pointer)
+    elif source.is_dir():
         shutil.copytree(source, calibration / source.name, symlinks=False)
     else:
         shutil.copyfile(source, calibration / source.name)
@@ -124,6 +129,7 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
             "annotations": {
                 "count": contents.calibration_manifest["count"],
                 "digest_scheme": contents.calibration_manifest.get("digest_scheme"),
+                **({"stored_at": contents.calibration_pointer["uri"]} if contents.calibration_pointer else {}),
             },
         },
         {"name": "calibration/table.json", "digest": {"sha256": file_digest(calibration / "table.json")}},

@@ -102,7 +102,7 @@ class Registry:
     def log_directory(self, run_id: str, directory: Path, artifact_path: str) -> None:
         self._client.log_artifacts(run_id, str(directory), artifact_path)
 
-    def log_file(self, run_id: str, path: Path, artifact_path: str) -> None:
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None) -> None:
         self._client.log_artifact(run_id, str(path), artifact_path)
 
     def end_run(self, run_id: str, status: str) -> None:

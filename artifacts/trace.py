@@ -19,6 +19,7 @@ from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry
 from tapeout.artifacts.signing import VerificationFailed, read_signature
+from tapeout.artifacts.set_store import read_pointer
 from tapeout.compilers.errors import InvalidInput
 
 ARTIFACT_DIGESTS_TAG = "artifact_sha256"
@@ -103,6 +104,8 @@ def trace_bundle(
             "digest": calibration.get("digest"),
             "count": calibration.get("count"),
             "source": calibration.get("file"),
+            # None: the set is in the bundle; else where the artifact store keeps it.
+            "stored_at": (read_pointer(bundle) or {}).get("uri"),
         },
         "quantization": {"method": table.get("method"), "options": table.get("options")},
         "compiler": {
@@ -159,7 +162,8 @@ def render_text(record: dict) -> str:
         f"source          {record['source']['uri']}" + (" (dirty work tree)" if record["source"]["dirty"] else ""),
         f"commit          {record['source']['commit']}",
         f"config          config/pipeline.yaml sha256 {record['config']['digest']} (target {record['config'].get('target')})",
-        f"calibration set {record['calibration_set']['digest']} ({record['calibration_set']['count']} samples, {record['calibration_set']['source']})",
+        f"calibration set {record['calibration_set']['digest']} ({record['calibration_set']['count']} samples, {record['calibration_set']['source']})"
+        + (f", stored at {record['calibration_set']['stored_at']}" if record["calibration_set"].get("stored_at") else ", in the bundle"),
         f"quantization    {record['quantization']['method']} {record['quantization'].get('options') or ''}".rstrip(),
         f"compiler        {compiler['name']} {compiler['version']} ({compiler['artifact_id']}) options {compiler['options']}",
     ]
@@ -245,6 +249,7 @@ def render_html(record: dict) -> str:
             ("calibration set digest", record["calibration_set"]["digest"]),
             ("samples", record["calibration_set"]["count"]),
             ("source", record["calibration_set"]["source"]),
+            ("stored at", record["calibration_set"].get("stored_at") or "in the bundle"),
             ("method", record["quantization"]["method"]),
             ("options", record["quantization"].get("options")),
         ])),

@@ -46,14 +46,27 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=calibrate_command)
 
-    calib = subparsers.add_parser("calib", help="calibration sets: inspect, pack")
-    calib_commands = calib.add_subparsers(dest="calib_command", metavar="{inspect,pack}", required=True)
+    calib = subparsers.add_parser("calib", help="calibration sets: inspect, pack, fetch")
+    calib_commands = calib.add_subparsers(dest="calib_command", metavar="{inspect,pack,fetch}", required=True)
 
     inspect = calib_commands.add_parser("inspect", help="print a set's manifest")
     inspect.add_argument("set_path", type=Path, metavar="SET")
     inspect.add_argument("--labels", help="the name of the labels array (.npz), if any")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(func=inspect_command)
+
+    fetch = calib_commands.add_parser(
+        "fetch",
+        help="download the set a bundle points to from the artifact store, and check it",
+        description="A set larger than calibration.embed_max_bytes is stored once in the "
+        "artifact store and the bundle holds calibration/pointer.json. This downloads it into "
+        "OUTPUT and checks every file's sha256 against the (signed) pointer and the set's "
+        "content digest against the bundle's manifest. Run `tapeout verify` on the bundle first.",
+    )
+    fetch.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder")
+    fetch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT")
+    fetch.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)")
+    fetch.set_defaults(func=fetch_command)
 
     build = calib_commands.add_parser(
         "pack",
@@ -164,6 +177,33 @@ def calibrate_command(args: argparse.Namespace) -> int:
 def inspect_command(args: argparse.Namespace) -> int:
     samples = describe(args.set_path, label_key=args.labels)
     _print_manifest(samples, as_json=args.json)
+    return 0
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.registry import Registry
+    from tapeout.artifacts.set_store import fetch_set, read_pointer
+    from tapeout.flows.environment import default_tracking_uri
+
+    pointer = read_pointer(args.bundle)
+    if pointer is None:
+        raise InvalidInput(
+            f"{args.bundle}: expected calibration/pointer.json, found none: the set is in the bundle "
+            f"(calibration/), nothing to fetch"
+        )
+    manifest_path = args.bundle / "calibration" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    registry = Registry(args.tracking_uri or default_tracking_uri(args.home_path), args.home_path / "artifacts")
+    path = fetch_set(registry, pointer, args.output)
+    inputs = tuple(
+        TensorSpec(spec["name"], (1, *spec["shape"]), spec["dtype"]) for spec in manifest["inputs"]
+    )
+    samples = load_sample_set(path, inputs, label_key=manifest.get("labels"))
+    if samples.digest != manifest["digest"] or samples.digest != pointer["digest"]:
+        raise InvalidInput(
+            f"{path}: set digest: expected {manifest['digest']} ({manifest_path}), found {samples.digest}"
+        )
+    print(f"{path}: {samples.count} samples, digest {samples.digest} matches the bundle's manifest")
     return 0
 
 

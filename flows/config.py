@@ -96,6 +96,12 @@ class CalibrationConfig(_Strict):
     set: str
     method: Literal["minmax", "entropy", "percentile", "mse"] = "minmax"
     samples: int = Field(default=1, ge=1, description="the set must hold at least this many")
+    embed_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="a larger set is stored once in the artifact store and bundles hold a signed "
+        "pointer to it (tapeout.artifacts.set_store); 0 stores every set",
+    )
 
 
 class ValidationConfig(_Strict):

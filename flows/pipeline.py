@@ -213,6 +213,7 @@ def build_target(
             calibrated=shared["calibrated"], artifact=artifact, gated=gated, source=source,
             invocation_id=shared["invocation_id"], started_on=started_on, finished_on=_now(),
             bundles_root=settings.home / "bundles", private_key=settings.private_key, extra_reports=reports,
+            calibration_pointer=shared["calibration_pointer"],
         )
         tags = stages.version_tags(
             pipeline, target, source, artifact, shared["calibrated"], bundle, settings.public_key
@@ -268,7 +269,11 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
             lambda q: [q.path], model=model, calibrated=calibrated,
         )
         validation, reference = reference_task(pipeline, model)
+        pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)
+        if pointer is not None:
+            progress(f"calibration set {samples.digest[:12]} ({pointer['size_bytes']} bytes) stored once at {pointer['uri']}")
         shared = {
+            "calibration_pointer": pointer,
             "model": model, "calibrated": calibrated, "quantized": quantized,
             "validation": validation, "reference": reference,
             "reference_digest": stages.predictions_digest(reference), "source": source,

@@ -245,6 +245,7 @@ def bundle_stage(
     bundles_root: Path,
     private_key: Path,
     extra_reports: Mapping[str, Path] | None = None,
+    calibration_pointer: Mapping[str, object] | None = None,
 ) -> Bundle:
     resolved = pipeline.resolved()
     contents = BundleContents(
@@ -266,8 +267,19 @@ def bundle_stage(
         started_on=started_on,
         finished_on=finished_on,
         extra_reports=dict(extra_reports or {}),
+        calibration_pointer=calibration_pointer,
     )
     return build_bundle(contents, bundles_root, private_key)
+
+
+def calibration_pointer(pipeline: Pipeline, samples: SampleSet, registry: Registry) -> dict[str, object] | None:
+    """A set above `calibration.embed_max_bytes`: stored once in the artifact store, and the
+    pointer every bundle of this build holds; None when the set goes into the bundles."""
+    from tapeout.artifacts.set_store import pointer_document, set_size, store_set
+
+    if set_size(samples.path) <= pipeline.config.calibration.embed_max_bytes:
+        return None
+    return pointer_document(store_set(registry, samples.path, samples.digest), samples.manifest())
 
 
 def version_tags(
