@@ -32,7 +32,7 @@ from tapeout.compilers.interface import (
     TensorSpec,
 )
 from tapeout.compilers.onnxruntime_cpu.compiler import (  # the same runtime
-    _FIRST_RELEASE_FOR_OPSET,
+    FIRST_RELEASE_FOR_OPSET,
     recorded_session,
 )
 from tapeout.compilers.versions import at_least
@@ -170,7 +170,7 @@ class Fp16Compiler:
             if qualified not in supported:
                 raise UnsupportedOperator(self.name, node.name, f"{node.domain or 'ai.onnx'}.{node.op_type}")
         opset = next((e.version for e in source.opset_import if e.domain in ("", "ai.onnx")), 0)
-        minimum_release = _FIRST_RELEASE_FOR_OPSET.get(opset, installed_version("onnxruntime"))
+        minimum_release = FIRST_RELEASE_FOR_OPSET.get(opset, installed_version("onnxruntime"))
         if not at_least(target.firmware_revision, minimum_release):
             raise InvalidInput(
                 f"target {target.name!r}: firmware_revision {target.firmware_revision} cannot run "

@@ -36,7 +36,7 @@ _DEFAULT_OPTIONS = {"graph_optimization_level": "basic", "threads": "1"}
 
 # Oldest ONNX Runtime release implementing each ONNX opset (onnxruntime docs/Versioning.md).
 # A newer opset than this table knows needs at least the release that compiled it.
-_FIRST_RELEASE_FOR_OPSET = {
+FIRST_RELEASE_FOR_OPSET = {
     13: "1.6.0", 14: "1.8.0", 15: "1.9.0", 16: "1.11.0", 17: "1.13.0",
     18: "1.14.0", 19: "1.15.0", 20: "1.17.0", 21: "1.18.0",
 }
@@ -89,7 +89,7 @@ class OnnxRuntimeCompiler:
         opset = next(
             (entry.version for entry in loaded.opset_import if entry.domain in ("", "ai.onnx")), 0
         )
-        minimum_release = _FIRST_RELEASE_FOR_OPSET.get(opset, self.version)
+        minimum_release = FIRST_RELEASE_FOR_OPSET.get(opset, self.version)
         if not at_least(target.firmware_revision, minimum_release):
             raise InvalidInput(
                 f"target {target.name!r}: firmware_revision {target.firmware_revision} cannot run "
