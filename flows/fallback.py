@@ -5,16 +5,19 @@ Each target decides for itself, from its compiler's capabilities (data, STYLE §
 
 - `fp32`: the compiler takes float ops (`"float"` in `input_formats`, e.g. `onnxruntime`):
   layers are kept in fp32 (tapeout.flows.sensitivity.keep_out).
-- `int16`: an integer-only compiler that declares `int16` tensors could take those layers'
-  activations in int16 instead; no built-in compiler declares it yet, so this is not tried.
-- neither (`int8-ref`): no attempt is possible; the target fails with its plain numbers and
-  the report says why.
+- `int16`: an integer-only compiler that declares `int16` tensors (`int8-ref`): the layers'
+  output activations are quantized to int16 instead of int8 (ONNX Runtime's mixed precision,
+  `calibration.quantizer.quantize(int16_activations=...)`), with the same calibrated ranges.
+- neither (e.g. `ethos-u`): no attempt is possible; the target fails with its plain numbers
+  and the report says why.
 
-The candidates come from the sensitivity analysis (`Sensitivity.ranked()`): attempt k keeps
-out the first k layers, k = 1 … budget (each attempt is one re-quantization, one compile and
-one evaluation, outside the stage cache). Attempts need every gate to pass, not only the
-accuracy ones. Every attempt is recorded; the bundle's reports/fallback.json says which layers
-were kept out and why; if none passes, the best attempt's numbers are the run's.
+The candidates come from the sensitivity analysis (`Sensitivity.ranked()`): attempt k adds the
+next ranked layer to those kept out, k = 1 … budget (each attempt is one re-quantization, one
+compile and one evaluation, outside the stage cache). A layer whose attempt cannot be built (the
+quantizer cannot widen that tensor, the compiler refuses it) is recorded and left out of later
+attempts. Attempts need every gate to pass, not only the accuracy ones. Every attempt is
+recorded; the bundle's reports/fallback.json says which layers were kept out and why; if none
+passes, the best attempt's numbers are the run's.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ def fallback_mode(capabilities: Capabilities) -> tuple[str | None, str]:
     if "float" in capabilities.input_formats and "float32" in capabilities.tensor_dtypes:
         return "fp32", "the compiler runs float ops: sensitive layers are kept in fp32"
     if "int16" in capabilities.tensor_dtypes:
-        return None, (
-            "the compiler declares int16 tensors but tapeout does not yet emit int16 activations "
-            "for a fallback; no attempt made"
+        return "int16", (
+            "the compiler is integer-only but runs int16 activations: sensitive layers' outputs "
+            "are quantized to int16 instead of int8"
         )
     return None, (
         "the compiler is integer-only (input formats "
@@ -55,7 +58,7 @@ class Attempt:
 
     index: int
     kept_out: tuple[str, ...]
-    representation: str  # "int8" for the plain model, else the fallback mode ("fp32")
+    representation: str  # "int8" for the plain model, else the fallback mode ("fp32", "int16")
     quantized_sha256: str | None
     metrics: dict[str, float]
     gates: tuple[GateResult, ...]
@@ -181,32 +184,48 @@ def search(
     ranked = [layer.node for layer in sensitivity.ranked()]
     reasons = {node: _why(sensitivity, node) for node in ranked}
     chosen = None
-    if mode == "fp32":
+    if mode is not None:
         layers = layers_by_node(float_path, quantized.path)
-        ranked = [node for node in ranked if node in layers]
-        for size in range(1, min(budget, len(ranked)) + 1):
-            kept = tuple(ranked[:size])
-            folder = workdir / f"attempt-{size}"
-            progress(f"[{profile.name}] fallback attempt {size}/{min(budget, len(ranked))}: {', '.join(kept)} in fp32")
+        candidates = [node for node in ranked if node in layers]
+        planned = min(budget, len(candidates))
+        kept: list[str] = []
+        for index, node in enumerate(candidates[:planned], start=1):
+            trial = (*kept, node)
+            folder = workdir / f"attempt-{index}"
+            progress(f"[{profile.name}] fallback attempt {index}/{planned}: {', '.join(trial)} in {mode}")
             try:
-                model = keep_out(
-                    float_path, table, [layers[node] for node in kept], inputs=quantized.inputs,
-                    outputs=quantized.outputs, output_path=folder / "model.qdq.onnx",
+                model = _requantize(
+                    mode, float_path, table, [layers[name] for name in trial], quantized, folder / "model.qdq.onnx"
                 )
                 compiled, result = attempt_fn(model, folder / "compiled")
-            except TapeoutError as error:
-                attempts.append(Attempt(size, kept, mode, None, {}, (), error=str(error)))
+            except TapeoutError as error:  # recorded; later attempts go on without this layer
+                attempts.append(Attempt(index, trial, mode, None, {}, (), error=str(error)))
                 continue
-            attempt = Attempt(size, kept, mode, model.digest, dict(result.evaluation.metrics), tuple(result.gates))
+            kept.append(node)
+            attempt = Attempt(index, trial, mode, model.digest, dict(result.evaluation.metrics), tuple(result.gates))
             attempts.append(attempt)
-            objects[size] = (model, compiled, result)
+            objects[index] = (model, compiled, result)
             if attempt.passed:
-                chosen = size
+                chosen = index
                 break
     best = chosen if chosen is not None else max(attempts, key=Attempt.score).index
     model, compiled, result = objects[best]
     return FallbackResult(
         mode, reason, budget, tuple(attempts), chosen, best, reasons, model, compiled, result
+    )
+
+
+def _requantize(mode: str, float_path: Path, table, layers, quantized: QuantizedModel, output_path: Path) -> QuantizedModel:
+    """The model with `layers` kept out of int8 the way `mode` says."""
+    if mode == "fp32":
+        return keep_out(
+            float_path, table, layers, inputs=quantized.inputs, outputs=quantized.outputs, output_path=output_path
+        )
+    from tapeout.calibration.quantizer import quantize
+
+    return quantize(
+        float_path, table, inputs=quantized.inputs, outputs=quantized.outputs, output_path=output_path,
+        int16_activations=tuple(layer.float_tensor for layer in layers),
     )
 
 

@@ -224,7 +224,7 @@ def write_reports(
     if fallback is not None:
         for attempt in fallback.get("attempts") or []:  # type: ignore[union-attr]
             if "accuracy" in attempt["metrics"]:
-                label = "int8" if not attempt["kept_out"] else f"{len(attempt['kept_out'])} fp32: " + ",".join(attempt["kept_out"])
+                label = "int8" if not attempt["kept_out"] else f"{len(attempt['kept_out'])} {attempt['representation']}: " + ",".join(attempt["kept_out"])
                 entries.append((label[:28], attempt["metrics"]["accuracy"]))
     elif "accuracy" in metrics:
         entries.append(("int8 (this target)", metrics["accuracy"]))

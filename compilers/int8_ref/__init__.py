@@ -5,6 +5,7 @@
     lowering.py        ONNX QDQ / QOperator graph -> static typed op list
     requantize.py      requantization parameters ("prepare"), both modes documented
     memory_plan.py     one arena, offsets from liveness, peak bytes, budget check
+    cost.py            MACs and bytes moved by one run of the lowered program
     artifact_format.py the versioned binary image and its strict reader
     validate.py        per-op bounds checks of a parsed image
     runtime.py         the Runner over the Cython engine (_kernels.pyx)

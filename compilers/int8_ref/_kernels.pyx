@@ -15,6 +15,17 @@ before an Engine is built, so kernels index without bounds checks.
 Accumulator range (conv.h's argument): |x - x_zp| <= 255 and |w - w_zp| <= 255, so one
 product is < 2^16 and an int32 accumulator holds any sum of up to 2^15 = 32768 products plus a
 bias; the compiler refuses larger reductions (lowering.MAX_REDUCTION).
+
+int16 activations ("sg" code 2; 0 is uint8, 1 int8). An int16 input may carry a zero point
+(ONNX Runtime's quantizer gives a non-negative range zero point -32768), so |x - x_zp| <= 65535
+and one product with an 8-bit weight is < 2^24: an int32 accumulator would hold only 2^7 of
+them. Conv and Gemm over int16 inputs therefore keep `x - zp` as int32 and accumulate in int64:
+|acc| <= 2^15 * 65535 * 255 + 2^31 < 2^40 for the same 2^15-term limit (the products
+themselves are < 2^24, so each is formed in int32 and added to the int64 sum). Every op with
+an int16 input or output requantizes with requant64: `fixed-point` through i8r_mbqm64 below
+(single rounding), `ort` through the same float32 step as the 8-bit kernels (ONNX Runtime
+runs these nodes in float, so there is no fused kernel to match bit for bit;
+docs/int8-ref.md gives the measured difference).
 """
 
 from libc.stdint cimport int8_t, uint8_t, int16_t, int32_t, int64_t, uint32_t, uint64_t
@@ -22,7 +33,7 @@ from libc.string cimport memcpy, memset
 from libc.math cimport lrintf, fmaf, expf
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-FIRMWARE_REVISION = "1.0.0"
+FIRMWARE_REVISION = "1.1.0"  # the simulated firmware: reads artifact formats 1 and 2 (int16)
 DEF MAX_INTS = 40
 
 cdef extern from *:
@@ -54,8 +65,35 @@ cdef extern from *:
         if (xs < INT32_MIN) xs = INT32_MIN;
         return i8r_rdbpot(i8r_srdhm((int32_t)xs, m), rs);
     }
+    /* MultiplyByQuantizedMultiplier for ops with an int16 input or output: round(x * m /
+       2^(31 - shift)) in single rounding, (x*m + 2^(t-1)) >> t with an arithmetic shift, i.e.
+       half toward +infinity, as TFLite's TFLITE_SINGLE_ROUNDING variant and its int64
+       overload (tensorflow/lite/kernels/internal/common.cc) round. TFLite's int64 overload
+       first reduces m to 16 bits; that costs up to 2 LSB at int16 outputs, so the full Q31
+       mantissa is kept here and the (up to 94-bit) product is formed from two 32 x 31-bit
+       halves, in portable C99. Results beyond +-2^62 saturate (the caller clamps to 16 bits
+       anyway). */
+    static inline int64_t i8r_mbqm64(int64_t x, int32_t m, int32_t shift) {
+        int t = 31 - shift;  /* 1 .. 62 for shift in [-31, 30] */
+        int neg = x < 0;
+        uint64_t ax = neg ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
+        uint64_t um = m > 0 ? (uint64_t)m : 0;
+        uint64_t p0 = (ax & 0xFFFFFFFFu) * um;  /* < 2^63 */
+        uint64_t p1 = (ax >> 32) * um;          /* < 2^62 */
+        uint64_t lo = p0 + (p1 << 32);
+        uint64_t hi = (p1 >> 32) + (lo < p0 ? 1u : 0u);
+        /* x >= 0: floor((|x|m + 2^(t-1)) / 2^t). x < 0: floor((-v + 2^(t-1)) / 2^t) =
+           -floor((v + 2^(t-1) - 1) / 2^t) with v = |x|m. */
+        uint64_t r = ((uint64_t)1 << (t - 1)) - (neg ? 1u : 0u);
+        uint64_t lo2 = lo + r;
+        hi += lo2 < lo ? 1u : 0u;
+        uint64_t q = (lo2 >> t) | (hi << (64 - t));
+        if ((hi >> t) != 0 || q > ((uint64_t)1 << 62)) q = (uint64_t)1 << 62;
+        return neg ? -(int64_t)q : (int64_t)q;
+    }
     """
     int32_t i8r_mbqm(int32_t x, int32_t m, int32_t shift) nogil
+    int64_t i8r_mbqm64(int64_t x, int32_t m, int32_t shift) nogil
 
 
 cdef struct OpDesc:
@@ -68,9 +106,20 @@ cdef struct OpDesc:
 
 
 cdef inline int32_t ld(const uint8_t* base, int64_t i, int64_t sg) noexcept nogil:
-    if sg:
+    # element i of a quantized tensor by its type code: 0 uint8, 1 int8, 2 int16
+    if sg == 1:
         return (<const int8_t*>base)[i]
+    if sg == 2:
+        return (<const int16_t*>base)[i]
     return base[i]
+
+
+cdef inline void st(uint8_t* base, int64_t i, int64_t sg, int32_t v) noexcept nogil:
+    # store an already clamped value as element i: int16 for code 2, else one byte
+    if sg == 2:
+        (<int16_t*>base)[i] = <int16_t>v
+    else:
+        base[i] = <uint8_t>v
 
 
 cdef inline int32_t clampi(int32_t v, int32_t lo, int32_t hi) noexcept nogil:
@@ -93,8 +142,9 @@ cdef inline int32_t f2q(float v, int32_t zp, int32_t qmin, int32_t qmax) noexcep
         v = hi
     if v != v:  # NaN
         v = 0
-    # |v| <= 510 here, so adding and subtracting 1.5 * 2^23 rounds to an integer, half to
-    # even, in float32 arithmetic (MLAS's MagicBias trick); the cast is then exact.
+    # |v| <= 65535 here (int16 with a zero point at most), so adding and subtracting
+    # 1.5 * 2^23 rounds to an integer, half to even, in float32 arithmetic (MLAS's MagicBias
+    # trick, exact for |v| < 2^22); the cast is then exact.
     cdef float magic = 12582912.0
     cdef float t = v + magic  # float32 add: rounds to an integer, half to even
     t = t - magic
@@ -111,15 +161,35 @@ cdef inline int32_t requant(int32_t acc, int64_t mode, float scale, int32_t mult
     return clampi(i8r_mbqm(acc, mult, shift) + zp, qmin, qmax)
 
 
+cdef inline int32_t requant64(int64_t acc, int64_t mode, float scale, int32_t mult,
+                              int32_t shift, int32_t zp, int32_t qmin,
+                              int32_t qmax) noexcept nogil:
+    # The requantization of every op with an int16 input or output. ort: float32, as the
+    # 8-bit kernels (the conversion and the product each round at 2^-24 relative, < 2^-7 LSB
+    # at the int16 extremes). fixed-point: i8r_mbqm64 (single rounding), then zero point and
+    # clamp in int64. Not the double rounding of `requant`: an int16 output's multiplier is
+    # ~256x an int8 one, so the first rounding (at 2^-rs of an output step) would no longer be
+    # negligible and would cost one LSB on a large fraction of the outputs.
+    cdef int64_t r
+    if mode == 0:
+        return f2q(<float>acc * scale, zp, qmin, qmax)
+    r = i8r_mbqm64(acc, mult, shift) + zp
+    if r < qmin:
+        return qmin
+    if r > qmax:
+        return qmax
+    return <int32_t>r
+
+
 cdef void k_quantize(OpDesc* d, uint8_t* a) noexcept nogil:
-    cdef int64_t n = d.p[0], i
+    cdef int64_t n = d.p[0], i, so = d.p[4]
     cdef const float* x = <const float*>(a + d.inp[0])
     cdef uint8_t* y = a + d.out
     cdef int32_t zp = <int32_t>d.p[1], qmin = <int32_t>d.p[2], qmax = <int32_t>d.p[3]
     cdef float s = d.f[0]
     for i in range(n):
         # ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zp); ORT divides.
-        y[i] = <uint8_t>f2q(x[i] / s, zp, qmin, qmax)
+        st(y, i, so, f2q(x[i] / s, zp, qmin, qmax))
 
 
 cdef void k_dequantize(OpDesc* d, uint8_t* a) noexcept nogil:
@@ -134,25 +204,28 @@ cdef void k_dequantize(OpDesc* d, uint8_t* a) noexcept nogil:
 
 
 cdef void k_requant(OpDesc* d, uint8_t* a) noexcept nogil:
-    cdef int64_t n = d.p[0], i, sg = d.p[5], mode = d.p[7]
+    cdef int64_t n = d.p[0], i, sg = d.p[5], so = d.p[6], mode = d.p[7]
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out
     cdef int32_t zi = <int32_t>d.p[1], zo = <int32_t>d.p[2]
     cdef int32_t qmin = <int32_t>d.p[3], qmax = <int32_t>d.p[4]
     cdef int32_t mult = <int32_t>d.p[8], shift = <int32_t>d.p[9]
     cdef float v
+    cdef bint wide = sg == 2 or so == 2
     for i in range(n):
         if mode == 0:
             # DQ -> Q left in float by ONNX Runtime: dequantize, then divide by the new scale.
             v = <float>(ld(x, i, sg) - zi) * d.f[0]
-            y[i] = <uint8_t>f2q(v / d.f[1], zo, qmin, qmax)
+            st(y, i, so, f2q(v / d.f[1], zo, qmin, qmax))
+        elif wide:
+            st(y, i, so, requant64(ld(x, i, sg) - zi, mode, 0, mult, shift, zo, qmin, qmax))
         else:
-            y[i] = <uint8_t>clampi(i8r_mbqm(ld(x, i, sg) - zi, mult, shift) + zo, qmin, qmax)
+            st(y, i, so, clampi(i8r_mbqm(ld(x, i, sg) - zi, mult, shift) + zo, qmin, qmax))
 
 
 cdef void store_row(OpDesc* d, const int32_t* acc, int64_t P, uint8_t* y, int64_t mode,
                     float scale, int32_t mult, int32_t shift, int32_t zp, int32_t qmin,
-                    int32_t qmax) noexcept nogil:
+                    int32_t qmax, int64_t sg_out) noexcept nogil:
     cdef int64_t p
     cdef int32_t* y32
     if mode == 2:
@@ -163,6 +236,14 @@ cdef void store_row(OpDesc* d, const int32_t* acc, int64_t P, uint8_t* y, int64_
     cdef int64_t ab, nudge
     cdef int32_t hi, rem, thr, mask, r
     cdef int rs
+    cdef int16_t* y16
+    if sg_out == 2:
+        # an int16 output of an 8-bit input (ORT runs this node in float): the int32
+        # accumulator is exact; requantized as the int16 kernels do
+        y16 = <int16_t*>y
+        for p in range(P):
+            y16[p] = <int16_t>requant64(acc[p], mode, scale, mult, shift, zp, qmin, qmax)
+        return
     if mode == 0:
         for p in range(P):
             y[p] = <uint8_t>f2q(<float>acc[p] * scale, zp, qmin, qmax)
@@ -193,7 +274,7 @@ cdef void k_conv(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
     cdef int64_t dh = d.p[11], dw = d.p[12], G = d.p[13], OH = d.p[14], OW = d.p[15]
     cdef int32_t xzp = <int32_t>d.p[16], yzp = <int32_t>d.p[17]
     cdef int32_t qmin = <int32_t>d.p[18], qmax = <int32_t>d.p[19]
-    cdef int64_t sg = d.p[20], mode = d.p[22]
+    cdef int64_t sg = d.p[20], so = d.p[21], mode = d.p[22]
     cdef int64_t Cg = C // G, Mg = M // G, K = Cg * kh * kw, P = OH * OW, HW = H * W
     cdef const int16_t* w = <const int16_t*>(cb + d.c[0])
     cdef const int32_t* bias = <const int32_t*>(cb + d.c[1])
@@ -208,7 +289,7 @@ cdef void k_conv(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
     cdef const uint8_t* x = a + d.inp[0]
     cdef const int8_t* xi8 = <const int8_t*>(a + d.inp[0])
     cdef uint8_t* y = a + d.out
-    cdef int64_t osz = 4 if mode == 2 else 1
+    cdef int64_t osz = 4 if mode == 2 else (2 if so == 2 else 1)
     cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0
                            and pl == 0 and OH == H and OW == W)
     cdef int64_t n, g, c, ky, kx, oy, ox, iy, ix, row, m, k, p, mm, i, ox0, ox1, shift_x
@@ -292,7 +373,7 @@ cdef void k_conv(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
                         acc[3 * P + p] += <int32_t>w3 * <int32_t>ck[p]
                 for i in range(4):
                     store_row(d, acc + i * P, P, y + ((n * M + m + i) * P) * osz, mode,
-                              fs[m + i], mul[m + i], sh_[m + i], yzp, qmin, qmax)
+                              fs[m + i], mul[m + i], sh_[m + i], yzp, qmin, qmax, so)
                 mm += 4
             while mm < Mg:
                 m = g * Mg + mm
@@ -306,7 +387,7 @@ cdef void k_conv(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
                     for p in range(P):
                         acc[p] += <int32_t>wv * <int32_t>ck[p]
                 store_row(d, acc, P, y + ((n * M + m) * P) * osz, mode,
-                          fs[m], mul[m], sh_[m], yzp, qmin, qmax)
+                          fs[m], mul[m], sh_[m], yzp, qmin, qmax, so)
                 mm += 1
 
 
@@ -314,7 +395,7 @@ cdef void k_gemm(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
     cdef int64_t M = d.p[0], K = d.p[1], N = d.p[2]
     cdef int32_t xzp = <int32_t>d.p[3], yzp = <int32_t>d.p[4]
     cdef int32_t qmin = <int32_t>d.p[5], qmax = <int32_t>d.p[6]
-    cdef int64_t sg = d.p[7], mode = d.p[9]
+    cdef int64_t sg = d.p[7], so = d.p[8], mode = d.p[9]
     cdef const int16_t* w = <const int16_t*>(cb + d.c[0])
     cdef const int32_t* bias = <const int32_t*>(cb + d.c[1])
     cdef const float* fs = <const float*>(cb + d.c[2])
@@ -340,20 +421,124 @@ cdef void k_gemm(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch) noe
         if mode == 2:
             for n in range(N):
                 y32[m * N + n] = acc[n]
+        elif so == 2:
+            for n in range(N):
+                st(y, m * N + n, so, requant64(acc[n], mode, fs[n], mul[n], shf[n], yzp, qmin,
+                                               qmax))
         elif mode == 0:
             for n in range(N):
-                y[m * N + n] = <uint8_t>f2q(<float>acc[n] * fs[n], yzp, qmin, qmax)
+                st(y, m * N + n, so, f2q(<float>acc[n] * fs[n], yzp, qmin, qmax))
         else:
             for n in range(N):
-                y[m * N + n] = <uint8_t>clampi(i8r_mbqm(acc[n], mul[n], shf[n]) + yzp,
-                                               qmin, qmax)
+                st(y, m * N + n, so, clampi(i8r_mbqm(acc[n], mul[n], shf[n]) + yzp,
+                                            qmin, qmax))
+
+
+cdef void k_conv_wide(OpDesc* d, uint8_t* a, const uint8_t* cb,
+                      uint8_t* scratch) noexcept nogil:
+    # CONV over an int16 input: k_conv's im2col with int32 `x - zp` values and int64
+    # accumulators (see the header for the bound), one output channel at a time.
+    cdef int64_t N = d.p[0], C = d.p[1], H = d.p[2], W = d.p[3], M = d.p[4]
+    cdef int64_t kh = d.p[5], kw = d.p[6], sh = d.p[7], sw = d.p[8], pt = d.p[9], pl = d.p[10]
+    cdef int64_t dh = d.p[11], dw = d.p[12], G = d.p[13], OH = d.p[14], OW = d.p[15]
+    cdef int32_t xzp = <int32_t>d.p[16], yzp = <int32_t>d.p[17]
+    cdef int32_t qmin = <int32_t>d.p[18], qmax = <int32_t>d.p[19]
+    cdef int64_t so = d.p[21], mode = d.p[22]
+    cdef int64_t Cg = C // G, Mg = M // G, K = Cg * kh * kw, P = OH * OW, HW = H * W
+    cdef const int16_t* w = <const int16_t*>(cb + d.c[0])
+    cdef const int32_t* bias = <const int32_t*>(cb + d.c[1])
+    cdef const float* fs = <const float*>(cb + d.c[2])
+    cdef const int32_t* mul = <const int32_t*>(cb + d.c[2])
+    cdef const int32_t* sh_ = <const int32_t*>(cb + d.c[3])
+    # scratch: [x - zp as int32, C*H*W] [im2col columns, K*P int32] [accumulators, P int64]
+    cdef int32_t* xs = <int32_t*>scratch
+    cdef int32_t* col = <int32_t*>(scratch + ((C * HW * 4 + 15) // 16) * 16)
+    cdef int64_t* acc = <int64_t*>(scratch + ((C * HW * 4 + 15) // 16) * 16
+                                   + ((K * P * 4 + 15) // 16) * 16)
+    cdef const int16_t* x = <const int16_t*>(a + d.inp[0])
+    cdef uint8_t* y = a + d.out
+    cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0
+                           and pl == 0 and OH == H and OW == W)
+    cdef int64_t n, g, c, ky, kx, oy, ox, iy, ix, m, k, p, i, base
+    cdef int32_t* dst
+    cdef const int32_t* src
+    cdef const int32_t* cols
+    cdef const int32_t* ck
+    cdef int32_t wv
+    for n in range(N):
+        for i in range(C * HW):
+            xs[i] = <int32_t>x[n * C * HW + i] - xzp
+        for g in range(G):
+            if pointwise:
+                cols = xs + g * Cg * HW
+            else:
+                for c in range(Cg):
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            dst = col + ((c * kh + ky) * kw + kx) * P
+                            src = xs + (g * Cg + c) * HW
+                            for oy in range(OH):
+                                iy = oy * sh - pt + ky * dh
+                                for ox in range(OW):
+                                    ix = ox * sw - pl + kx * dw
+                                    if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                                        dst[oy * OW + ox] = 0  # padding is the zero point
+                                    else:
+                                        dst[oy * OW + ox] = src[iy * W + ix]
+                cols = col
+            for m in range(g * Mg, (g + 1) * Mg):
+                for p in range(P):
+                    acc[p] = bias[m]
+                for k in range(K):
+                    wv = w[m * K + k]
+                    if wv == 0:
+                        continue
+                    ck = cols + k * P
+                    for p in range(P):
+                        acc[p] += wv * ck[p]  # |product| < 2^24: exact in int32
+                base = (n * M + m) * P
+                for p in range(P):
+                    st(y, base + p, so, requant64(acc[p], mode, fs[m], mul[m], sh_[m], yzp,
+                                                  qmin, qmax))
+
+
+cdef void k_gemm_wide(OpDesc* d, uint8_t* a, const uint8_t* cb,
+                      uint8_t* scratch) noexcept nogil:
+    # GEMM over an int16 input: int32 `x - zp` row, int64 sums (bound in the header).
+    cdef int64_t M = d.p[0], K = d.p[1], N = d.p[2]
+    cdef int32_t xzp = <int32_t>d.p[3], yzp = <int32_t>d.p[4]
+    cdef int32_t qmin = <int32_t>d.p[5], qmax = <int32_t>d.p[6]
+    cdef int64_t so = d.p[8], mode = d.p[9]
+    cdef const int16_t* w = <const int16_t*>(cb + d.c[0])
+    cdef const int32_t* bias = <const int32_t*>(cb + d.c[1])
+    cdef const float* fs = <const float*>(cb + d.c[2])
+    cdef const int32_t* mul = <const int32_t*>(cb + d.c[2])
+    cdef const int32_t* shf = <const int32_t*>(cb + d.c[3])
+    cdef int32_t* xr = <int32_t*>scratch
+    cdef int64_t* acc = <int64_t*>(scratch + ((K * 4 + 15) // 16) * 16)
+    cdef const int16_t* x = <const int16_t*>(a + d.inp[0])
+    cdef uint8_t* y = a + d.out
+    cdef int64_t m, n, k, s
+    cdef const int16_t* wr
+    for m in range(M):
+        for k in range(K):
+            xr[k] = <int32_t>x[m * K + k] - xzp
+        for n in range(N):
+            wr = w + n * K
+            s = 0
+            for k in range(K):
+                s += xr[k] * wr[k]  # |product| < 2^24: exact in int32
+            acc[n] = s + bias[n]
+        for n in range(N):
+            st(y, m * N + n, so, requant64(acc[n], mode, fs[n], mul[n], shf[n], yzp, qmin,
+                                           qmax))
 
 
 cdef void k_matmul(OpDesc* d, uint8_t* a, uint8_t* scratch) noexcept nogil:
     cdef int64_t B = d.p[0], M = d.p[1], K = d.p[2], N = d.p[3]
     cdef int32_t azp = <int32_t>d.p[4], bzp = <int32_t>d.p[5], yzp = <int32_t>d.p[6]
     cdef int32_t qmin = <int32_t>d.p[7], qmax = <int32_t>d.p[8]
-    cdef int64_t sg = d.p[9], mode = d.p[11], bb = d.p[14]
+    cdef int64_t sg = d.p[9], so = d.p[10], mode = d.p[11], bb = d.p[14]
     cdef int32_t mult = <int32_t>d.p[12], shift = <int32_t>d.p[13]
     cdef int16_t* bt = <int16_t*>scratch
     cdef int16_t* ar = <int16_t*>(scratch + ((N * K * 2 + 15) // 16) * 16)
@@ -377,9 +562,42 @@ cdef void k_matmul(OpDesc* d, uint8_t* a, uint8_t* scratch) noexcept nogil:
                     s += ar[k] * bt[n * K + k]
                 if mode == 2:
                     y32[(b * M + m) * N + n] = s
+                elif so == 2:
+                    st(y, (b * M + m) * N + n, so, requant64(s, mode, d.f[0], mult, shift,
+                                                             yzp, qmin, qmax))
                 else:
-                    y[(b * M + m) * N + n] = <uint8_t>requant(s, mode, d.f[0], mult, shift,
-                                                              yzp, qmin, qmax)
+                    st(y, (b * M + m) * N + n, so, requant(s, mode, d.f[0], mult, shift,
+                                                           yzp, qmin, qmax))
+
+
+cdef void k_matmul_wide(OpDesc* d, uint8_t* a, uint8_t* scratch) noexcept nogil:
+    # MATMUL of two int16 activations: int32 `x - zp` operands, int64 products and sums
+    # (|a - azp| * |b - bzp| <= 65535^2 > 2^31).
+    cdef int64_t B = d.p[0], M = d.p[1], K = d.p[2], N = d.p[3]
+    cdef int32_t azp = <int32_t>d.p[4], bzp = <int32_t>d.p[5], yzp = <int32_t>d.p[6]
+    cdef int32_t qmin = <int32_t>d.p[7], qmax = <int32_t>d.p[8]
+    cdef int64_t so = d.p[10], mode = d.p[11], bb = d.p[14]
+    cdef int32_t mult = <int32_t>d.p[12], shift = <int32_t>d.p[13]
+    cdef int32_t* bt = <int32_t*>scratch
+    cdef int32_t* ar = <int32_t*>(scratch + ((N * K * 4 + 15) // 16) * 16)
+    cdef const int16_t* A = <const int16_t*>(a + d.inp[0])
+    cdef const int16_t* Bm = <const int16_t*>(a + d.inp[1])
+    cdef uint8_t* y = a + d.out
+    cdef int64_t b, m, n, k, boff, s
+    for b in range(B):
+        boff = (b if bb else 0) * K * N
+        for k in range(K):
+            for n in range(N):
+                bt[n * K + k] = <int32_t>Bm[boff + k * N + n] - bzp
+        for m in range(M):
+            for k in range(K):
+                ar[k] = <int32_t>A[(b * M + m) * K + k] - azp
+            for n in range(N):
+                s = 0
+                for k in range(K):
+                    s += <int64_t>ar[k] * bt[n * K + k]
+                st(y, (b * M + m) * N + n, so, requant64(s, mode, d.f[0], mult, shift, yzp,
+                                                         qmin, qmax))
 
 
 cdef void k_maxpool(OpDesc* d, uint8_t* a) noexcept nogil:
@@ -387,7 +605,6 @@ cdef void k_maxpool(OpDesc* d, uint8_t* a) noexcept nogil:
     cdef int64_t sh = d.p[6], sw = d.p[7], pt = d.p[8], pl = d.p[9], dh = d.p[10], dw = d.p[11]
     cdef int64_t OH = d.p[12], OW = d.p[13], sg = d.p[14]
     cdef const uint8_t* x = a + d.inp[0]
-    cdef const int8_t* xi = <const int8_t*>(a + d.inp[0])
     cdef uint8_t* y = a + d.out
     cdef int64_t nc, oy, ox, ky, kx, iy, ix, base, rbase
     cdef int32_t best, v
@@ -408,7 +625,7 @@ cdef void k_maxpool(OpDesc* d, uint8_t* a) noexcept nogil:
                         v = ld(x, rbase + ix, sg)
                         if v > best:
                             best = v
-                y[(nc * OH + oy) * OW + ox] = <uint8_t>best
+                st(y, (nc * OH + oy) * OW + ox, sg, best)
 
 
 cdef void k_avgpool(OpDesc* d, uint8_t* a) noexcept nogil:
@@ -417,13 +634,14 @@ cdef void k_avgpool(OpDesc* d, uint8_t* a) noexcept nogil:
     cdef int64_t OW = d.p[11], cip = d.p[12]
     cdef int32_t xzp = <int32_t>d.p[13], yzp = <int32_t>d.p[14]
     cdef int32_t qmin = <int32_t>d.p[15], qmax = <int32_t>d.p[16]
-    cdef int64_t sg = d.p[17], mode = d.p[19]
+    cdef int64_t sg = d.p[17], so = d.p[18], mode = d.p[19]
     cdef int32_t off = <int32_t>d.p[22]
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out
-    cdef int64_t nc, oy, ox, ky, kx, iy, ix, base, cnt, y0, x0
+    cdef int64_t nc, oy, ox, ky, kx, iy, ix, base, cnt, y0, x0, q64, den, r64, rem
     cdef int32_t s, q
     cdef float v, fs
+    cdef bint wide = sg == 2 or so == 2
     for nc in range(N * C):
         base = nc * H * W
         for oy in range(OH):
@@ -450,7 +668,18 @@ cdef void k_avgpool(OpDesc* d, uint8_t* a) noexcept nogil:
                     cnt = kh * kw  # ORT divides by the whole kernel size
                 if cnt == 0:
                     cnt = 1
-                if mode == 0:
+                if mode == 0 and wide:
+                    # ORT runs an int16 AveragePool in float: the same float mean, then
+                    # QuantizeLinear, which adds the zero point after rounding (averages are
+                    # often exact halves, so the order matters for half-to-even).
+                    v = (fs / <float>cnt) / d.f[1]
+                    if v < -1e9 or v != v:
+                        v = -1e9
+                    if v > 1e9:
+                        v = 1e9
+                    st(y, (nc * OH + oy) * OW + ox, so,
+                       clampi(<int32_t>lrintf(v) + yzp, qmin, qmax))
+                elif mode == 0:
                     # ORT (contrib_ops/cpu/quantization/qlinear_pool.cc): float sum in window
                     # order, divided by the count, then nearbyintf(y / y_scale + y_zp), in
                     # ORT's uint8 domain (zero point + off).
@@ -460,8 +689,27 @@ cdef void k_avgpool(OpDesc* d, uint8_t* a) noexcept nogil:
                         v = -1e9
                     if v > 1e9:
                         v = 1e9
-                    y[(nc * OH + oy) * OW + ox] = <uint8_t>(clampi(
-                        <int32_t>lrintf(v), qmin + off, qmax + off) - off)
+                    st(y, (nc * OH + oy) * OW + ox, so,
+                       clampi(<int32_t>lrintf(v), qmin + off, qmax + off) - off)
+                elif wide:
+                    # fixed-point, int16: rescale the sum first, keeping 16 fraction bits
+                    # (|s| < 2^31, so s * 2^16 < 2^47), then one integer division by the count,
+                    # rounded half to even as QuantizeLinear rounds (means are often exact
+                    # halves): the mean is not rounded twice.
+                    q64 = i8r_mbqm64(<int64_t>s * 65536, <int32_t>d.p[20], <int32_t>d.p[21])
+                    den = cnt * 65536
+                    r64 = q64 // den  # truncates (cdivision); the next line makes it a floor
+                    if q64 - r64 * den < 0:
+                        r64 -= 1
+                    rem = q64 - r64 * den
+                    if 2 * rem > den or (2 * rem == den and (r64 & 1)):
+                        r64 += 1
+                    q64 = r64
+                    if q64 < qmin - yzp:
+                        q64 = qmin - yzp
+                    if q64 > qmax - yzp:
+                        q64 = qmax - yzp
+                    st(y, (nc * OH + oy) * OW + ox, so, <int32_t>q64 + yzp)
                 else:
                     # fixed-point: integer mean rounded half away from zero, then rescaled by
                     # x_scale / y_scale (MultiplyByQuantizedMultiplier).
@@ -469,12 +717,12 @@ cdef void k_avgpool(OpDesc* d, uint8_t* a) noexcept nogil:
                         s = (s + <int32_t>(cnt // 2)) // <int32_t>cnt
                     else:
                         s = -((-s + <int32_t>(cnt // 2)) // <int32_t>cnt)
-                    y[(nc * OH + oy) * OW + ox] = <uint8_t>clampi(
-                        i8r_mbqm(s, <int32_t>d.p[20], <int32_t>d.p[21]) + yzp, qmin, qmax)
+                    st(y, (nc * OH + oy) * OW + ox, so, clampi(
+                        i8r_mbqm(s, <int32_t>d.p[20], <int32_t>d.p[21]) + yzp, qmin, qmax))
 
 
 cdef void k_gap(OpDesc* d, uint8_t* a) noexcept nogil:
-    cdef int64_t NC = d.p[0], HW = d.p[1], sg = d.p[6], mode = d.p[8]
+    cdef int64_t NC = d.p[0], HW = d.p[1], sg = d.p[6], so = d.p[7], mode = d.p[8]
     cdef int32_t xzp = <int32_t>d.p[2], yzp = <int32_t>d.p[3]
     cdef int32_t qmin = <int32_t>d.p[4], qmax = <int32_t>d.p[5]
     cdef const uint8_t* x = a + d.inp[0]
@@ -488,8 +736,12 @@ cdef void k_gap(OpDesc* d, uint8_t* a) noexcept nogil:
         # ORT MlasQLinearGlobalAveragePoolNchw: int32 sum minus zp * image size, then
         # MlasRequantizeOutput with scale x_scale / (y_scale * image size).
         s -= xzp * <int32_t>HW
-        y[c] = <uint8_t>requant(s, mode, d.f[0], <int32_t>d.p[9], <int32_t>d.p[10], yzp,
-                                qmin, qmax)
+        if sg == 2 or so == 2:
+            st(y, c, so, requant64(s, mode, d.f[0], <int32_t>d.p[9], <int32_t>d.p[10], yzp,
+                                   qmin, qmax))
+        else:
+            st(y, c, so, requant(s, mode, d.f[0], <int32_t>d.p[9], <int32_t>d.p[10], yzp,
+                                 qmin, qmax))
 
 
 cdef void k_add(OpDesc* d, uint8_t* a) noexcept nogil:
@@ -498,7 +750,7 @@ cdef void k_add(OpDesc* d, uint8_t* a) noexcept nogil:
     cdef int64_t bsi = d.p[8]
     cdef int32_t azp = <int32_t>d.p[9], bzp = <int32_t>d.p[10], yzp = <int32_t>d.p[11]
     cdef int32_t qmin = <int32_t>d.p[12], qmax = <int32_t>d.p[13]
-    cdef int64_t sg = d.p[14], mode = d.p[16], ls = d.p[23], femu = d.p[25]
+    cdef int64_t sg = d.p[14], so = d.p[15], mode = d.p[16], ls = d.p[23], femu = d.p[25]
     cdef int32_t off = <int32_t>d.p[24]
     cdef int32_t ma = <int32_t>d.p[17], sa = <int32_t>d.p[18], mb = <int32_t>d.p[19]
     cdef int32_t sb = <int32_t>d.p[20], my = <int32_t>d.p[21], sy = <int32_t>d.p[22]
@@ -519,7 +771,7 @@ cdef void k_add(OpDesc* d, uint8_t* a) noexcept nogil:
                     fx = <float>(ld(A, ia + i * asi, sg) - azp) * rac
                     v = <float>(ld(B, ib + i * bsi, sg) - bzp) * rbc
                     fx = fx + v
-                    y[iy] = <uint8_t>f2q(fx / fixed, yzp, qmin, qmax)
+                    st(y, iy, so, f2q(fx / fixed, yzp, qmin, qmax))
                     iy += 1
             elif mode == 0:
                 # ORT MlasQLinearAddKernelAvx2Helper: FixedPart = zc - (rAC*za + rBC*zb);
@@ -551,7 +803,7 @@ cdef void k_add(OpDesc* d, uint8_t* a) noexcept nogil:
                     qa = i8r_mbqm((ld(A, ia + i * asi, sg) - azp) * (1 << ls), ma, sa)
                     qb = i8r_mbqm((ld(B, ib + i * bsi, sg) - bzp) * (1 << ls), mb, sb)
                     r = i8r_mbqm(qa + qb, my, sy) + yzp
-                    y[iy] = <uint8_t>clampi(r, qmin, qmax)
+                    st(y, iy, so, clampi(r, qmin, qmax))
                     iy += 1
 
 
@@ -561,9 +813,10 @@ cdef void k_mul(OpDesc* d, uint8_t* a) noexcept nogil:
     cdef int64_t bsi = d.p[8]
     cdef int32_t azp = <int32_t>d.p[9], bzp = <int32_t>d.p[10], yzp = <int32_t>d.p[11]
     cdef int32_t qmin = <int32_t>d.p[12], qmax = <int32_t>d.p[13]
-    cdef int64_t sg = d.p[14], mode = d.p[16], femu = d.p[19]
+    cdef int64_t sg = d.p[14], so = d.p[15], mode = d.p[16], femu = d.p[19]
     cdef int32_t mult = <int32_t>d.p[17], shift = <int32_t>d.p[18]
     cdef float fa, fb
+    cdef int64_t prod64
     cdef const uint8_t* A = a + d.inp[0]
     cdef const uint8_t* B = a + d.inp[1]
     cdef uint8_t* y = a + d.out
@@ -580,11 +833,16 @@ cdef void k_mul(OpDesc* d, uint8_t* a) noexcept nogil:
                     fa = <float>(ld(A, ia + i * asi, sg) - azp) * d.f[0]
                     fb = <float>(ld(B, ib + i * bsi, sg) - bzp) * d.f[1]
                     fa = fa * fb
-                    y[iy] = <uint8_t>f2q(fa / d.f[2], yzp, qmin, qmax)
+                    st(y, iy, so, f2q(fa / d.f[2], yzp, qmin, qmax))
+                elif sg == 2:
+                    # int16: |a - azp| * |b - bzp| <= 65535^2 needs int64
+                    prod64 = (<int64_t>(ld(A, ia + i * asi, sg) - azp)
+                              * (ld(B, ib + i * bsi, sg) - bzp))
+                    st(y, iy, so, requant64(prod64, mode, d.f[0], mult, shift, yzp, qmin,
+                                            qmax))
                 else:
                     prod = (ld(A, ia + i * asi, sg) - azp) * (ld(B, ib + i * bsi, sg) - bzp)
-                    y[iy] = <uint8_t>requant(prod, mode, d.f[0], mult, shift, yzp, qmin,
-                                             qmax)
+                    st(y, iy, so, requant(prod, mode, d.f[0], mult, shift, yzp, qmin, qmax))
                 iy += 1
 
 
@@ -636,7 +894,7 @@ cdef void k_clamp(OpDesc* d, uint8_t* a) noexcept nogil:
     cdef int64_t i, sg = d.p[3]
     cdef int32_t lo = <int32_t>d.p[1], hi = <int32_t>d.p[2]
     for i in range(d.p[0]):
-        y[i] = <uint8_t>clampi(ld(x, i, sg), lo, hi)
+        st(y, i, sg, clampi(ld(x, i, sg), lo, hi))
 
 
 cdef void k_pad(OpDesc* d, uint8_t* a) noexcept nogil:
@@ -805,11 +1063,20 @@ cdef void run_op(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* sc) noexcept
     elif k == 3:
         k_requant(d, a)
     elif k == 4:
-        k_conv(d, a, cb, sc)
+        if d.p[20] == 2:
+            k_conv_wide(d, a, cb, sc)
+        else:
+            k_conv(d, a, cb, sc)
     elif k == 5:
-        k_gemm(d, a, cb, sc)
+        if d.p[7] == 2:
+            k_gemm_wide(d, a, cb, sc)
+        else:
+            k_gemm(d, a, cb, sc)
     elif k == 6:
-        k_matmul(d, a, sc)
+        if d.p[9] == 2:
+            k_matmul_wide(d, a, sc)
+        else:
+            k_matmul(d, a, sc)
     elif k == 7:
         k_maxpool(d, a)
     elif k == 8:
@@ -838,3 +1105,8 @@ cdef void run_op(OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* sc) noexcept
         k_softmax(d, a, cb, sc)
     elif k == 20:
         memcpy(a + d.out, cb + d.c[0], <size_t>d.p[0])
+
+
+def mbqm64(int64_t x, int32_t m, int32_t shift):
+    """i8r_mbqm64 for tests: round(x * m / 2^(31 - shift)), half toward +infinity."""
+    return i8r_mbqm64(x, m, shift)

@@ -4,7 +4,7 @@ Layout (all integers little-endian):
 
     header (128 bytes)
       0   8s   magic b"INT8REF\\0"
-      8   u16  format version (FORMAT_VERSION)
+      8   u16  format version (1 or 2, see "Versions" below)
       10  u16  header size (128)
       12  u8   requantization mode (0 ort, 1 fixed-point)
       13  3x   reserved, zero
@@ -28,6 +28,16 @@ Layout (all integers little-endian):
       memory    u64 arena bytes, u64 scratch bytes
       data      u64 size, then the constants' bytes (each at a 16-byte aligned offset)
 
+Versions. The writer records the lowest version that can express the program, so a program
+of 8-bit tensors is written exactly as before int16 existed (byte for byte):
+
+    1  tensors are int8, uint8, int32 or float32 (dtype code 3, int16, is reserved and refused)
+    2  the same layout; tensors may also be int16 (code 3), and the type codes of the kernels
+       that take int16 ("sg_in" / "sg_out", opset.INT16_KINDS) may be 2
+
+A reader of version 1 refuses a version-2 image by its header ("format version 2 is not
+supported"); this reader reads both, and refuses an int16 tensor in a version-1 image.
+
 The reader never trusts a number: every count, offset, length, dimension and enum is checked
 against what remains of the file or against the buffers it indexes, and each op's parameters
 are checked against its tensors' sizes (validate.py) before the engine sees them. Anything
@@ -46,7 +56,9 @@ from .exceptions import ArtifactRejected, FirmwareTooOld
 from .opset import MAX_FLOATS, MAX_INTS, N_CONSTS, N_INPUTS, PARAMS, Kind
 
 MAGIC = b"INT8REF\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this module writes and reads
+READABLE_VERSIONS = (1, 2)
+INT16_VERSION = 2  # the first version with int16 tensors
 HEADER = struct.Struct("<8sHHB3xHHHHQ32s24s16s24x")
 assert HEADER.size == 128
 DTYPES = {1: "int8", 2: "uint8", 3: "int16", 4: "int32", 5: "float32"}
@@ -115,6 +127,11 @@ class Image:
 
 
 # -- writer ------------------------------------------------------------------------------
+def format_version_for(dtypes) -> int:
+    """The lowest format version that holds tensors of these dtypes."""
+    return INT16_VERSION if "int16" in set(dtypes) else 1
+
+
 def write_image(*, compiler: str, compiler_version: str, requant: str, min_firmware: str,
                 tensors, offsets, inputs, outputs, consts, ops, arena_bytes: int,
                 scratch_bytes: int) -> bytes:
@@ -155,7 +172,8 @@ def write_image(*, compiler: str, compiler_version: str, requant: str, min_firmw
     payload = bytes(p)
     fw = parse_revision(min_firmware)
     mode = {v: k for k, v in MODES.items()}[requant]
-    header = bytearray(HEADER.pack(MAGIC, FORMAT_VERSION, HEADER.size, mode, *fw, 0,
+    version = format_version_for(t.dtype for t in tensors)
+    header = bytearray(HEADER.pack(MAGIC, version, HEADER.size, mode, *fw, 0,
                                    len(payload), b"\0" * 32, compiler.encode()[:24],
                                    compiler_version.encode()[:16]))
     header[32:64] = image_digest(bytes(header), payload)
@@ -212,8 +230,12 @@ def _shape(c: _Cursor, ndim: int, what: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str = "1.0.0") -> Image:
-    """Parse and validate a firmware image. Raises ArtifactRejected / FirmwareTooOld."""
+def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str | None = None) -> Image:
+    """Parse and validate a firmware image for a runtime at `firmware_revision` (default: the
+    simulated firmware's, `_kernels.FIRMWARE_REVISION`). Raises ArtifactRejected /
+    FirmwareTooOld."""
+    if firmware_revision is None:
+        from ._kernels import FIRMWARE_REVISION as firmware_revision
     if len(buf) < HEADER.size:
         raise ArtifactRejected(where, f"truncated: {len(buf)} bytes, the header alone is "
                                       f"{HEADER.size}")
@@ -221,9 +243,9 @@ def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str = "1.
         HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ArtifactRejected(where, f"bad magic {magic!r}, expected {MAGIC!r}")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ArtifactRejected(where, f"format version {version} is not supported "
-                                      f"(this firmware reads version {FORMAT_VERSION})")
+                                      f"(this firmware reads versions {READABLE_VERSIONS})")
     if hsize != HEADER.size:
         raise ArtifactRejected(where, f"header size {hsize}, expected {HEADER.size}")
     if mode not in MODES:
@@ -251,8 +273,11 @@ def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str = "1.
     tensors = []
     for i in range(c.count("tensor", 24)):
         code, ndim, nlen, off, nbytes = c.take("<BBHQQ", f"tensor {i}")
-        if code not in DTYPES or DTYPES[code] == "int16":
+        if code not in DTYPES:
             c.fail(f"tensor {i} has unknown dtype code {code}")
+        if DTYPES[code] == "int16" and version < INT16_VERSION:
+            c.fail(f"tensor {i} is int16, which format version {version} does not have "
+                   f"(int16 tensors need version {INT16_VERSION})")
         shape = _shape(c, ndim, f"tensor {i}")
         name = c.text(nlen, f"tensor {i} name")
         dtype = DTYPES[code]

@@ -11,8 +11,9 @@ import onnx
 
 from ..errors import CompilationFailed, InvalidInput
 from ..interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile, TensorSpec
-from .artifact_format import FORMAT_VERSION, parse_revision, write_image
+from .artifact_format import INT16_VERSION, format_version_for, parse_revision, write_image
 from .compat import ort_float_nodes, report_for_model
+from .cost import program_cost
 from .exceptions import ArtifactRejected, IncompatibleModel
 from .lowering import ONNX_DTYPES, SUPPORTED_OPS, LoweringError, lower
 from .memory_plan import plan_memory
@@ -22,6 +23,7 @@ from .runtime import FIRMWARE_REVISION, Int8Runner, load_image
 __version__ = "0.1.0"
 ARTIFACT_FILE = "model.i8r"
 MIN_FIRMWARE = "1.0.0"  # the oldest firmware that runs what this compiler writes
+INT16_FIRMWARE = "1.1.0"  # the first firmware that reads format version 2 (int16 tensors)
 DEFAULT_REQUANT = "fixed-point"
 OPTIONS = {"requant": ("ort", "fixed-point")}
 MS_OPS = {"QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
@@ -39,7 +41,7 @@ class Int8ReferenceCompiler:
         return Capabilities(
             operators=ops,
             input_formats=frozenset({"qdq", "qoperator"}),
-            tensor_dtypes=frozenset({"int8", "uint8", "int32", "float32"}),
+            tensor_dtypes=frozenset({"int8", "uint8", "int16", "int32", "float32"}),
             firmware_range=(MIN_FIRMWARE, None),
             options=dict(OPTIONS),
         )
@@ -59,6 +61,20 @@ class Int8ReferenceCompiler:
     def compile(self, model: QuantizedModel, target: TargetProfile,
                 workdir: Path) -> CompiledArtifact:
         """Lower, plan and write `model.i8r` under `workdir`.
+
+        The artifact's `report` holds, besides the memory plan and the op counts:
+
+        - `format_version`: 1 for a program of 8-bit tensors, 2 when it has int16 ones.
+        - `cost`: one run of the lowered program at its compiled batch (cost.py), counted
+          from the program the firmware runs, not from the ONNX graph:
+          `macs` (products accumulated by Conv, Gemm, MatMul), `bytes_read` (every tensor
+          each op reads, at its width: 1 byte int8/uint8, 2 int16, 4 int32/float32, plus
+          `weight_bytes`), `bytes_written` (every tensor each op writes, at its width),
+          `weight_bytes` (weights at 1 byte, int32 biases at 4, constant 8-bit operands;
+          requantization multipliers and tables excluded) and `batch`, all ints (divide by
+          `batch` for one sample); `source` says what was counted.
+        - The artifact needs firmware 1.0.0 (format 1), or 1.1.0 when it has int16 tensors
+          (format 2); a target on older firmware is refused at compile time.
 
         Raises:
             InvalidInput: bad options or an unreadable model.
@@ -98,10 +114,16 @@ class Int8ReferenceCompiler:
                          frozenset(ort_float) if isinstance(ort_float, list) else frozenset())
         except LoweringError as exc:
             raise IncompatibleModel(self.name, [exc.problem]) from None
+        format_version = format_version_for(t.dtype for t in prog.tensors)
+        needed = INT16_FIRMWARE if format_version >= INT16_VERSION else MIN_FIRMWARE
+        if fw < parse_revision(needed):
+            raise CompilationFailed(
+                f"target {target.name!r} runs firmware {target.firmware_revision}; this program has "
+                f"int16 tensors (artifact format {format_version}), which need firmware {needed} or newer")
         plan = plan_memory(prog, target.memory_budget_bytes)
         image = write_image(
             compiler=self.name, compiler_version=self.version, requant=opts["requant"],
-            min_firmware=MIN_FIRMWARE, tensors=prog.tensors, offsets=plan.offsets,
+            min_firmware=needed, tensors=prog.tensors, offsets=plan.offsets,
             inputs=prog.inputs, outputs=prog.outputs, consts=prog.consts, ops=prog.ops,
             arena_bytes=plan.arena_bytes, scratch_bytes=plan.scratch_bytes)
         workdir = Path(workdir)
@@ -113,7 +135,7 @@ class Int8ReferenceCompiler:
         out_scales = {prog.tensors[op.output].name: op.floats[0] for op in prog.ops
                       if op.kind == Kind.DEQUANTIZE and op.output in prog.outputs}
         report = {
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version,
             "requant": opts["requant"],
             "peak_memory_bytes": plan.peak_bytes,
             "arena_bytes": plan.arena_bytes,
@@ -124,6 +146,7 @@ class Int8ReferenceCompiler:
             "op_count": len(prog.ops),
             "ops": dict(sorted(ops_by_kind.items())),
             "output_scales": out_scales,
+            "cost": {**program_cost(prog), "source": "int8-ref's lowered kernel program and its tensors' widths"},
         }
         if opts["requant"] == "ort":
             report["ort_float_nodes"] = ort_float
@@ -141,7 +164,7 @@ class Int8ReferenceCompiler:
             files=(ARTIFACT_FILE,),
             options=opts,
             target=target.name,
-            minimum_firmware_revision=MIN_FIRMWARE,
+            minimum_firmware_revision=needed,
             inputs=tuple(spec(t) for t in prog.inputs),
             outputs=tuple(spec(t) for t in prog.outputs),
             report=report,

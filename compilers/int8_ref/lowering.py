@@ -1,6 +1,6 @@
 """Lowering: an ONNX QDQ or QOperator graph -> a static, typed op list (a `Program`).
 
-Every tensor of the program is int8, uint8, int32 or float32 with a static shape. QDQ
+Every tensor of the program is int8, uint8, int16, int32 or float32 with a static shape. QDQ
 "islands" are fused the way ONNX Runtime fuses them at its default optimisation level
 (onnxruntime/core/optimizer/qdq_transformer/selectors_actions/qdq_selector_action_transformer.cc):
 DQ -> Conv/Gemm/MatMul -> Q becomes one integer op with per-channel requantization; DQ -> Add/Mul
@@ -8,6 +8,11 @@ DQ -> Conv/Gemm/MatMul -> Q becomes one integer op with per-channel requantizati
 the integers directly (their DQ/Q pairs carry equal parameters); a DQ -> Q pair with different
 parameters is a requantization. Graph float inputs are quantized and graph float outputs are
 dequantized at the edges.
+
+int16 activations (mixed precision, as ONNX Runtime's quantizer writes them with
+`TensorQuantOverrides`) run through the ops in INT16_OPS; ONNX Runtime itself runs every node
+that touches an int16 tensor as DequantizeLinear -> float op -> QuantizeLinear, so those ops
+aim at one int16 LSB of it rather than bit-exactness (docs/int8-ref.md, "int16 activations").
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from onnx import numpy_helper
 
 from . import requantize as rq
 from .exceptions import Incompatibility
-from .opset import MODE_FIXED, MODE_INT32, MODE_ORT, Kind
+from .opset import (MODE_FIXED, MODE_INT32, MODE_ORT, SG_DTYPE, SG_INT8, SG_INT16, SG_UINT8,
+                    Kind, conv_scratch, gemm_scratch, matmul_scratch)
 
-# Largest reduction an int32 accumulator is proven to hold (see _kernels.pyx header).
+# Largest reduction an int32 accumulator is proven to hold (see _kernels.pyx header). Conv and
+# Gemm over int16 inputs accumulate in int64 and keep the same limit (the bound there is
+# 2^15 * 65535 * 255 + 2^31 < 2^40, well inside the 2^47 their requantization accepts).
 MAX_REDUCTION = 32768
 
 ONNX_DTYPES = {
@@ -32,7 +40,21 @@ ONNX_DTYPES = {
     onnx.TensorProto.INT32: "int32",
     onnx.TensorProto.FLOAT: "float32",
 }
-ITEMSIZE = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4}
+ITEMSIZE = {"int8": 1, "uint8": 1, "int16": 2, "int32": 4, "float32": 4}
+
+# Quantized element types by the code the kernels read ("sg_in"/"sg_out" in opset.PARAMS):
+# 0 uint8, 1 int8, 2 int16. 0 and 1 are the old booleans, so int8 programs are unchanged.
+U8, I8, I16 = SG_UINT8, SG_INT8, SG_INT16
+CODE_DTYPE = SG_DTYPE
+DTYPE_CODE = {v: k for k, v in CODE_DTYPE.items()}
+
+# Ops that take or produce int16 activations (QDQ form only: ONNX Runtime's QOperator ops are
+# 8-bit). Any other op meeting an int16 tensor is reported with its node name.
+INT16_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "Add", "Mul", "Concat", "Relu", "Clip", "Reshape", "Flatten",
+    "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose", "Resize",
+})
 
 LAYOUT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 
@@ -75,12 +97,13 @@ class Program:
 
 @dataclass(frozen=True)
 class Q:
-    """A quantized activation: tensor id, scale (float32) and zero point."""
+    """A quantized activation: tensor id, scale (float32), zero point and element type code
+    (U8, I8 or I16; a bool is read as uint8/int8)."""
 
     tid: int
     scale: float | None
     zp: int | None
-    signed: bool
+    code: int
 
 
 class LoweringError(Exception):
@@ -167,7 +190,10 @@ class Lowering:
             self.fail(node, f"{what} must be per-tensor (a scalar), got shape {arr.shape}", what)
         return arr.reshape(-1)[0]
 
-    def qparams(self, node, s_name: str, zp_name: str | None, default_dtype="uint8"):
+    def qparams(self, node, s_name: str, zp_name: str | None, default_dtype="uint8",
+                allow_int16: bool = False):
+        """(scale, zero point, type code) of a per-tensor quantization. int16 only where the
+        caller handles it (QDQ QuantizeLinear / DequantizeLinear and the Q after an op)."""
         scale = self.scalar(node, s_name, "scale")
         if self.init[s_name].dtype != np.float32:
             self.fail(node, f"scale type {self.init[s_name].dtype} is not supported "
@@ -179,19 +205,26 @@ class Lowering:
             zp = int(zpv)
         else:
             dtype, zp = default_dtype, 0
-        if dtype not in ("int8", "uint8"):
-            self.fail(node, f"quantized type {dtype} is not supported (int8/uint8 only)",
-                      "zero_point")
+        allowed = ("int8", "uint8", "int16") if allow_int16 else ("int8", "uint8")
+        if dtype not in allowed:
+            self.fail(node, f"quantized type {dtype} is not supported ({'/'.join(allowed)} "
+                            "only)", "zero_point")
         if not scale > 0 or not math.isfinite(scale):
             self.fail(node, f"scale must be positive and finite, got {scale}", "scale")
-        return scale, zp, dtype == "int8"
+        return scale, zp, DTYPE_CODE[dtype]
+
+    def check_int16(self, node, q_code: int, what: str) -> None:
+        """Refuse an int16 tensor at an op that has no int16 kernel, naming node and op."""
+        if q_code == I16 and node.op_type not in INT16_OPS:
+            self.fail(node, f"int16 {what} is not supported by {node.op_type} (int16 "
+                            f"activations run through {', '.join(sorted(INT16_OPS))})", what)
 
     def act(self, node, name: str) -> Q:
         """The quantized activation feeding `node` through input `name`."""
-        if name in self.qval:
-            return self.qval[name]
-        if name in self.qname:
-            return self.qname[name]
+        q = self.qval.get(name) or self.qname.get(name)
+        if q is not None:
+            self.check_int16(node, q.code, "input")
+            return q
         if name in self.init and self.init[name].dtype in (np.int8, np.uint8):
             return self.load_const(node, name, self.init[name])  # QOperator constant operand
         if name in self.fval:
@@ -202,7 +235,7 @@ class Lowering:
     def output_q(self, node, out: str, allow_propagate: Q | None = None):
         """Where `node`'s float output goes: the one QuantizeLinear that consumes it.
 
-        Returns (name, scale, zp, signed, lo, hi): the quantized tensor's name, its parameters
+        Returns (name, scale, zp, code, lo, hi): the quantized tensor's name, its parameters
         and the clamp range (narrowed by a fused Relu/Clip between the op and the Q).
         Marks the fused nodes done. With `allow_propagate`, an op that has no Q after it
         keeps its input's parameters (ORT's QDQ propagation for layout ops).
@@ -221,19 +254,21 @@ class Lowering:
         if (len(cons) == 1 and name not in self.graph_outputs
                 and self.g.node[cons[0]].op_type == "QuantizeLinear"):
             qn = self.g.node[cons[0]]
-            scale, zp, signed = self.qparams(qn, qn.input[1],
-                                             qn.input[2] if len(qn.input) > 2 else None)
+            scale, zp, code = self.qparams(qn, qn.input[1],
+                                           qn.input[2] if len(qn.input) > 2 else None,
+                                           allow_int16=True)
+            self.check_int16(node, code, "output")
             self.done.update(fused + [cons[0]])
-            qmin, qmax = rq.qrange(signed)
+            qmin, qmax = rq.qrange(code)
             lo = qmin if lo_f == -math.inf else max(qmin, min(qmax, zp + math.ceil(
                 np.float32(lo_f) / np.float32(scale) - 1e-6)))
             hi = qmax if hi_f == math.inf else min(qmax, max(qmin, zp + math.floor(
                 np.float32(hi_f) / np.float32(scale) + 1e-6)))
-            return qn.output[0], scale, zp, signed, lo, hi
+            return qn.output[0], scale, zp, code, lo, hi
         if allow_propagate is not None and not fused:
             q = allow_propagate
-            qmin, qmax = rq.qrange(q.signed)
-            return out, q.scale, q.zp, q.signed, qmin, qmax
+            qmin, qmax = rq.qrange(q.code)
+            return out, q.scale, q.zp, q.code, qmin, qmax
         self.fail(node, f"output {out!r} is not quantized: it must feed exactly one "
                         "QuantizeLinear", "output")
 
@@ -253,9 +288,15 @@ class Lowering:
             self.fail(node, f"{what} must be a constant initializer", what)
         return self.init[node.input[i]]
 
-    def define_q(self, name: str, dtype_signed: bool, shape, scale, zp) -> Q:
-        tid = self.new_tensor(name, "int8" if dtype_signed else "uint8", shape)
-        q = Q(tid, scale, zp, dtype_signed)
+    def same_family(self, node, x_code: int, y_code: int) -> None:
+        """int8 with int8 and uint8 with uint8 (ORT's QLinear kernels); any mix once int16 is
+        involved (the int16 kernels load and store each side by its own type)."""
+        if x_code != y_code and I16 not in (x_code, y_code):
+            self.fail(node, "input and output must both be int8 or both uint8", "y")
+
+    def define_q(self, name: str, code: int, shape, scale, zp) -> Q:
+        tid = self.new_tensor(name, CODE_DTYPE[int(code)], shape)
+        q = Q(tid, scale, zp, int(code))
         self.qname[name] = q
         return q
 
@@ -341,43 +382,51 @@ class Lowering:
     # -- edges -----------------------------------------------------------------------------
     def op_QuantizeLinear(self, node):
         x = node.input[0]
-        scale, zp, signed = self.qparams(node, node.input[1],
-                                         node.input[2] if len(node.input) > 2 else None)
+        scale, zp, code = self.qparams(node, node.input[1],
+                                       node.input[2] if len(node.input) > 2 else None,
+                                       allow_int16=True)
         out = node.output[0]
         if _attr(node, "saturate", 1) != 1:
             self.fail(node, "saturate=0 is not supported", "saturate")
+        if code == I16 and out in self.graph_outputs:
+            # int16 is for activations inside the graph (what the quantizer writes); the
+            # Runner exchanges float32 (or 8-bit / int32 integers) at the graph's edges.
+            self.fail(node, "an int16 graph output is not supported (graph outputs are "
+                            "float32, int8, uint8 or int32)", "y_zero_point")
         if x in self.fval:
             src = self.fval[x]
-            q = self.define_q(out, signed, self.shape(src), scale, zp)
-            qmin, qmax = rq.qrange(signed)
+            q = self.define_q(out, code, self.shape(src), scale, zp)
+            qmin, qmax = rq.qrange(code)
             self.emit(node, Kind.QUANTIZE, [src], q.tid, floats=[scale],
                       n=int(np.prod(self.shape(src))), zp=zp, qmin=qmin, qmax=qmax,
-                      sg_out=signed)
+                      sg_out=code)
             return
         if x in self.qval:
-            self.requant_to(node, self.qval[x], out, scale, zp, signed)
+            self.requant_to(node, self.qval[x], out, scale, zp, code)
             return
         if x in self.init:
             arr = self.init[x].astype(np.float32)
-            qmin, qmax = rq.qrange(signed)
+            qmin, qmax = rq.qrange(code)
             qv = np.clip(np.rint(arr / np.float32(scale)) + zp, qmin, qmax)
-            self.init[out] = qv.astype(np.int8 if signed else np.uint8)
+            self.init[out] = qv.astype(CODE_DTYPE[code])
             return
         self.fail(node, f"input {x!r} is neither a float graph input nor a dequantized "
                         "activation", "input")
 
-    def requant_to(self, node, src: Q, out: str, scale: float, zp: int, signed: bool):
-        """DQ -> Q: alias when parameters match, else a requantization op."""
+    def requant_to(self, node, src: Q, out: str, scale: float, zp: int, code: int):
+        """DQ -> Q: alias when parameters match, else a requantization op (also the
+        int8 <-> int16 conversions: ONNX Runtime runs that DQ and that Q as two float nodes,
+        which the `ort` REQUANT kernel reproduces exactly)."""
         shape = self.shape(src.tid)
-        if src.scale == scale and src.zp == zp and src.signed == signed:
+        if src.scale == scale and src.zp == zp and src.code == code:
             self.qname[out] = src
             return
-        q = self.define_q(out, signed, shape, scale, zp)
-        qmin, qmax = rq.qrange(signed)
+        q = self.define_q(out, code, shape, scale, zp)
+        qmin, qmax = rq.qrange(code)
         mult, shift = rq.quantize_multiplier(float(src.scale) / float(scale))
         self.emit(node, Kind.REQUANT, [src.tid], q.tid, floats=[src.scale, scale],
                   n=int(np.prod(shape)), zp_in=src.zp, zp_out=zp, qmin=qmin, qmax=qmax,
-                  sg_in=src.signed, sg_out=signed, mode=self.mode, mult=mult, shift=shift)
+                  sg_in=src.code, sg_out=code, mode=self.mode, mult=mult, shift=shift)
 
     def op_DequantizeLinear(self, node):
         x, out = node.input[0], node.output[0]
@@ -394,14 +443,15 @@ class Lowering:
         src = self.qname.get(x)
         if src is None:
             self.fail(node, f"input {x!r} is not a quantized tensor", "input")
-        if self.tensors[src.tid].dtype not in ("int8", "uint8"):
+        if self.tensors[src.tid].dtype not in ("int8", "uint8", "int16"):
             self.fail(node, f"dequantizing {self.tensors[src.tid].dtype} is not supported",
                       "input")
-        scale, zp, signed = self.qparams(node, node.input[1],
-                                         node.input[2] if len(node.input) > 2 else None)
-        if signed != src.signed:
+        scale, zp, code = self.qparams(node, node.input[1],
+                                       node.input[2] if len(node.input) > 2 else None,
+                                       allow_int16=True)
+        if code != src.code:
             self.fail(node, "zero point type differs from the input type", "zero_point")
-        q = Q(src.tid, scale, zp, signed)
+        q = Q(src.tid, scale, zp, code)
         self.qval[out] = q
         cons = self.consumers.get(out, [])
         if out in self.graph_outputs or any(
@@ -409,7 +459,7 @@ class Lowering:
             tid = self.new_tensor(out, "float32", self.shape(src.tid))
             self.fval[out] = tid
             self.emit(node, Kind.DEQUANTIZE, [src.tid], tid, floats=[scale],
-                      n=int(np.prod(self.shape(src.tid))), zp=zp, sg_in=signed)
+                      n=int(np.prod(self.shape(src.tid))), zp=zp, sg_in=code)
 
     # -- compute ---------------------------------------------------------------------------
     def weight(self, node, name: str, axis_expected: int, what="weight"):
@@ -544,17 +594,16 @@ class Lowering:
                 b = np.asarray(bias_arr).astype(np.int32).reshape(-1)
             else:
                 b = self.bias(node, bias_name, M, xs, wsb)
-            if ysg != xq.signed:
-                self.fail(node, "input and output must both be int8 or both uint8", "y")
+            self.same_family(node, xq.code, ysg)
             tid = self.define_q(name, ysg, (N, M, OH, OW), ys, yzp).tid
             c2, c3 = self.requant_consts(xs, wsb, ys, M)
             mode = self.mode
-        scratch = _align(C * H * W * 2) + _align(K * OH * OW * 2) + 4 * OH * OW * 4
+        scratch = conv_scratch(C * H * W, K, OH * OW, xq.code == I16)
         self.emit(node, Kind.CONV, [xq.tid], tid,
                   consts=[self.const(w16), self.const(b.astype(np.int32)), c2, c3],
                   scratch=scratch, N=N, C=C, H=H, W=W, M=M, kh=kh, kw=kw, sh=sh, sw=sw,
                   pt=pt, pl=pl, dh=dh, dw=dw, groups=G, OH=OH, OW=OW, xzp=xzp, yzp=yzp,
-                  qmin=lo, qmax=hi, sg_in=xq.signed, sg_out=ysg, mode=mode)
+                  qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
 
     def _fc(self, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_params, int32_out=False):
         """x[..., K] . wT[N, K]^T + bias -> [..., N] (weights constant)."""
@@ -577,15 +626,14 @@ class Lowering:
             mode, yzp, lo, hi, ysg = MODE_INT32, 0, 0, 0, True
         else:
             name, ys, yzp, ysg, lo, hi = out_name_params
-            if ysg != xq.signed:
-                self.fail(node, "input and output must both be int8 or both uint8", "y")
+            self.same_family(node, xq.code, ysg)
             tid = self.define_q(name, ysg, oshape, ys, yzp).tid
             c2, c3 = self.requant_consts(xs, wsb, ys, Nn)
             mode = self.mode
         self.emit(node, Kind.GEMM, [xq.tid], tid,
                   consts=[self.const(w16), self.const(np.asarray(bias, np.int32)), c2, c3],
-                  scratch=_align(K * 2) + Nn * 4, M=M, K=K, N=Nn, xzp=xzp, yzp=yzp, qmin=lo,
-                  qmax=hi, sg_in=xq.signed, sg_out=ysg, mode=mode)
+                  scratch=gemm_scratch(K, Nn, xq.code == I16), M=M, K=K, N=Nn, xzp=xzp,
+                  yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
 
     def op_Gemm(self, node):
         if _attr(node, "transA", 0):
@@ -618,6 +666,9 @@ class Lowering:
             return
         aq, bq = self.act(node, a), self.act(node, node.input[1])
         outp = self.output_q(node, node.output[0])
+        if I16 in (aq.code, bq.code):
+            # one input type per kernel: an 8-bit operand next to an int16 one is widened
+            aq, bq = self.widen(node, aq), self.widen(node, bq)
         self._matmul(node, aq, bq, aq.scale, aq.zp, bq.scale, bq.zp, outp)
 
     def _matmul(self, node, aq: Q, bq: Q, as_, azp, bs, bzp, outp, int32_out=False):
@@ -633,7 +684,8 @@ class Lowering:
         if Bb not in (1, B) or (Bb == B and tuple(bsh[:-2]) != tuple(ash[:-2])[-len(bsh[:-2]):]
                                 and len(bsh) > 2):
             self.fail(node, f"batch broadcasting {ash} x {bsh} is not supported", "B")
-        if aq.signed != bq.signed:
+        wide = aq.code == I16
+        if aq.code != bq.code:
             self.fail(node, "A and B must both be int8 or both uint8", "B")
         oshape = tuple(ash[:-2]) + (M, Nn)
         if int32_out:
@@ -648,8 +700,8 @@ class Lowering:
                                                  / float(np.float32(ys)))
             mode = self.mode
         self.emit(node, Kind.MATMUL, [aq.tid, bq.tid], tid, floats=[f],
-                  scratch=_align(Nn * K * 2) + K * 2, B=B, M=M, K=K, N=Nn, azp=azp, bzp=bzp,
-                  yzp=yzp, qmin=lo, qmax=hi, sg_in=aq.signed, sg_out=ysg, mode=mode,
+                  scratch=matmul_scratch(K, Nn, wide), B=B, M=M, K=K, N=Nn, azp=azp, bzp=bzp,
+                  yzp=yzp, qmin=lo, qmax=hi, sg_in=aq.code, sg_out=ysg, mode=mode,
                   mult=mult, shift=shift, b_batch=int(Bb == B and B > 1))
 
     def op_QLinearMatMul(self, node):
@@ -749,7 +801,7 @@ class Lowering:
             node, self.shape(xq.tid))
         self._layout(node, xq, (N, C, OH, OW), Kind.MAXPOOL, N=N, C=C, H=H, W=W, kh=kh,
                      kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, dh=dh, dw=dw, OH=OH, OW=OW,
-                     sg_in=xq.signed)
+                     sg_in=xq.code)
 
     def op_AveragePool(self, node):
         self._avgpool(node, self.act(node, node.input[0]), None)
@@ -804,13 +856,17 @@ class Lowering:
             return
         qdq = outp is None  # ORT runs QDQ int8 AveragePool in its uint8 domain
         name, ys, yzp, ysg, lo, hi = outp or self.output_q(node, node.output[0])
+        if xq.code == I16 and kh * kw > MAX_REDUCTION:
+            self.fail(node, f"a {kh}x{kw} window of int16 values can overflow the int32 sum",
+                      "kernel_shape")
+        wide = I16 in (xq.code, ysg)  # ORT keeps it in float: no uint8 domain
         tid = self.define_q(name, ysg, (N, C, OH, OW), ys, yzp).tid
         mult, shift = rq.quantize_multiplier(float(xq.scale) / float(ys))
         self.emit(node, Kind.AVGPOOL, [xq.tid], tid, floats=[xq.scale, ys], N=N, C=C, H=H,
                   W=W, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, OH=OH, OW=OW,
                   count_include_pad=_attr(node, "count_include_pad", 0), xzp=xq.zp, yzp=yzp,
-                  qmin=lo, qmax=hi, sg_in=xq.signed, sg_out=ysg, mode=self.mode, mult=mult,
-                  shift=shift, off=128 if xq.signed and qdq else 0)
+                  qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=self.mode, mult=mult,
+                  shift=shift, off=128 if xq.code == I8 and qdq and not wide else 0)
 
     def op_GlobalAveragePool(self, node):
         self._gap(node, self.act(node, node.input[0]), None)
@@ -821,12 +877,15 @@ class Lowering:
             self.fail(node, "input must be at least 3-D", "X")
         NC, HW = shape[0] * shape[1], int(np.prod(shape[2:]))
         name, ys, yzp, ysg, lo, hi = outp or self.output_q(node, node.output[0])
+        if xq.code == I16 and HW > MAX_REDUCTION:
+            # |x - zp| <= 65535, so 2^15 of them still fit the kernel's int32 sum
+            self.fail(node, f"an image of {HW} int16 values can overflow the int32 sum", "X")
         tid = self.define_q(name, ysg, shape[:2] + (1,) * (len(shape) - 2), ys, yzp).tid
         # ORT: scale = x_scale / (y_scale * image_size), float32 (qlgavgpool.cpp)
         f = np.float32(np.float32(xq.scale) / np.float32(np.float32(ys) * np.float32(HW)))
         mult, shift = rq.quantize_multiplier(float(xq.scale) / (float(ys) * HW))
         self.emit(node, Kind.GLOBALAVGPOOL, [xq.tid], tid, floats=[f], NC=NC, HW=HW,
-                  xzp=xq.zp, yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.signed, sg_out=ysg,
+                  xzp=xq.zp, yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg,
                   mode=self.mode, mult=mult, shift=shift)
 
     # -- elementwise -----------------------------------------------------------------------
@@ -920,22 +979,44 @@ class Lowering:
         outp = self.output_q(node, node.output[0])
         self._binary_emit(node, kind, aq, bq, outp)
 
+    def widen(self, node, q: Q) -> Q:
+        """An 8-bit activation as int16, losslessly: scale / 128, zero point 0, values
+        (q - zp) * 128 in [-32640, 32640]. Dividing a float32 scale by 2^7 is exact, so
+        DequantizeLinear gives the same float32 values as before (ORT's float path sees no
+        difference), and the REQUANT multiplier is exactly 128 in both modes."""
+        if q.code == I16:
+            return q
+        name = f"{self.tensors[q.tid].name}__int16"
+        if name in self.qname:
+            return self.qname[name]
+        self.requant_to(node, q, name, float(np.float32(q.scale) / np.float32(128)), 0, I16)
+        return self.qname[name]
+
     def _binary_emit(self, node, kind, aq: Q, bq: Q, outp, u8_domain: bool = True):
         """u8_domain: ORT converts a QDQ int8 Add to uint8 (QDQS8ToU8Transformer) on x86-64;
         an explicit QLinearAdd node runs its int8 kernel as is."""
         name, ys, yzp, ysg, lo, hi = outp
-        if not (aq.signed == bq.signed == ysg):
+        wide = I16 in (aq.code, bq.code, ysg)
+        if wide:
+            # One input type per kernel: an 8-bit operand next to an int16 one is widened.
+            aq, bq = self.widen(node, aq), self.widen(node, bq)
+        elif not (aq.code == bq.code == ysg):
             self.fail(node, "inputs and output must all be int8 or all uint8", "B")
         oshape, sizes, sa, sb = self._broadcast(node, self.shape(aq.tid), self.shape(bq.tid))
         tid = self.define_q(name, ysg, oshape, ys, yzp).tid
         common = dict(outer=sizes[0], mid=sizes[1], inner=sizes[2], a_so=sa[0], a_sm=sa[1],
                       a_si=sa[2], b_so=sb[0], b_sm=sb[1], b_si=sb[2], azp=aq.zp, bzp=bq.zp,
-                      yzp=yzp, qmin=lo, qmax=hi, sg_in=aq.signed, sg_out=ysg, mode=self.mode)
-        femu = int(self.mode == MODE_ORT and u8_domain and node.name in self.ort_float)
+                      yzp=yzp, qmin=lo, qmax=hi, sg_in=aq.code, sg_out=ysg, mode=self.mode)
+        # ORT never fuses a node with an int16 tensor: it runs DQ -> float Add -> Q, which
+        # the femu path reproduces exactly.
+        femu = int(self.mode == MODE_ORT
+                   and (wide or (u8_domain and node.name in self.ort_float)))
         fl = [float(np.float32(aq.scale)), float(np.float32(bq.scale)), float(np.float32(ys))]
         if kind == Kind.ADD:
-            off = 128 if ysg and u8_domain and not femu else 0  # ORT's uint8 domain on x86
-            p = rq.add_params(aq.scale, bq.scale, ys, aq.zp + off, bq.zp + off, yzp + off)
+            off = 128 if ysg == I8 and u8_domain and not femu else 0  # ORT's uint8 domain
+            p = rq.add_params(aq.scale, bq.scale, ys, aq.zp + off, bq.zp + off, yzp + off,
+                              left_shift=rq.ADD_LEFT_SHIFT_INT16 if wide else
+                              rq.ADD_LEFT_SHIFT)
             self.emit(node, kind, [aq.tid, bq.tid], tid,
                       floats=fl if femu else p["floats"], femu=femu, **common,
                       mult_a=p["mult_a"], shift_a=p["shift_a"], mult_b=p["mult_b"],
@@ -957,26 +1038,26 @@ class Lowering:
     def _clamp(self, node):
         xq = self.act(node, node.input[0])
         lo_f, hi_f = self.clip_bounds(node)
-        qmin, qmax = rq.qrange(xq.signed)
+        qmin, qmax = rq.qrange(xq.code)
         lo = qmin if lo_f == -math.inf else max(qmin, min(qmax, xq.zp + math.ceil(
             np.float32(lo_f) / np.float32(xq.scale) - 1e-6)))
         hi = qmax if hi_f == math.inf else min(qmax, max(qmin, xq.zp + math.floor(
             np.float32(hi_f) / np.float32(xq.scale) + 1e-6)))
         self._layout(node, xq, self.shape(xq.tid), Kind.CLAMP,
-                     n=int(np.prod(self.shape(xq.tid))), lo=lo, hi=hi, sg_in=xq.signed)
+                     n=int(np.prod(self.shape(xq.tid))), lo=lo, hi=hi, sg_in=xq.code)
 
     def _lut_op(self, node, fn, xq: Q | None = None, outp=None):
         xq = xq or self.act(node, node.input[0])
         name, ys, yzp, ysg, lo, hi = outp or self.output_q(node, node.output[0])
         tid = self.define_q(name, ysg, self.shape(xq.tid), ys, yzp).tid
         raw = np.arange(256, dtype=np.int32)
-        vals = (raw.astype(np.uint8).view(np.int8).astype(np.int32) if xq.signed else raw)
+        vals = (raw.astype(np.uint8).view(np.int8).astype(np.int32) if xq.code else raw)
         x = (vals - xq.zp).astype(np.float32) * np.float32(xq.scale)
         y = fn(x.astype(np.float32)).astype(np.float32)
         q = np.clip(np.rint(y / np.float32(ys)) + yzp, lo, hi).astype(np.int32)
         table = (q & 0xFF).astype(np.uint8)
         self.emit(node, Kind.LUT, [xq.tid], tid, consts=[self.const(table)],
-                  n=int(np.prod(self.shape(xq.tid))), sg_in=xq.signed)
+                  n=int(np.prod(self.shape(xq.tid))), sg_in=xq.code)
 
     def op_Sigmoid(self, node):
         self._lut_op(node, SIGMOID)
@@ -999,29 +1080,29 @@ class Lowering:
         if axis != len(shape) - 1:
             self.fail(node, "softmax only over the last axis", "axis")
         name, ys, yzp, ysg, lo, hi = outp or self.output_q(node, node.output[0])
-        if ysg != xq.signed:
+        if ysg != xq.code:
             self.fail(node, "input and output must both be int8 or both uint8", "y")
         tid = self.define_q(name, ysg, shape, ys, yzp).tid
-        table, yscale = softmax_table(float(xq.scale), float(ys), shape[-1], xq.signed,
+        table, yscale = softmax_table(float(xq.scale), float(ys), shape[-1], xq.code,
                                       self.mode)
         self.emit(node, Kind.SOFTMAX, [xq.tid], tid, consts=[self.const(table)],
                   floats=[yscale], rows=int(np.prod(shape[:-1])), cols=shape[-1],
-                  sg_in=xq.signed, sg_out=ysg, yzp=yzp, qmin=lo, qmax=hi, mode=self.mode,
+                  sg_in=xq.code, sg_out=ysg, yzp=yzp, qmin=lo, qmax=hi, mode=self.mode,
                   yscale_int=int(yscale), off=128 if ysg and outp is None else 0)
 
     # -- layout ----------------------------------------------------------------------------
     def _layout(self, node, xq: Q, oshape, kind=Kind.COPY, consts=(), **ints):
         out = self.output_q(node, node.output[0], allow_propagate=xq)
-        name, scale, zp, signed, lo, hi = out
-        tmp_name = name if (scale, zp, signed) == (xq.scale, xq.zp, xq.signed) \
+        name, scale, zp, code, lo, hi = out
+        tmp_name = name if (scale, zp, code) == (xq.scale, xq.zp, xq.code) \
             else name + "__pre"
         tid = self.new_tensor(tmp_name, self.tensors[xq.tid].dtype, oshape)
         if kind == Kind.COPY:
             ints = {"nbytes": self.tensors[tid].nbytes}
         self.emit(node, kind, [xq.tid], tid, consts=consts, **ints)
-        q = Q(tid, xq.scale, xq.zp, xq.signed)
+        q = Q(tid, xq.scale, xq.zp, xq.code)
         if tmp_name != name:
-            self.requant_to(node, q, name, scale, zp, signed)
+            self.requant_to(node, q, name, scale, zp, code)
         else:
             self.qname[name] = q
         self.qval[node.output[0]] = self.qname[name]
@@ -1091,6 +1172,13 @@ class Lowering:
         strides = [int(np.prod(shape[i + 1:])) for i in range(r)]
         d = [1] * (6 - r) + list(oshape)
         s = [0] * (6 - r) + [strides[p] for p in perm]
+        if xq.code == I16:
+            # The kernel moves bytes: an int16 tensor is a byte tensor with one more axis of
+            # 2 that stays last (strides in bytes).
+            if r > 5:
+                self.fail(node, "an int16 transpose of more than 5 dimensions", "perm")
+            d = d[1:] + [2]
+            s = [2 * v for v in s[1:]] + [1]
         self._layout(node, xq, oshape, Kind.TRANSPOSE,
                      **{f"d{i}": d[i] for i in range(6)}, **{f"s{i}": s[i] for i in range(6)})
 
@@ -1113,8 +1201,24 @@ class Lowering:
         outer = int(np.prod(oshape[:axis]))
         inner_out = int(np.prod(oshape[axis:]))
         off = 0
+        if I16 in [q.code for q in qs] + [ysg]:
+            # ORT runs an int16 Concat as DQ -> float Concat -> Q: each input is Q(DQ(x))
+            # with the output's parameters (a REQUANT op, exact in `ort` mode), then copied
+            # into its slot; the parameters count bytes.
+            size = ITEMSIZE[CODE_DTYPE[ysg]]
+            for i, (q, s) in enumerate(zip(qs, shapes)):
+                if (q.scale, q.zp, q.code) != (ys, yzp, ysg):
+                    part = f"{name}__part{i}"
+                    self.requant_to(node, q, part, ys, yzp, ysg)
+                    q = self.qname[part]
+                inner_in = int(np.prod(s[axis:]))
+                self.emit(node, Kind.CONCAT_PART, [q.tid], tid, outer=outer,
+                          inner_in=inner_in * size, inner_out=inner_out * size,
+                          offset=off * size, use_lut=0)
+                off += inner_in
+            return
         for q, s in zip(qs, shapes):
-            if q.signed != ysg:
+            if q.code != ysg:
                 self.fail(node, "inputs and output must all be int8 or all uint8", "inputs")
             inner_in = int(np.prod(s[axis:]))
             consts, use_lut = (), 0
@@ -1127,7 +1231,7 @@ class Lowering:
 
     def requant_table(self, q: Q, ys, yzp, ysg) -> np.ndarray:
         raw = np.arange(256, dtype=np.int32)
-        vals = raw.astype(np.uint8).view(np.int8).astype(np.int32) if q.signed else raw
+        vals = raw.astype(np.uint8).view(np.int8).astype(np.int32) if q.code else raw
         qmin, qmax = rq.qrange(ysg)
         if self.mode == MODE_ORT:
             x = (vals - q.zp).astype(np.float32) * np.float32(q.scale)
@@ -1222,9 +1326,16 @@ class Lowering:
                 else:
                     v = math.ceil(x)
                 idx.append(min(max(int(v), 0), i_len - 1))
+        W, OW = shape[3], oshape[3]
+        if xq.code == I16:
+            # The kernel moves bytes: an int16 row of W values is a byte row of 2W, and
+            # output byte 2*ox + b comes from input byte 2*idx[ox] + b.
+            cols = idx[oshape[2]:]
+            idx = idx[:oshape[2]] + [2 * c + b for c in cols for b in (0, 1)]
+            W, OW = 2 * W, 2 * OW
         self._layout(node, xq, oshape, Kind.RESIZE_NEAREST,
                      consts=(self.const(np.array(idx, np.int32)),), NC=shape[0] * shape[1],
-                     H=shape[2], W=shape[3], OH=oshape[2], OW=oshape[3])
+                     H=shape[2], W=W, OH=oshape[2], OW=OW)
 
 
 def SIGMOID(x: np.ndarray) -> np.ndarray:

@@ -108,3 +108,44 @@ N_CONSTS.update({
 
 for _k in Kind:
     assert _k in PARAMS and len(PARAMS[_k]) <= MAX_INTS
+
+# Quantized element type codes ("sg_in" / "sg_out"): the int8 images' booleans plus int16.
+SG_UINT8, SG_INT8, SG_INT16 = 0, 1, 2
+SG_DTYPE = {SG_UINT8: "uint8", SG_INT8: "int8", SG_INT16: "int16"}
+SG_ITEMSIZE = {SG_UINT8: 1, SG_INT8: 1, SG_INT16: 2}
+# Kinds whose kernels take int16 activations (code 2); every other kind stays 8-bit.
+INT16_KINDS = frozenset({Kind.QUANTIZE, Kind.DEQUANTIZE, Kind.REQUANT, Kind.CONV, Kind.GEMM,
+                         Kind.MATMUL, Kind.MAXPOOL, Kind.AVGPOOL, Kind.GLOBALAVGPOOL, Kind.ADD,
+                         Kind.MUL, Kind.CLAMP})
+# COPY, TRANSPOSE, CONCAT_PART and RESIZE_NEAREST move bytes and carry no type code: the
+# compiler gives them byte counts (an int16 tensor is a byte tensor with a last axis of 2).
+
+
+def _align16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def conv_scratch(chw: int, K: int, P: int, wide: bool) -> int:
+    """CONV scratch bytes, as _kernels.pyx lays it out: the `x - zp` image, the im2col
+    columns, then accumulators. 8-bit inputs: int16 image and columns, four rows of int32
+    accumulators. int16 inputs (`wide`): |x - zp| <= 65535 needs int32 image and columns, and
+    one row of int64 accumulators."""
+    if wide:
+        return _align16(chw * 4) + _align16(K * P * 4) + P * 8
+    return _align16(chw * 2) + _align16(K * P * 2) + 4 * P * 4
+
+
+def matmul_scratch(K: int, N: int, wide: bool) -> int:
+    """MATMUL scratch bytes: B transposed ([N, K]) and one row of A, as `x - zp` (int16; int32
+    for int16 inputs)."""
+    if wide:
+        return _align16(N * K * 4) + K * 4
+    return _align16(N * K * 2) + K * 2
+
+
+def gemm_scratch(K: int, N: int, wide: bool) -> int:
+    """GEMM scratch bytes: one `x - zp` row (int16; int32 for int16 inputs) and N
+    accumulators (int32; int64 for int16 inputs)."""
+    if wide:
+        return _align16(K * 4) + N * 8
+    return _align16(K * 2) + N * 4

@@ -28,11 +28,12 @@ import numpy as np
 
 INT8_RANGE = (-128, 127)
 UINT8_RANGE = (0, 255)
+INT16_RANGE = (-32768, 32767)
 
 
-def qrange(signed: bool) -> tuple[int, int]:
-    """The saturation range of int8 (signed) or uint8."""
-    return INT8_RANGE if signed else UINT8_RANGE
+def qrange(code: int) -> tuple[int, int]:
+    """The saturation range of an element type code: 0 uint8, 1 (or True) int8, 2 int16."""
+    return {0: UINT8_RANGE, 1: INT8_RANGE, 2: INT16_RANGE}[int(code)]
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -87,22 +88,28 @@ def fixed_multiplier(real: float) -> tuple[int, int]:
     return quantize_multiplier(real)
 
 
+# TFLite's Add prepare (tensorflow/lite/kernels/add.cc): inputs are shifted left by 20 bits
+# for 8-bit tensors and by 15 for int16 ones, so that |x - zp| << left_shift stays in int32
+# (int16 here may have a zero point, |x - zp| <= 65535: 65535 << 15 < 2^31).
+ADD_LEFT_SHIFT = 20
+ADD_LEFT_SHIFT_INT16 = 15
+
+
 def add_params(a_scale: float, b_scale: float, y_scale: float, a_zp: int, b_zp: int,
-               y_zp: int) -> dict:
+               y_zp: int, left_shift: int = ADD_LEFT_SHIFT) -> dict:
     """QLinearAdd parameters for both modes.
 
     ``ort`` (MlasQLinearAddKernelAvx2Helper, onnxruntime/core/mlas/lib/intrinsics/avx2/
     qladd_avx2.cpp): rAC = a/c, rBC = b/c in float32, FixedPart = zc - (rAC*za + rBC*zb).
     ``fixed-point`` (TFLite reference integer_ops/add.h, PrepareGeneralSubOp): inputs are
-    shifted left by 20 bits, rescaled by a/(2 max(a, b)) and b/(2 max(a, b)), summed and
-    rescaled by 2 max(a, b) / (2^20 c).
+    shifted left by `left_shift` bits, rescaled by a/(2 max(a, b)) and b/(2 max(a, b)),
+    summed and rescaled by 2 max(a, b) / (2^left_shift c).
     """
     sa, sb, sc = np.float32(a_scale), np.float32(b_scale), np.float32(y_scale)
     rac = np.float32(sa / sc)
     rbc = np.float32(sb / sc)
     fixed = np.float32(np.float32(y_zp) - np.float32(np.float32(rac * np.float32(a_zp)) +
                                                       np.float32(rbc * np.float32(b_zp))))
-    left_shift = 20
     twice_max = 2.0 * max(float(sa), float(sb))
     ma, sha = quantize_multiplier(float(sa) / twice_max)
     mb, shb = quantize_multiplier(float(sb) / twice_max)

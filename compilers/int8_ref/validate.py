@@ -4,7 +4,8 @@ The kernels index without bounds checks, so this is what keeps a malformed artif
 reading or writing outside the arena, the constant data or the scratch buffer. Each check
 recomputes, from the op's integer parameters, how many bytes the kernel will touch in each
 tensor and constant, and requires equality (or, for strided reads, that the largest index is
-inside the buffer).
+inside the buffer). A type code ("sg_in" / "sg_out": 0 uint8, 1 int8, 2 int16) must match its
+tensor's dtype, and sizes are counted at that width; only INT16_KINDS accept code 2.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from .exceptions import ArtifactRejected
-from .opset import PARAMS, Kind
+from .opset import (INT16_KINDS, PARAMS, SG_DTYPE, SG_INT16, SG_ITEMSIZE, Kind, conv_scratch,
+                    gemm_scratch, matmul_scratch)
 
 LIMIT = 1 << 31  # any single dimension or parameter magnitude
-
-
-def _al(n: int) -> int:
-    return (n + 15) // 16 * 16
 
 
 def validate_ops(image, where: str) -> None:
@@ -59,15 +57,25 @@ def validate_ops(image, where: str) -> None:
                 if not 0 <= p[nm] <= hi:
                     fail(f"{nm}={p[nm]} is not a valid flag")
 
+        def sg(*names):
+            """Type codes: 0/1 everywhere, 2 (int16) only for the kinds with int16 kernels."""
+            flag(*names, hi=SG_INT16 if op.kind in INT16_KINDS else 1)
+
         def qtype(t, sg_name, what):
-            want = "int8" if p[sg_name] else "uint8"
+            want = SG_DTYPE[p[sg_name]]
             if t.dtype != want:
                 fail(f"{what} is {t.dtype} but {sg_name}={p[sg_name]} says {want}")
 
+        def isz(sg_name):
+            return SG_ITEMSIZE[p[sg_name]]
+
+        wide = any(p.get(nm) == SG_INT16 for nm in ("sg_in", "sg_out"))
+
         def qrange_ok(*names):
+            lo, hi = (-32768, 32767) if wide else (-128, 255)
             for nm in names:
-                if not -128 <= p[nm] <= 255:
-                    fail(f"{nm}={p[nm]} is outside the 8-bit range")
+                if not lo <= p[nm] <= hi:
+                    fail(f"{nm}={p[nm]} is outside the {16 if wide else 8}-bit range")
 
         def shift_ok(*names):
             for nm in names:
@@ -90,37 +98,38 @@ def validate_ops(image, where: str) -> None:
                 dtype(out, ("int32",), "output")
                 return 4
             qtype(out, "sg_out", "output")
-            return 1
+            return isz("sg_out")
 
         k = op.kind
         if k == Kind.QUANTIZE:
             pos("n")
             dtype(ins[0], ("float32",), "input")
             size(ins[0], 4 * p["n"], "input")
-            flag("sg_out")
+            sg("sg_out")
             qtype(out, "sg_out", "output")
-            size(out, p["n"], "output")
+            size(out, p["n"] * isz("sg_out"), "output")
             qrange_ok("zp", "qmin", "qmax")
         elif k == Kind.DEQUANTIZE:
             pos("n")
-            flag("sg_in")
+            sg("sg_in")
             qtype(ins[0], "sg_in", "input")
-            size(ins[0], p["n"], "input")
+            size(ins[0], p["n"] * isz("sg_in"), "input")
             dtype(out, ("float32",), "output")
             size(out, 4 * p["n"], "output")
         elif k == Kind.REQUANT:
             pos("n")
-            flag("sg_in", "sg_out", "mode")
+            sg("sg_in", "sg_out")
+            flag("mode")
             qtype(ins[0], "sg_in", "input")
             qtype(out, "sg_out", "output")
-            size(ins[0], p["n"], "input")
-            size(out, p["n"], "output")
+            size(ins[0], p["n"] * isz("sg_in"), "input")
+            size(out, p["n"] * isz("sg_out"), "output")
             qrange_ok("zp_in", "zp_out", "qmin", "qmax")
             shift_ok("shift")
         elif k == Kind.CONV:
             pos("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "dh", "dw", "groups", "OH",
                 "OW")
-            flag("sg_in", "sg_out")
+            sg("sg_in", "sg_out")
             flag("mode", hi=2)
             if p["C"] % p["groups"] or p["M"] % p["groups"]:
                 fail("groups does not divide the channels")
@@ -128,14 +137,16 @@ def validate_ops(image, where: str) -> None:
             P = p["OH"] * p["OW"]
             if kk > 32768:
                 fail(f"reduction of {kk} terms can overflow int32")
+            if p["sg_in"] == SG_INT16 and p["mode"] == 2:
+                fail("an int16 input has no int32-output form")
             qtype(ins[0], "sg_in", "input")
-            size(ins[0], p["N"] * p["C"] * p["H"] * p["W"], "input")
+            size(ins[0], p["N"] * p["C"] * p["H"] * p["W"] * isz("sg_in"), "input")
             size(out, p["N"] * p["M"] * P * out_q(), "output")
             const(0, "int16", p["M"] * kk * 2, "weights")
             const(1, "int32", p["M"] * 4, "bias")
             const(2, "float32" if p["mode"] != 1 else "int32", p["M"] * 4, "multipliers")
             const(3, "int32", p["M"] * 4, "shifts")
-            scratch(_al(p["C"] * p["H"] * p["W"] * 2) + _al(kk * P * 2) + 4 * P * 4)
+            scratch(conv_scratch(p["C"] * p["H"] * p["W"], kk, P, p["sg_in"] == SG_INT16))
             qrange_ok("xzp", "yzp", "qmin", "qmax")
             if p["mode"] == 1:
                 sh = np.frombuffer(data, np.int32, p["M"], cs[3].offset)
@@ -143,18 +154,20 @@ def validate_ops(image, where: str) -> None:
                     fail("a per-channel shift is outside [-31, 30]")
         elif k == Kind.GEMM:
             pos("M", "K", "N")
-            flag("sg_in", "sg_out")
+            sg("sg_in", "sg_out")
             flag("mode", hi=2)
             if p["K"] > 32768:
                 fail("reduction can overflow int32")
+            if p["sg_in"] == SG_INT16 and p["mode"] == 2:
+                fail("an int16 input has no int32-output form")
             qtype(ins[0], "sg_in", "input")
-            size(ins[0], p["M"] * p["K"], "input")
+            size(ins[0], p["M"] * p["K"] * isz("sg_in"), "input")
             size(out, p["M"] * p["N"] * out_q(), "output")
             const(0, "int16", p["N"] * p["K"] * 2, "weights")
             const(1, "int32", p["N"] * 4, "bias")
             const(2, "float32" if p["mode"] != 1 else "int32", p["N"] * 4, "multipliers")
             const(3, "int32", p["N"] * 4, "shifts")
-            scratch(_al(p["K"] * 2) + p["N"] * 4)
+            scratch(gemm_scratch(p["K"], p["N"], p["sg_in"] == SG_INT16))
             qrange_ok("xzp", "yzp", "qmin", "qmax")
             if p["mode"] == 1:
                 sh = np.frombuffer(data, np.int32, p["N"], cs[3].offset)
@@ -162,66 +175,80 @@ def validate_ops(image, where: str) -> None:
                     fail("a per-channel shift is outside [-31, 30]")
         elif k == Kind.MATMUL:
             pos("B", "M", "K", "N")
-            flag("sg_in", "sg_out", "b_batch")
+            sg("sg_in", "sg_out")
+            flag("b_batch")
             flag("mode", hi=2)
             if p["K"] > 32768:
                 fail("reduction can overflow int32")
+            if p["sg_in"] == SG_INT16 and p["mode"] == 2:
+                fail("an int16 input has no int32-output form")
             qtype(ins[0], "sg_in", "A")
             qtype(ins[1], "sg_in", "B")
-            size(ins[0], p["B"] * p["M"] * p["K"], "A")
-            size(ins[1], (p["B"] if p["b_batch"] else 1) * p["K"] * p["N"], "B")
+            e = isz("sg_in")
+            size(ins[0], p["B"] * p["M"] * p["K"] * e, "A")
+            size(ins[1], (p["B"] if p["b_batch"] else 1) * p["K"] * p["N"] * e, "B")
             size(out, p["B"] * p["M"] * p["N"] * out_q(), "output")
-            scratch(_al(p["N"] * p["K"] * 2) + p["K"] * 2)
+            scratch(matmul_scratch(p["K"], p["N"], p["sg_in"] == SG_INT16))
             shift_ok("shift")
             qrange_ok("azp", "bzp", "yzp", "qmin", "qmax")
         elif k in (Kind.MAXPOOL, Kind.AVGPOOL):
             pos("N", "C", "H", "W", "kh", "kw", "sh", "sw", "OH", "OW")
-            flag("sg_in")
+            sg("sg_in")
             qtype(ins[0], "sg_in", "input")
-            size(ins[0], p["N"] * p["C"] * p["H"] * p["W"], "input")
+            size(ins[0], p["N"] * p["C"] * p["H"] * p["W"] * isz("sg_in"), "input")
             n_out = p["N"] * p["C"] * p["OH"] * p["OW"]
             if k == Kind.MAXPOOL:
                 pos("dh", "dw")
                 qtype(out, "sg_in", "output")
-                size(out, n_out, "output")
+                size(out, n_out * isz("sg_in"), "output")
             else:
-                flag("sg_out", "mode", "count_include_pad")
+                sg("sg_out")
+                flag("mode", "count_include_pad")
                 qtype(out, "sg_out", "output")
-                size(out, n_out, "output")
+                size(out, n_out * isz("sg_out"), "output")
                 if p["kh"] * p["kw"] > 1 << 20:
                     fail("window too large")
+                if p["sg_in"] == SG_INT16 and p["kh"] * p["kw"] > 32768:
+                    fail("an int16 window over 32768 values can overflow the int32 sum")
                 shift_ok("shift")
                 qrange_ok("xzp", "yzp", "qmin", "qmax")
                 if p["off"] not in (0, 128):
                     fail("off must be 0 or 128")
         elif k == Kind.GLOBALAVGPOOL:
             pos("NC", "HW")
-            flag("sg_in", "sg_out", "mode")
+            sg("sg_in", "sg_out")
+            flag("mode")
             if p["HW"] >= 1 << 23:
                 fail("image too large for an int32 sum")
+            if p["sg_in"] == SG_INT16 and p["HW"] > 32768:
+                fail("an int16 image over 32768 values can overflow the int32 sum")
             qtype(ins[0], "sg_in", "input")
             qtype(out, "sg_out", "output")
-            size(ins[0], p["NC"] * p["HW"], "input")
-            size(out, p["NC"], "output")
+            size(ins[0], p["NC"] * p["HW"] * isz("sg_in"), "input")
+            size(out, p["NC"] * isz("sg_out"), "output")
             shift_ok("shift")
             qrange_ok("xzp", "yzp", "qmin", "qmax")
         elif k in (Kind.ADD, Kind.MUL):
             pos("outer", "mid", "inner")
             nonneg("a_so", "a_sm", "a_si", "b_so", "b_sm", "b_si")
-            flag("sg_in", "sg_out", "mode", "femu")
+            sg("sg_in", "sg_out")
+            flag("mode", "femu")
             for t, pre, what in ((ins[0], "a", "A"), (ins[1], "b", "B")):
                 qtype(t, "sg_in", what)
                 last = ((p["outer"] - 1) * p[pre + "_so"] + (p["mid"] - 1) * p[pre + "_sm"]
                         + (p["inner"] - 1) * p[pre + "_si"])
-                if last >= t.nbytes:
-                    fail(f"{what} would be read at index {last}, it has {t.nbytes} elements")
+                n_el = t.nbytes // isz("sg_in")
+                if last >= n_el:
+                    fail(f"{what} would be read at index {last}, it has {n_el} elements")
             qtype(out, "sg_out", "output")
-            size(out, p["outer"] * p["mid"] * p["inner"], "output")
+            size(out, p["outer"] * p["mid"] * p["inner"] * isz("sg_out"), "output")
             qrange_ok("azp", "bzp", "yzp", "qmin", "qmax")
             if k == Kind.ADD:
                 shift_ok("shift_a", "shift_b", "shift_y")
                 if not 0 <= p["left_shift"] <= 20:
                     fail("left_shift must be in [0, 20]")
+                if p["sg_in"] == SG_INT16 and p["left_shift"] > 15:
+                    fail("int16 inputs shifted left by more than 15 bits overflow int32")
                 if p["off"] not in (0, 128):
                     fail("off must be 0 or 128")
             else:
@@ -235,8 +262,9 @@ def validate_ops(image, where: str) -> None:
             s = [p[f"s{i}"] for i in range(6)]
             if min(d) <= 0 or min(s) < 0:
                 fail("dimensions must be positive and strides non-negative")
-            dtype(ins[0], ("int8", "uint8"), "input")
-            size(out, int(np.prod(d, dtype=object)), "output")
+            dtype(ins[0], ("int8", "uint8", "int16"), "input")
+            dtype(out, (ins[0].dtype,), "output")
+            size(out, int(np.prod(d, dtype=object)), "output")  # bytes: int16 has a last d of 2
             last = sum((di - 1) * si for di, si in zip(d, s))
             if last >= ins[0].nbytes:
                 fail(f"would read index {last} of a {ins[0].nbytes}-byte input")
@@ -250,6 +278,8 @@ def validate_ops(image, where: str) -> None:
                 fail("the slot lies outside the output row")
             if p["use_lut"]:
                 const(0, "uint8", 256, "table")
+            elif ins[0].dtype != out.dtype:
+                fail(f"copies {ins[0].dtype} into {out.dtype}")
         elif k == Kind.LUT:
             pos("n")
             size(ins[0], p["n"], "input")
@@ -257,9 +287,11 @@ def validate_ops(image, where: str) -> None:
             const(0, "uint8", 256, "table")
         elif k == Kind.CLAMP:
             pos("n")
-            flag("sg_in")
-            size(ins[0], p["n"], "input")
-            size(out, p["n"], "output")
+            sg("sg_in")
+            qtype(ins[0], "sg_in", "input")
+            qtype(out, "sg_in", "output")
+            size(ins[0], p["n"] * isz("sg_in"), "input")
+            size(out, p["n"] * isz("sg_in"), "output")
         elif k == Kind.PAD:
             pos("N", "C", "H", "W", "OH", "OW")
             nonneg("pt", "pl")
@@ -269,6 +301,7 @@ def validate_ops(image, where: str) -> None:
             size(out, p["N"] * p["C"] * p["OH"] * p["OW"], "output")
         elif k == Kind.RESIZE_NEAREST:
             pos("NC", "H", "W", "OH", "OW")
+            dtype(out, (ins[0].dtype,), "output")
             size(ins[0], p["NC"] * p["H"] * p["W"], "input")
             size(out, p["NC"] * p["OH"] * p["OW"], "output")
             const(0, "int32", (p["OH"] + p["OW"]) * 4, "indices")

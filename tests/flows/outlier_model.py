@@ -3,8 +3,9 @@
 x[1,16] → fc1 (Gemm) → Relu → fc2 (Gemm) → Relu → fc3 (Gemm) → logits[1,10]. Channel 0 of
 fc1's output is a constant 1000 that fc2 ignores (weight 0): per-tensor int8 spends its whole
 range on it (scale ≈ 1000/255), so every other channel of fc1 rounds to a few levels and the
-classes scramble. Keeping fc1 out of int8 (its output in fp32) repairs it. Labels are the fp32
-model's own top-1, so fp32 accuracy is 1.0.
+classes scramble. Keeping fc1 out of int8 repairs it: its output in fp32 (onnxruntime) or in
+int16 (int8-ref, scale ≈ 1000/65535). Labels are the fp32 model's own top-1, so fp32 accuracy
+is 1.0.
 """
 
 from __future__ import annotations
@@ -100,7 +101,16 @@ CPU_TARGET = """\
 NPU_TARGET = """\
   - name: npu-int8
     compiler: int8-ref
-    firmware_revision: "1.0.0"
+    firmware_revision: "1.1.0"
+"""
+
+# An integer-only target that declares no int16 (the TFLite int8 converter): no fallback.
+ETHOS_TARGET = """\
+  - name: ethos-u55
+    compiler: ethos-u
+    firmware_revision: "25.08"
+    options:
+      accelerator_config: ethos-u55-128
 """
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from outlier_model import CPU_TARGET, NPU_TARGET, OUTLIER_LAYER, write_project
+from outlier_model import CPU_TARGET, ETHOS_TARGET, NPU_TARGET, OUTLIER_LAYER, write_project
 from tapeout.compilers.registry import load_compiler
 from tapeout.flows import stages
 from tapeout.flows.config import Threshold, load_pipeline
@@ -42,7 +42,7 @@ def _plain(prepared, target_name: str):
     return target, profile, artifact, stages.gate_stage(pipeline, target, evaluation)
 
 
-def _search(prepared, target_name: str, budget: int = 4, thresholds=None):
+def _search(prepared, target_name: str, budget: int = 4, thresholds=None, capabilities=None):
     pipeline = prepared["pipeline"]
     target, profile, artifact, gated = _plain(prepared, target_name)
 
@@ -58,7 +58,7 @@ def _search(prepared, target_name: str, budget: int = 4, thresholds=None):
     result = search(
         float_path=prepared["model"].path, table=prepared["calibrated"].table, quantized=prepared["quantized"],
         artifact=artifact, gated=gated, sensitivity=prepared["sensitivity"], profile=profile,
-        capabilities=load_compiler(profile.compiler).capabilities(), budget=budget, attempt_fn=attempt,
+        capabilities=capabilities or load_compiler(profile.compiler).capabilities(), budget=budget, attempt_fn=attempt,
         workdir=prepared["root"] / f"fallback-{target_name}-{budget}",
     )
     return gated, result
@@ -67,6 +67,8 @@ def _search(prepared, target_name: str, budget: int = 4, thresholds=None):
 def test_mode_comes_from_the_compilers_capabilities():
     assert fallback_mode(load_compiler("onnxruntime").capabilities())[0] == "fp32"
     mode, reason = fallback_mode(load_compiler("int8-ref").capabilities())
+    assert mode == "int16" and "integer-only" in reason
+    mode, reason = fallback_mode(load_compiler("ethos-u").capabilities())
     assert mode is None and "integer-only" in reason and "int16" in reason
 
 
@@ -88,11 +90,58 @@ def test_cpu_passes_by_keeping_exactly_the_outlier_layer_in_fp32(prepared):
     json.dumps(document)
 
 
-def test_integer_only_target_fails_with_its_plain_numbers(prepared):
+def test_integer_only_npu_passes_with_exactly_the_outlier_layer_in_int16(prepared):
+    import onnx
+
     gated, result = _search(prepared, "npu-int8")
+    assert not gated.passed and accuracy_gate_failed(gated.gates)
+    assert result.passed and result.mode == "int16" and result.kept_out == (OUTLIER_LAYER,)
+    assert result.gated.evaluation.metrics["top1_agreement"] >= 0.97
+    assert result.to_document()["kept_out"][0]["representation"] == "int16"
+    # The compiled model widens fc1's output (its fused Relu's) to int16, and nothing else.
+    model = onnx.load(str(result.quantized.path))
+    zero_points = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
+    widened = {
+        node.input[0] for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and zero_points.get(node.input[2]) == onnx.TensorProto.INT16
+    }
+    assert widened == {"r1"}
+    assert result.artifact.compiler == "int8-ref"
+
+
+def test_a_target_without_float_or_int16_fails_with_its_plain_numbers(prepared):
+    ethos = load_compiler("ethos-u").capabilities()  # integer-only, int8 alone
+    gated, result = _search(prepared, "npu-int8", capabilities=ethos)
     assert not result.passed and result.chosen is None and result.best == 0
     assert len(result.attempts) == 1 and result.mode is None
     assert result.gated is gated  # the best attempt's numbers are the plain run's
+
+
+def test_an_attempt_that_cannot_be_built_is_recorded_and_its_layer_left_out(prepared):
+    from tapeout.compilers.errors import CompilationFailed
+
+    pipeline = prepared["pipeline"]
+    target, profile, artifact, gated = _plain(prepared, "cpu")
+    calls = []
+
+    def attempt(model, folder):  # the compiler refuses the first attempt's model
+        calls.append(model.path)
+        if len(calls) == 1:
+            raise CompilationFailed(f"refused {model.path.name}")
+        compiled = stages.compile_stage(model, profile, folder)
+        evaluation = stages.evaluate_stage(compiled, prepared["validation"], prepared["reference"])
+        return compiled, stages.Gated(evaluation, check_gates({"top1_agreement": Threshold(min=1.01)}, evaluation.metrics))
+
+    result = search(
+        float_path=prepared["model"].path, table=prepared["calibrated"].table, quantized=prepared["quantized"],
+        artifact=artifact, gated=gated, sensitivity=prepared["sensitivity"], profile=profile,
+        capabilities=load_compiler("onnxruntime").capabilities(), budget=3, attempt_fn=attempt,
+        workdir=prepared["root"] / "fallback-refused",
+    )
+    first, second, third = (layer.node for layer in prepared["sensitivity"].ranked()[:3])
+    assert [a.kept_out for a in result.attempts] == [(), (first,), (second,), (second, third)]
+    assert "refused model.qdq.onnx" in result.attempts[1].error and result.attempts[1].quantized_sha256 is None
+    assert result.to_document()["attempts"][1]["error"] == result.attempts[1].error
 
 
 def test_no_passing_attempt_reports_the_best_within_the_budget(prepared):
@@ -112,14 +161,15 @@ def test_budget_zero_makes_no_attempt(prepared):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_run_repairs_cpu_registers_the_record_and_fails_npu(tmp_path, capsys):
+def test_each_target_repairs_itself_or_fails_with_its_reason(tmp_path, capsys):
     from conftest import git
     from tapeout.artifacts.registry import Registry
     from tapeout.flows.cli import main
 
-    costed = CPU_TARGET + "    cost_model: {energy_per_mac_pj: 0.5, energy_per_byte_pj: 10.0}\n"
+    costed = "    cost_model: {energy_per_mac_pj: 0.5, energy_per_byte_pj: 10.0}\n"
     energy_gate = "  energy_per_inference_uj_estimate: {max: 1.0}\n"
-    pipeline = write_project(tmp_path / "project", costed + NPU_TARGET, extra=energy_gate)
+    targets = CPU_TARGET + costed + NPU_TARGET + costed + ETHOS_TARGET + costed
+    pipeline = write_project(tmp_path / "project", targets, extra=energy_gate)
     git(pipeline.parent, "init", "-q", "-b", "main")
     git(pipeline.parent, "add", "-A")
     git(pipeline.parent, "commit", "-qm", "outlier")
@@ -127,15 +177,18 @@ def test_run_repairs_cpu_registers_the_record_and_fails_npu(tmp_path, capsys):
     code = main(["run", str(pipeline), "--home", str(home), "--json"])
     document = json.loads(capsys.readouterr().out)
     assert code == 1
-    cpu, npu = document["targets"]
+    cpu, npu, ethos = document["targets"]
     assert cpu["gate_verdict"] == "pass" and cpu["version"] == "1"
     assert f"kept {OUTLIER_LAYER} in fp32" in cpu["message"]
-    assert npu["gate_verdict"] == "fail" and npu["version"] is None
-    assert "integer-only" in npu["message"]
+    assert npu["gate_verdict"] == "pass" and npu["version"] == "1"
+    assert f"kept {OUTLIER_LAYER} in int16" in npu["message"]
+    assert ethos["gate_verdict"] == "fail" and ethos["version"] is None
+    assert "integer-only" in ethos["message"]
 
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts")
     version = registry.resolve("outlier-cpu@candidate")
     assert version.tags["fallback_kept_out"] == OUTLIER_LAYER
+    assert registry.resolve("outlier-npu-int8@candidate").tags["fallback_kept_out"] == OUTLIER_LAYER
     bundle = next((home / "bundles" / "outlier-cpu").iterdir())
     fallback = json.loads((bundle / "reports" / "fallback.json").read_text())
     assert [item["node"] for item in fallback["kept_out"]] == [OUTLIER_LAYER]
@@ -146,13 +199,16 @@ def test_run_repairs_cpu_registers_the_record_and_fails_npu(tmp_path, capsys):
     assert f"`{OUTLIER_LAYER}` in fp32" in markdown and "an ESTIMATE**" in markdown
     energy = next(g for g in cpu["gates"] if g["metric"] == "energy_per_inference_uj_estimate")
     assert energy["passed"] and 0 < energy["observed"] < 1.0
-    assert "energy_per_inference_uj_estimate: not measured" in npu["message"]  # npu has no cost model
+    npu_bundle = next((home / "bundles" / "outlier-npu-int8").iterdir())
+    npu_gates = json.loads((npu_bundle / "reports" / "gates.json").read_text())
+    assert "lowered kernel program" in npu_gates["notes"]["energy_work_source"]  # int8-ref counted its own
+    assert json.loads((npu_bundle / "reports" / "fallback.json").read_text())["mode"] == "int16"
     assert main(["verify", str(bundle), "--home", str(home)]) == 0  # the reports are signed too
     assert main(["explain", "outlier-cpu@1", "--home", str(home)]) == 0
     assert f"{OUTLIER_LAYER} in fp32" in capsys.readouterr().out
 
     experiment = registry._client.get_experiment_by_name("outlier").experiment_id
-    (failed,) = registry._client.search_runs([experiment], "tags.target = 'npu-int8'")
+    (failed,) = registry._client.search_runs([experiment], "tags.target = 'ethos-u55'")
     assert failed.info.status == "FAILED"
     logged = {item.path for item in registry._client.list_artifacts(failed.info.run_id, "reports")}
     assert {"reports/gates.json", "reports/gates.md", "reports/fallback.json", "reports/sensitivity.json"} <= logged

@@ -274,7 +274,7 @@ def input_specs(model: onnx.ModelProto):
 
 
 def compile_path(qdq: Path, specs, workdir: Path, mode: str = "fixed-point",
-                 budget: int | None = None, firmware: str = "1.0.0"):
+                 budget: int | None = None, firmware: str = "1.1.0"):
     """Compile `qdq` with int8-ref; returns (compiler, artifact)."""
     import hashlib
 

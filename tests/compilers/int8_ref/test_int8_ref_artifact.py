@@ -45,7 +45,7 @@ def test_plugin_protocol_and_entry_point():
     assert {"Conv", "Gemm", "MatMul", "QLinearConv", "com.microsoft.QGemm"} <= caps.operators
     assert caps.options["requant"] == ("ort", "fixed-point")
     assert caps.firmware_range == ("1.0.0", None)
-    assert FIRMWARE_REVISION == "1.0.0"
+    assert FIRMWARE_REVISION == "1.1.0"  # reads int16 artifacts (format 2)
 
 
 def test_artifact_fields(artifact):
@@ -114,7 +114,7 @@ def test_firmware_refuses_newer_artifact(artifact, tmp_path):
     path.write_bytes(bytes(header) + raw[HEADER.size:])
     with pytest.raises(FirmwareTooOld) as exc:
         load_file(path)
-    assert "2.1.0" in str(exc.value) and "1.0.0" in str(exc.value)
+    assert "2.1.0" in str(exc.value) and FIRMWARE_REVISION in str(exc.value)
     assert isinstance(exc.value, TapeoutError)
     # and an older runtime refuses today's artifact
     with pytest.raises(FirmwareTooOld, match="0.9.0"):
