@@ -287,19 +287,25 @@ def compile_path(qdq: Path, specs, workdir: Path, mode: str = "fixed-point",
     return c, c.compile(qm, target, workdir)
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, level: str = "default"):
+    """An ORT CPU session at its default optimisation level, "basic", or "none" (the graph
+    run node by node as written)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def lsb_diffs(model: onnx.ModelProto, qdq: Path, artifact, runner, n: int = 6,
-              seed: int = 100) -> tuple[int, int, int]:
-    """Run int8-ref and ORT on `n` random inputs; (max |diff| in output LSBs, differing
-    elements, total elements)."""
-    sess = ort_session(qdq)
+              seed: int = 100, level: str = "default") -> tuple[int, int, int]:
+    """Run int8-ref and ORT (at optimisation `level`) on `n` random inputs; (max |diff| in
+    output LSBs, differing elements, total elements)."""
+    sess = ort_session(qdq, level)
     names = [o.name for o in sess.get_outputs()]
     scales = artifact.report["output_scales"]
     worst = ndiff = total = 0

@@ -48,38 +48,6 @@ def int16_tensors(path: Path) -> set[str]:
             and len(n.input) > 2 and types.get(n.input[2]) == TensorProto.INT16}
 
 
-def ort_session(path: Path, level: str = "default"):
-    """An ORT CPU session at its default optimisation level, "basic", or "none" (the graph
-    run node by node as written)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = {
-        "default": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def lsb_diffs(model, qdq, art, runner, n=6, level="default"):
-    """(max |diff| in output LSBs, differing, total) against ORT over `n` random inputs."""
-    sess = ort_session(qdq, level)
-    names = [o.name for o in sess.get_outputs()]
-    scales = art.report["output_scales"]
-    worst = ndiff = total = 0
-    for i in range(n):
-        xs = M.random_inputs(model, 100 + i)
-        ref = dict(zip(names, sess.run(None, xs)))
-        got = runner.run(xs)
-        for name in names:
-            d = np.rint(np.abs(ref[name].astype(np.float64) - got[name]) / scales[name])
-            worst = max(worst, int(d.max()))
-            ndiff += int((d > 0).sum())
-            total += d.size
-    return worst, ndiff, total
-
-
 def minmax_table(model: onnx.ModelProto, path: Path, n: int = 16,
                  seed: int = 1) -> CalibrationTable:
     """A calibration table of every activation's min/max over `n` random inputs (ORT run with
@@ -95,7 +63,7 @@ def minmax_table(model: onnx.ModelProto, path: Path, n: int = 16,
             if o not in outs:
                 m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
     onnx.save(m, str(path))
-    sess = ort_session(path)
+    sess = M.ort_session(path)
     lo = {k: np.inf for k in names}
     hi = {k: -np.inf for k in names}
     for i in range(n):
@@ -305,7 +273,7 @@ def test_int16_conversions_and_clamps_against_onnxruntime(name, mode, tmp_path):
     model = qdq_chain(tmp_path / "m.onnx", steps, op, consts)
     compiler, art = M.compile_path(tmp_path / "m.onnx", M.input_specs(model), tmp_path / "o", mode)
     assert art.report["format_version"] == 2
-    worst, ndiff, total = lsb_diffs(model, tmp_path / "m.onnx", art, compiler.load(art), n=10,
+    worst, ndiff, total = M.lsb_diffs(model, tmp_path / "m.onnx", art, compiler.load(art), n=10,
                                     level="none")
     assert worst <= (0 if mode == "ort" else 1), f"{ndiff}/{total} elements differ, max {worst} LSB"
 
@@ -334,7 +302,7 @@ def test_int16_op_within_one_lsb_of_onnxruntime(name, mode, quantized_ops, tmp_p
     assert art.report["format_version"] == 2
     img = read_image((art.directory / "model.i8r").read_bytes())
     assert "int16" in {t.dtype for t in img.tensors}
-    worst, ndiff, total = lsb_diffs(model, qdq, art, compiler.load(art), level=OPS[name][2])
+    worst, ndiff, total = M.lsb_diffs(model, qdq, art, compiler.load(art), level=OPS[name][2])
     assert worst <= 1, f"{ndiff}/{total} elements differ, max {worst} LSB"
 
 
@@ -353,7 +321,7 @@ def test_onnxruntime_default_level_is_the_less_exact_one_for_an_int16_matmul(qua
     ys, yz = float(c["matmul2_out0_scale"]), int(c["matmul2_out0_zero_point"])
     exact = (np.clip(np.rint(y / ys) + yz, -32768, 32767) - yz) * ys
     ours = compiler.load(art).run(xs)["matmul2_out0"]
-    default = ort_session(qdq).run(None, xs)[0]
+    default = M.ort_session(qdq).run(None, xs)[0]
     assert np.abs(ours - exact).max() <= ys * 1.01
     assert np.abs(default - exact).max() > 2 * ys
 
@@ -369,7 +337,7 @@ def test_cnn_with_one_layer_int16_end_to_end(layer, cnn_table, tmp_path):
     q = tapeout_quantize(model, tmp_path / "q", (layer,), table)
     for mode, bound in (("ort", 0), ("fixed-point", 1)):
         compiler, art = M.compile_path(q.path, q.inputs, tmp_path / mode, mode)
-        worst, ndiff, total = lsb_diffs(model, q.path, art, compiler.load(art), n=20)
+        worst, ndiff, total = M.lsb_diffs(model, q.path, art, compiler.load(art), n=20)
         assert worst <= bound, (mode, worst, ndiff, total)
 
 
@@ -397,7 +365,7 @@ def _outlier_model():
 def test_int16_on_the_outlier_tensor_recovers_accuracy(tmp_path):
     model, outlier = _outlier_model()
     table = minmax_table(model, tmp_path / "probe.onnx", n=32)
-    sess = ort_session(tmp_path / "probe.onnx")
+    sess = M.ort_session(tmp_path / "probe.onnx")
     errors = {}
     for label, names in (("int8", ()), ("int16", (outlier,))):
         q = tapeout_quantize(model, tmp_path / label, names, table)
