@@ -174,9 +174,9 @@ def search(
     workdir: Path,
     progress: Callable[[str], None] = lambda message: None,
 ) -> FallbackResult:
-    """Try keeping the first 1, 2, … `budget` ranked layers out of int8 until every gate
-    passes. `attempt_fn(quantized, workdir)` compiles and evaluates one attempt and returns
-    (artifact, gated) — `gated` has `.evaluation.metrics`, `.gates` and `.passed`."""
+    """Keep one more ranked layer out of int8 per attempt, at most `budget` attempts, until
+    every gate passes. `attempt_fn(quantized, workdir)` compiles and evaluates one attempt and
+    returns (artifact, gated) — `gated` has `.evaluation.metrics`, `.gates` and `.passed`."""
     plain = Attempt(0, (), "int8", quantized.digest, dict(gated.evaluation.metrics), tuple(gated.gates))
     attempts = [plain]
     objects: dict[int, tuple[QuantizedModel, CompiledArtifact, object]] = {0: (quantized, artifact, gated)}
