@@ -7,6 +7,7 @@ wrong with it, STYLE §8); there is no hook machinery, since a run uses one comp
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -15,6 +16,13 @@ from tapeout.compilers.interface import Capabilities, Compiler
 
 ENTRY_POINT_GROUP = "tapeout.compilers"
 _REQUIRED_METHODS = ("capabilities", "compile", "load")
+# A build compiles its targets in parallel threads, and each loads its plugin. Two threads that
+# import overlapping packages in different orders (one `pkg.sub`, whose __init__ imports
+# `pkg.sub.mod`, the other `pkg.sub.mod` directly — fp16 imports the onnxruntime plugin's
+# module) trip importlib's deadlock detector on Python < 3.15 (CPython gh-83065), or see a
+# partially initialised module. Plugins are therefore loaded one at a time (re-entrant: a
+# plugin may load another).
+_IMPORTING = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,12 @@ def plugin_statuses() -> list[PluginStatus]:
 
 
 def _load(entry: EntryPoint) -> Compiler:
+    # Import, construction and capabilities() (which may import lazily) under one lock.
+    with _IMPORTING:
+        return _load_unlocked(entry)
+
+
+def _load_unlocked(entry: EntryPoint) -> Compiler:
     try:
         plugin_class = entry.load()
     except Exception as error:  # any import-time failure of third-party code
