@@ -113,9 +113,16 @@ def quantize(
         cache_path.unlink(missing_ok=True)
     if wanted:
         _check_int16_applied(output_path, wanted, known)
+    return describe_quantized(output_path, float_model, inputs, outputs)
+
+
+def describe_quantized(
+    path: Path, float_model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> QuantizedModel:
+    """The QuantizedModel of a QDQ file written from `float_model` (its digest: the file's sha256)."""
     return QuantizedModel(
-        path=output_path,
-        digest=hashlib.sha256(output_path.read_bytes()).hexdigest(),
+        path=path,
+        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
         float_path=float_model,
         inputs=inputs,
         outputs=outputs,

@@ -24,12 +24,12 @@ def work_for(report: Mapping[str, object], quantized_model: Path) -> Cost:
     return Cost.from_report(report) or count_onnx(quantized_model, QDQ_SOURCE)
 
 
-def energy_metrics(work: Cost, energy_per_mac_pj: float, energy_per_byte_pj: float) -> tuple[dict[str, float], str]:
-    """The estimate and its inputs, per sample, as gate metrics; and what was counted."""
+def energy_metrics(work: Cost, energy_per_mac_pj: float, energy_per_byte_pj: float) -> dict[str, float]:
+    """The estimate and its inputs, per sample, as gate metrics (`work.source` says what was
+    counted)."""
     picojoules = work.macs * energy_per_mac_pj + work.bytes_moved * energy_per_byte_pj
-    metrics = {
+    return {
         METRIC: picojoules / 1e6 / work.batch,
         "macs_per_inference": float(work.macs / work.batch),
         "bytes_moved_per_inference": float(work.bytes_moved / work.batch),
     }
-    return metrics, work.source

@@ -243,7 +243,7 @@ def write_reports(
         gates_markdown(
             title=title, gates=gated.gates, metrics=metrics, validation_digest=evaluation.validation_digest,
             validation_count=evaluation.validation_count, fallback=fallback, sensitivity=sensitivity, plots=plots,
-            notes=getattr(gated, "notes", None),
+            notes=gated.notes,
         )
     )
     written["gates.md"] = folder / "gates.md"

@@ -211,7 +211,7 @@ def keep_out(
     output tensor unquantized (the QuantizeLinear → DequantizeLinear pair becomes Identity)."""
     import onnx
 
-    from tapeout.calibration.quantizer import quantize
+    from tapeout.calibration.quantizer import describe_quantized, quantize
 
     quantize(
         float_model, table, inputs=inputs, outputs=outputs, output_path=output_path,
@@ -246,13 +246,7 @@ def keep_out(
     for tensor in unused:
         model.graph.initializer.remove(tensor)
     onnx.save(model, str(output_path))
-    return QuantizedModel(
-        path=output_path,
-        digest=hashlib.sha256(output_path.read_bytes()).hexdigest(),
-        float_path=float_model,
-        inputs=inputs,
-        outputs=outputs,
-    )
+    return describe_quantized(output_path, float_model, inputs, outputs)
 
 
 # -- running the models -------------------------------------------------------------------------

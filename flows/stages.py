@@ -206,8 +206,9 @@ def gate_stage(
 
         cost = target.cost_model
         work = work_for(artifact.report if artifact is not None else {}, model.path)
-        estimate, notes["energy_work_source"] = energy_metrics(work, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
+        estimate = energy_metrics(work, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
         evaluation = replace(evaluation, metrics={**evaluation.metrics, **estimate})
+        notes["energy_work_source"] = work.source
     return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics), notes)
 
 

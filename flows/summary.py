@@ -29,6 +29,8 @@ COLUMNS = (
     ("energy_per_inference_uj_estimate", "energy µJ (ESTIMATE)"),
 )
 
+LOGGED = frozenset(key for key, _ in COLUMNS) | {"accuracy_fp32"}  # per target, in the summary run
+
 
 def _number(value: float | None) -> str:
     if value is None:
@@ -95,7 +97,7 @@ def log_summary(registry, experiment: str, commit: str, folder: Path, rows: Sequ
             f"{row['target']}.{key}": float(value)
             for row in rows
             for key, value in row["metrics"].items()  # type: ignore[union-attr]
-            if key in dict(COLUMNS) or key == "accuracy_fp32"
+            if key in LOGGED
         }
         registry.log(run_id, metrics=metrics, tags={f"{row['target']}.verdict": str(row["verdict"]) for row in rows})
         registry.log_directory(run_id, folder, "summary")

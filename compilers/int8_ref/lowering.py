@@ -955,24 +955,21 @@ class Lowering:
         self._binary(node, Kind.MUL)
 
     def op_QLinearAdd(self, node):
-        aq = self.act(node, node.input[0])
-        bq = self.act(node, node.input[3])
-        as_, azp, asg = self.qparams(node, node.input[1], node.input[2])
-        bs, bzp, bsg = self.qparams(node, node.input[4], node.input[5])
-        ys, yzp, ysg = self.qparams(node, node.input[6], node.input[7])
-        lo, hi = rq.qrange(ysg)
-        self._binary_emit(node, Kind.ADD, Q(aq.tid, as_, azp, asg), Q(bq.tid, bs, bzp, bsg),
-                          (node.output[0], ys, yzp, ysg, lo, hi), u8_domain=False)
+        self._qlinear_binary(node, Kind.ADD, u8_domain=False)
 
     def op_QLinearMul(self, node):
+        self._qlinear_binary(node, Kind.MUL)
+
+    def _qlinear_binary(self, node, kind, **emit):
+        """com.microsoft QLinearAdd/QLinearMul: a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp."""
         aq = self.act(node, node.input[0])
         bq = self.act(node, node.input[3])
         as_, azp, asg = self.qparams(node, node.input[1], node.input[2])
         bs, bzp, bsg = self.qparams(node, node.input[4], node.input[5])
         ys, yzp, ysg = self.qparams(node, node.input[6], node.input[7])
         lo, hi = rq.qrange(ysg)
-        self._binary_emit(node, Kind.MUL, Q(aq.tid, as_, azp, asg), Q(bq.tid, bs, bzp, bsg),
-                          (node.output[0], ys, yzp, ysg, lo, hi))
+        self._binary_emit(node, kind, Q(aq.tid, as_, azp, asg), Q(bq.tid, bs, bzp, bsg),
+                          (node.output[0], ys, yzp, ysg, lo, hi), **emit)
 
     def _binary(self, node, kind):
         aq, bq = self._binary_inputs(node, node.input[0], node.input[1])

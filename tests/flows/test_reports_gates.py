@@ -109,13 +109,13 @@ def test_energy_estimate_is_labelled_and_says_what_was_counted(quantized_model, 
     # conv 8x16x16 outputs x 9 + conv 16x8x8 x 72 + linear 32x256 + linear 10x32
     assert work.macs == 2048 * 9 + 1024 * 72 + 32 * 256 + 10 * 32 and work.batch == 1
     assert work.source == QDQ_SOURCE
-    estimate, source = energy_metrics(work, 0.5, 10.0)
+    estimate, source = energy_metrics(work, 0.5, 10.0), work.source
     expected = (work.macs * 0.5 + work.bytes_moved * 10.0) / 1e6
     assert estimate["energy_per_inference_uj_estimate"] == pytest.approx(expected) and source == QDQ_SOURCE
     reported = Cost(1000, 300, 200, 2, "the lowered program").to_report()
     own = work_for({"cost": reported}, quantized_model.path)  # the compiler's count wins
     assert (own.macs, own.bytes_moved, own.source) == (1000, 500, "the lowered program")
-    assert energy_metrics(own, 0.5, 10.0)[0]["energy_per_inference_uj_estimate"] == pytest.approx((500 + 5000) / 1e6 / 2)
+    assert energy_metrics(own, 0.5, 10.0)["energy_per_inference_uj_estimate"] == pytest.approx((500 + 5000) / 1e6 / 2)
     metrics = dict(METRICS, **estimate)
     gated = Gated(_gated(metrics).evaluation, _gated(metrics).gates, {"energy_work_source": source})
     write_reports(tmp_path, title="t", gated=gated)
