@@ -38,6 +38,7 @@ class BundleContents:
     benchmark: Mapping[str, object]
     config_text: str
     resolved_config: Mapping[str, object]
+    config_digest: str  # the per-target digest the version is tagged with
     source: SourceRevision
     invocation_id: str
     started_on: str
@@ -159,6 +160,7 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
         source=contents.source,
         resolved_config=contents.resolved_config,
         target=contents.target,
+        config_digest=contents.config_digest,
         invocation_id=contents.invocation_id,
         started_on=contents.started_on,
         finished_on=contents.finished_on,

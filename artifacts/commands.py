@@ -89,6 +89,30 @@ def _policy(args: argparse.Namespace):
     return policy_for(args.home_path, args.policy, args.public_key)
 
 
+def _anchor(args: argparse.Namespace, policy, model: str):
+    """The home's key signs audit heads; a head may be signed by a key the policy admits for
+    `model` or by the home's own key."""
+    from tapeout.artifacts.audit import Anchor
+    from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+
+    keys = args.home_path / "keys"
+    trusted = [path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()]
+    signing = keys / PRIVATE_KEY_FILE
+    if signing.exists():
+        public_key_for(signing)  # an unusable key fails here, before anything is written
+    return Anchor(signing if signing.exists() else None, tuple(dict.fromkeys(trusted)))
+
+
+def _check_audit(args: argparse.Namespace, registry, policy, version, bundle: Path) -> None:
+    """A read through the registry: refuse while the model's audit log is not whole."""
+    from tapeout.artifacts.audit import read_history
+    from tapeout.artifacts.signing import VerificationFailed
+
+    history = read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
+    if not history.chain_ok:
+        raise VerificationFailed(bundle, [f"the audit log of {version.name} is not whole: " + "; ".join(history.problems)])
+
+
 def _registry(args: argparse.Namespace):
     from tapeout.artifacts.registry import Registry
     from tapeout.flows.environment import default_tracking_uri
@@ -101,37 +125,32 @@ def _registry(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def _bundle_for(args: argparse.Namespace):
-    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
+    """Yield (bundle folder, registered version or None, registry or None) for a folder or
+    a registry ref."""
     candidate = Path(args.reference)
     if candidate.is_dir():
-        yield candidate, None
+        yield candidate, None, None
         return
     if candidate.exists():
         raise InvalidInput(f"{candidate}: expected a bundle folder or MODEL-TARGET@VERSION")
     registry = _registry(args)
     version = registry.resolve(args.reference)
     with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
-        yield registry.download_bundle(version, Path(scratch)), version
+        yield registry.download_bundle(version, Path(scratch)), version, registry
 
 
 # -- verify ------------------------------------------------------------------------------------
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.digest import bundle_digest
-    from tapeout.artifacts.signing import VerificationFailed
+    from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
-    with _bundle_for(args) as (bundle, version):
+    with _bundle_for(args) as (bundle, version, registry):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
-            digest = bundle_digest(bundle)
-            if digest != version.tags.get("bundle_digest"):
-                raise VerificationFailed(
-                    bundle,
-                    [f"bundle hashes to {digest} but {version.name} version {version.version} "
-                     f"is tagged bundle_digest={version.tags.get('bundle_digest')}"],
-                )
+            check_served_as(bundle, version)
+            _check_audit(args, registry, policy, version, bundle)
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
         print(json.dumps({
@@ -156,12 +175,13 @@ def trace_command(args: argparse.Namespace) -> int:
     path = Path(reference)
     if path.is_file() or (not path.exists() and _DIGEST.match(reference)):
         lookup, reference = _lookup(args, path if path.is_file() else None, reference)
-    registry = None
-    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version):
+    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version, registry):
         if version is None:
             registry, version = _version_of_folder(args, bundle)
-        registry = registry or (_registry(args) if version is not None else None)
-        history = read_history(registry, version.name) if version is not None else None
+        history = (
+            read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
+            if version is not None else None
+        )
         record = trace_bundle(bundle, version, policy, history)
     if lookup is not None:
         record["lookup"] = lookup
@@ -175,7 +195,7 @@ def trace_command(args: argparse.Namespace) -> int:
         print(render_text(record))
         if args.html:
             print(f"report written to {args.html}")
-    registry_ok = record.get("registry", {}).get("bundle_digest_matches_tag", True)
+    registry_ok = not record.get("registry", {}).get("mismatches")
     history_ok = record.get("promotions", {}).get("chain_ok", True)
     return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
 
@@ -244,9 +264,12 @@ def _print_outcome(outcome, verb: str) -> None:
 def promote_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import promote
 
+    policy = _policy(args)
+    registry = _registry(args)
     outcome = promote(
-        _registry(args), args.reference, args.alias, _policy(args),
+        registry, args.reference, args.alias, policy,
         firmware=args.firmware, reason=args.reason, actor=args.actor,
+        anchor=_anchor(args, policy, registry.resolve(args.reference).name),
     )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
@@ -258,7 +281,11 @@ def promote_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import rollback
 
-    outcome = rollback(_registry(args), args.name, args.alias, _policy(args), reason=args.reason, actor=args.actor)
+    policy = _policy(args)
+    outcome = rollback(
+        _registry(args), args.name, args.alias, policy,
+        reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name),
+    )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
@@ -269,7 +296,10 @@ def rollback_command(args: argparse.Namespace) -> int:
 def pull_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import pull
 
-    version, output, signer = pull(_registry(args), args.reference, _policy(args), args.output)
+    policy = _policy(args)
+    registry = _registry(args)
+    anchor = _anchor(args, policy, registry.resolve(args.reference).name)
+    version, output, signer = pull(registry, args.reference, policy, args.output, anchor)
     print(f"pulled {version.name} version {version.version} into {output}, verified: signed by {signer}")
     return 0
 

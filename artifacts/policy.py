@@ -26,7 +26,6 @@ Without a policy file the default policy trusts one key — the home's `keys/sig
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +33,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.signing import (
     PUBLIC_KEY_FILE,
     Verification,
@@ -107,6 +107,10 @@ class TrustPolicy:
             if rule.match == "*" or (model is not None and fnmatch.fnmatchcase(model, rule.match))
         ]
 
+    def keys_for(self, model: str | None) -> list[Path]:
+        """The EC public keys the policy admits for `model`."""
+        return [self._path(key) for rule in self.rules_for(model) for key in rule.keys]
+
     def _path(self, text: str) -> Path:
         return (self.base / text).resolve()
 
@@ -124,7 +128,7 @@ class TrustPolicy:
         rules = self.rules_for(model)
         who = f"for {model}" if model else "for this bundle"
         if info.method == "key":
-            keys = [self._path(key) for rule in rules for key in rule.keys]
+            keys = self.keys_for(model)
             for key in keys:
                 if key_hint(key) == info.key_hint:
                     return verify_bundle(bundle, key)
@@ -201,10 +205,10 @@ def policy_for(home: Path, policy: Path | None = None, public_key: Path | None =
 def bundle_model_name(bundle: Path) -> str | None:
     """`<model>-<target>` from the bundle's provenance (its external parameters), if readable."""
     try:
-        provenance = json.loads((bundle / "provenance.json").read_text())
+        provenance = read_json_object(bundle / "provenance.json")
         parameters = provenance["predicate"]["buildDefinition"]["externalParameters"]
         return f"{parameters['pipeline']['model']['name']}-{parameters['target']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InvalidInput, KeyError, TypeError):
         return None
 
 

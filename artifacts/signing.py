@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tapeout.artifacts.digest import SIGNATURE_FILE
+from tapeout.artifacts.documents import read_json_object
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 PRIVATE_KEY_FILE = "signing-key.pem"
@@ -176,12 +177,13 @@ def _publish(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
 
 def signer_identity(public_key: Path) -> str:
     """'key:sha256:<fingerprint>' — sha256 of the DER SubjectPublicKeyInfo."""
+    return _identity(_load_public(public_key))
+
+
+def _identity(key) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    key = _load_public(public_key)
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"key:sha256:{hashlib.sha256(der).hexdigest()}"
 
 
@@ -198,6 +200,54 @@ def key_hint(public_key: Path) -> str:
 def public_key_for(private_key: Path) -> bytes:
     """The PEM public key of a private key file, after checking it is a usable EC key."""
     return _public_pem(private_key)
+
+
+def private_key_identity(private_key: Path) -> str:
+    """`signer_identity` of a private key's public half.
+
+    Raises:
+        InvalidInput: the key is unusable (see `public_key_for`).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    return _identity(serialization.load_pem_public_key(_public_pem(private_key)))
+
+
+def sign_statement(private_key: Path, data: bytes) -> str:
+    """Sign a short statement (an audit head) with an EC key: the base64 DER ECDSA-SHA256
+    signature.
+
+    Raises:
+        InvalidInput: the key is unusable (see `public_key_for`).
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _public_pem(private_key)  # the checks: readable, EC, unencrypted, not readable by others
+    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()  # type: ignore[union-attr]
+
+
+def check_statement(public_keys: Iterable[Path], signer: str, data: bytes, signature: str) -> str | None:
+    """None when `signature` over `data` was made by the key named `signer` among
+    `public_keys`; else why not."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = {}
+    for path in public_keys:
+        try:
+            keys[signer_identity(path)] = _load_public(path)
+        except InvalidInput:
+            continue  # an unreadable key trusts nothing
+    if signer not in keys:
+        return f"signed by {signer or 'nobody'}, not by a key trusted here ({sorted(keys) or 'none'})"
+    try:
+        keys[signer].verify(base64.b64decode(signature, validate=True), data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return f"the signature by {signer} does not match what it signs"
+    return None
 
 
 # -- signing ------------------------------------------------------------------------------
@@ -301,12 +351,11 @@ def read_signature(bundle: Path) -> SignatureInfo:
     if not path.is_file():
         raise VerificationFailed(bundle, [f"no signature file {SIGNATURE_FILE}"])
     try:
-        document = json.loads(path.read_text())
-        material = document["verificationMaterial"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise VerificationFailed(
-            bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle ({type(error).__name__}: {error})"]
-        ) from None
+        material = read_json_object(path)["verificationMaterial"]
+    except InvalidInput as error:
+        raise VerificationFailed(bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle ({error})"]) from None
+    except KeyError as error:
+        raise VerificationFailed(bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle (no {error} in it)"]) from None
     try:
         if "publicKey" in material:
             return SignatureInfo("key", key_hint=str(material["publicKey"].get("hint") or "") or None)

@@ -43,15 +43,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--home and --debug, accepted before and after the subcommand. Only the top parser
+    holds the defaults: a subparser's default would overwrite a value given before the
+    subcommand (argparse copies the subcommand's namespace over the top one)."""
+    parser.add_argument(
+        "--home", default=None if defaults else argparse.SUPPRESS,
+        help="tapeout home (default: $TAPEOUT_HOME or ./.tapeout)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=False if defaults else argparse.SUPPRESS, help="show tracebacks"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="tapeout home (default: $TAPEOUT_HOME or ./.tapeout)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    _global_options(common, defaults=False)
     parser = argparse.ArgumentParser(
         prog="tapeout",
         description="Compile, gate, sign and version models for low-power inference chips.",
-        parents=[common],
     )
+    _global_options(parser, defaults=True)
     commands = parser.add_subparsers(metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="one full pipeline run")

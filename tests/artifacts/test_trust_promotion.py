@@ -48,6 +48,7 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
         source=SourceRevision("/src/models", f"{n:040x}", False),
         resolved_config={"model": {"name": "digits-cnn"}},
         target="npu",
+        config_digest=f"{n:064x}",
         invocation_id=f"invocation-{n}",
         started_on="2026-01-01T00:00:00+00:00",
         finished_on="2026-01-01T00:01:00+00:00",
@@ -66,6 +67,7 @@ def register(registry: Registry, keys, work: Path, n: int, *, verdict="pass", mi
         "gate_verdict": verdict,
         "artifact_sha256": file_digest(bundle / "compiled" / "artifact.bin"),
         "commit": f"{n:040x}",
+        "config_digest": f"{n:064x}",
     }
     return registry.register(NAME, run_id, tags).version
 
@@ -118,7 +120,7 @@ def production(world) -> str | None:
         ("gate_failed", [], "gate verdict: version tag gate_verdict is 'fail'"),
         ("gate_failed", [], "gates report: reports/gates.json verdict is 'fail'"),
         ("wrong_digest", [], "bundle digest: bundle hashes to"),
-        ("new_firmware", [], "deployed firmware 1.2.0 (from the target profile it was built for) < the artifact's minimum 2.0.0"),
+        ("new_firmware", ["--firmware", "1.2.0"], "deployed firmware 1.2.0 (from --firmware) < the artifact's minimum 2.0.0"),
         ("good1", ["--firmware", "0.9"], "deployed firmware 0.9 (from --firmware) < the artifact's minimum 1.0.0"),
         ("tampered", [], "Hash mismatch for 'reports/gates.json'"),
     ],
@@ -211,9 +213,10 @@ def test_promote_promote_rollback_with_an_audit_record_each(world, capsys):
     assert "promotions" in text and "rollback" in text and "verified now" in text
 
 
-def test_rollback_refuses_when_the_alias_was_moved_outside_tapeout(world, capsys):
+def test_rollback_refuses_when_the_alias_was_moved_outside_tapeout(tmp_path, capsys):
+    world = make_world(tmp_path, only_good=True)  # its own: the alias it moves stays flagged
+    world["versions"]["gate_failed"] = register(world["registry"], world["keys"], world["work"], 3, verdict="fail")
     registry = world["registry"]
-    registry._client.set_registered_model_alias(NAME, "staging", world["versions"]["good1"])
     assert cli(world, "promote", f"{NAME}@{world['versions']['good1']}", "--to", "staging") == 0
     assert cli(world, "promote", f"{NAME}@{world['versions']['good2']}", "--to", "staging") == 0
     registry._client.set_registered_model_alias(NAME, "staging", world["versions"]["gate_failed"])
