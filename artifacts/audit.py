@@ -152,12 +152,14 @@ def append(
     # `from_version`, and that move is what this record and its head will say.
     before = {**aliases, record.alias: record.from_version}
     sound = not _anchor_problems(record.model, record.alias, history, heads, before, anchor)
-    if isinstance(head, Head):
+    # Follow whichever comes later, the head or the last record (the head on a tie: a last
+    # record that differs from its head was replaced).
+    sequence, previous = 0, ""
+    if history.records:
+        last = max(history.records, key=lambda r: r.sequence)
+        sequence, previous = last.sequence, last.record_digest
+    if isinstance(head, Head) and head.sequence >= sequence:
         sequence, previous = head.sequence, head.record_digest
-    elif history.records:
-        sequence, previous = history.records[-1].sequence, history.records[-1].record_digest
-    else:
-        sequence, previous = 0, ""
     record = replace(record, sequence=sequence + 1, previous_digest=previous)
     record = replace(record, record_digest=record.computed_digest())
     run_id = registry.start_run(

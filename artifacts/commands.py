@@ -74,10 +74,36 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     pull.add_argument("-o", "--output", type=Path, required=True, help="new or empty folder")
     pull.set_defaults(func=pull_command)
 
+    gc = subparsers.add_parser(
+        "gc", parents=[common],
+        help="clean up after killed builds; remove bundles, stored sets and cache nothing points to",
+    )
+    gc.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    gc.add_argument("--cache-limit", default="5G", metavar="SIZE", help="bound <home>/cache (e.g. 500M, 5G; default 5G)")
+    gc.add_argument(
+        "--keep-recent", type=float, default=24.0, metavar="HOURS",
+        help="never remove bundles or stored sets younger than this (default 24)",
+    )
+    gc.add_argument("--json", action="store_true")
+    gc.set_defaults(func=gc_command)
+
     keys = subparsers.add_parser("keys", parents=[common], help="signing keys")
     key_commands = keys.add_subparsers(metavar="ACTION")
-    init = key_commands.add_parser("init", parents=[common], help="create the signing key")
+    registry_option = argparse.ArgumentParser(add_help=False)
+    registry_option.add_argument(
+        "--tracking-uri", help="registry to name the versions an old key signed (default: the home's, if any)"
+    )
+    init = key_commands.add_parser(
+        "init", parents=[common, registry_option],
+        help="create the signing key (on purpose: also when a key earlier versions were signed with is gone)",
+    )
     init.set_defaults(func=keys_init_command)
+    rotate = key_commands.add_parser(
+        "rotate", parents=[common, registry_option],
+        help="replace the signing key; the trust policy keeps trusting the old one",
+    )
+    rotate.set_defaults(func=keys_rotate_command)
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -304,14 +330,84 @@ def pull_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- gc ------------------------------------------------------------------------------------------
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise InvalidInput(f"--cache-limit: expected a size like 500M or 5G, found {text!r}")
+    return int(float(match[1]) * units[match[2].upper()])
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.gc import collect
+
+    limit = _size(args.cache_limit)
+    if args.keep_recent < 0:
+        raise InvalidInput(f"--keep-recent: expected hours >= 0, found {args.keep_recent}")
+    collected = collect(
+        args.home_path, _registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
+    )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **asdict(collected)}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for title, items in (
+        (f"{verb} staging folder", collected.staging),
+        ("would mark KILLED" if args.dry_run else "marked KILLED", collected.killed_runs),
+        (f"{verb} bundle", collected.bundles),
+        (f"{verb} stored calibration set", collected.calibration_sets),
+        (f"{verb} cache entry", collected.cache_entries),
+    ):
+        for item in items:
+            print(f"{title}: {item}")
+    before, after = collected.cache_bytes
+    print(f"cache: {before / 1024**2:.1f} MiB, {after / 1024**2:.1f} MiB after (limit {limit / 1024**2:.0f} MiB)")
+    for item in collected.left_alone:
+        print(f"left alone: {item}")
+    return 0
+
+
 # -- keys ----------------------------------------------------------------------------------------
 
 
-def keys_init_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.signing import init_keys, signer_identity
+def _home_registry(args: argparse.Namespace):
+    """The registry to name versions from: --tracking-uri, else the home's own if it exists
+    (never created just to look)."""
+    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
+        return None
+    return _registry(args)
 
-    pair, created = init_keys(args.home_path / "keys")
+
+def keys_init_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.keyring import init_on_purpose
+    from tapeout.artifacts.signing import signer_identity
+
+    key, created = init_on_purpose(args.home_path / "keys", _home_registry(args))
+    pair = key.pair
     state = "created" if created else "exists"
     print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
     print(f"signer identity: {signer_identity(pair.public_key)}")
+    if key.retired is not None:
+        print(f"the previous public key is kept as {key.retired}")
+        if key.signed_by_retired:
+            print(
+                f"these versions were signed with it and no longer verify against the home's key: "
+                f"{', '.join(key.signed_by_retired)} (trust it again with `--public-key {key.retired}` "
+                "or in a trust policy)"
+            )
+    return 0
+
+
+def keys_rotate_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.keyring import rotate
+    from tapeout.artifacts.signing import signer_identity
+
+    key = rotate(args.home_path, _home_registry(args))
+    print(f"created: {key.pair.private_key} (private, mode 0600)\n        {key.pair.public_key}")
+    print(f"signer identity: {signer_identity(key.pair.public_key)}")
+    print(f"retired: {key.retired}" + (f" (signed {', '.join(key.signed_by_retired)})" if key.signed_by_retired else ""))
+    print(f"trust policy {key.policy} trusts both")
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.signing import (
@@ -58,6 +58,15 @@ class CertificateRule(_Strict):
     roots: list[str] = Field(min_length=1)
     subjects: list[str] = Field(default_factory=list)
     sans: list[str] = Field(default_factory=list)
+
+    @field_validator("subjects")
+    @classmethod
+    def _names(cls, subjects: list[str]) -> list[str]:
+        from tapeout.artifacts.certificates import parse_name
+
+        for subject in subjects:
+            parse_name(subject)  # ValueError names the subject
+        return subjects
 
     @model_validator(mode="after")
     def _pinned(self) -> "CertificateRule":
@@ -139,17 +148,23 @@ class TrustPolicy:
                  f"the policy ({self.source}) allows {who}: {allowed or 'no keys'}"],
             )
         if info.method == "certificate":
+            from cryptography import x509
+
+            from tapeout.artifacts.certificates import order_hint, subject_matches
+
+            subject = x509.load_der_x509_certificate(info.certificates[0]).subject
             certificate_rules = [rule.certificates for rule in rules if rule.certificates]
             for rule in certificate_rules:
-                if _subject_in(info.subject, rule.subjects) or set(info.sans) & set(rule.sans):
+                if subject_matches(subject, rule.subjects) or set(info.sans) & set(rule.sans):
                     return verify_certificate(
                         bundle, [self._path(root) for root in rule.roots], subjects=rule.subjects, sans=rule.sans
                     )
             allowed = [{"subjects": rule.subjects, "sans": rule.sans} for rule in certificate_rules]
+            hint = order_hint(subject, [pin for rule in certificate_rules for pin in rule.subjects])
             raise VerificationFailed(
                 bundle,
                 [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-                 f"{who}: {allowed or 'no certificate signers'}"],
+                 f"{who}: {allowed or 'no certificate signers'}{hint}"],
             )
         keyless_rules = [rule.sigstore for rule in rules if rule.sigstore]
         for rule in keyless_rules:
@@ -210,10 +225,3 @@ def bundle_model_name(bundle: Path) -> str | None:
         return f"{parameters['pipeline']['model']['name']}-{parameters['target']}"
     except (InvalidInput, KeyError, TypeError):
         return None
-
-
-def _subject_in(subject: str | None, pinned: list[str]) -> bool:
-    def normal(text: str) -> str:
-        return ",".join(part.strip() for part in text.split(","))
-
-    return subject is not None and normal(subject) in {normal(item) for item in pinned}

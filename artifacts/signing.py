@@ -130,7 +130,7 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
     pair = KeyPair(keys_dir / PRIVATE_KEY_FILE, keys_dir / PUBLIC_KEY_FILE)
     if pair.private_key.exists():
         if not pair.public_key.exists():
-            _publish(pair.public_key, _public_pem(pair.private_key), 0o644, replace=True)
+            write_atomically(pair.public_key, _public_pem(pair.private_key), 0o644, replace=True)
         return pair, False
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -141,16 +141,16 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
     )
     # Concurrent first runs race here: each key is written whole under a temporary name and
     # linked into place, so exactly one wins and nobody ever reads a half-written key.
-    if not _publish(pair.private_key, pem, 0o600, replace=False):
+    if not write_atomically(pair.private_key, pem, 0o600, replace=False):
         return init_keys(keys_dir)  # another process created it first: use theirs
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _publish(pair.public_key, public, 0o644, replace=True)
+    write_atomically(pair.public_key, public, 0o644, replace=True)
     return pair, True
 
 
-def _publish(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+def write_atomically(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
     """Write `data` to `path` atomically (temporary file, fsync, link or rename). With
     `replace` False an existing `path` is kept and False returned."""
     import tempfile
@@ -323,6 +323,8 @@ def _configure_keyless(config, signer: KeylessSigner) -> None:
 def _check_certificate_signer(signer: CertificateSigner) -> None:
     from cryptography.hazmat.primitives import serialization
 
+    from tapeout.artifacts.certificates import validity_problems
+
     public = _public_pem(signer.private_key)
     leaf = _read_certificates(signer.certificate)[0]
     leaf_public = leaf.public_key().public_bytes(
@@ -332,8 +334,11 @@ def _check_certificate_signer(signer: CertificateSigner) -> None:
         raise InvalidInput(
             f"{signer.certificate}: the certificate's public key does not match {signer.private_key}"
         )
-    for path in signer.chain:
-        _read_certificates(path)
+    chain = [certificate for path in signer.chain for certificate in _read_certificates(path)]
+    problems = validity_problems([leaf, *chain])
+    if problems:
+        # Verification would refuse it: a certificate signature carries no trusted time.
+        raise InvalidInput(f"{signer.certificate}: cannot sign now: " + "; ".join(problems))
 
 
 # -- reading what a signature claims -------------------------------------------------------
@@ -448,17 +453,27 @@ def verify_certificate(
             "certificate verification needs pinned subjects or SANs: any leaf under the root "
             "would pass otherwise"
         )
-    for root in roots:
-        _read_certificates(root)
+    from cryptography import x509
+
+    from tapeout.artifacts.certificates import order_hint, subject_matches, validity_problems
+
+    pinned_roots = [certificate for root in roots for certificate in _read_certificates(root)]
     _precheck(bundle)
     info = read_signature(bundle)
     if info.method != "certificate":
         raise VerificationFailed(bundle, [f"expected a certificate signature, found one by {info.describe()}"])
-    if not (_subject_pinned(info.subject, subjects) or set(info.sans) & set(sans)):
+    chain = [x509.load_der_x509_certificate(raw) for raw in info.certificates]
+    if not (subject_matches(chain[0].subject, subjects) or set(info.sans) & set(sans)):
         raise VerificationFailed(
             bundle,
             [f"signer outside the policy: certificate subject {info.subject!r}, SANs {list(info.sans)}; "
-             f"allowed subjects {list(subjects)}, SANs {list(sans)}"],
+             f"allowed subjects {list(subjects)}, SANs {list(sans)}" + order_hint(chain[0].subject, subjects)],
+        )
+    problems = validity_problems(chain, pinned_roots)
+    if problems:
+        raise VerificationFailed(
+            bundle,
+            problems + ["a certificate signature carries no trusted timestamp, so its chain must be valid when it is verified"],
         )
     _verify(
         bundle,
@@ -498,16 +513,6 @@ def verify_keyless(
 def certificate_identity(info: SignatureInfo) -> str:
     sans = f" SAN {','.join(info.sans)}" if info.sans else ""
     return f"x509:{info.subject}{sans}"
-
-
-def _subject_pinned(subject: str | None, pinned: Sequence[str]) -> bool:
-    if subject is None:
-        return False
-
-    def normal(text: str) -> str:
-        return ",".join(part.strip() for part in text.split(","))
-
-    return normal(subject) in {normal(item) for item in pinned}
 
 
 def _precheck(bundle: Path) -> None:
@@ -592,9 +597,23 @@ def _public_pem(private_key: Path) -> bytes:
         raise InvalidInput(
             f"{private_key}: expected an EC private key (P-256), found {type(key).__name__}"
         )
+    _refuse_shared_key(private_key)
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _refuse_shared_key(private_key: Path) -> None:
+    """A signing key others can read is not the signer's alone (as ssh refuses such keys)."""
+    import stat
+
+    mode = stat.S_IMODE(private_key.stat().st_mode)
+    if mode & 0o077:
+        who = " and ".join(name for name, bits in (("its group", 0o070), ("everyone", 0o007)) if mode & bits)
+        raise InvalidInput(
+            f"{private_key}: mode {mode:04o} gives {who} access to the signing key; "
+            f"a signing key must be private to its owner: chmod 600 {private_key}"
+        )
 
 
 def _load_public(public_key: Path):

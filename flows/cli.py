@@ -41,6 +41,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        full = _disk_full(error)
+        if full is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {full}", file=sys.stderr)
+        return 2
+
+
+def _disk_full(error: BaseException) -> str | None:
+    """One line for a full disk (or quota), wherever in the chain of causes it shows: an
+    OSError from a write, or SQLite's "database or disk is full" inside MLflow's errors."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {error.filename}" if error.filename else ""
+            return f"no space left on the device{where} ({error.strerror}); free some space (see `tapeout gc`) and run again"
+        if "database or disk is full" in str(error):
+            return "no space left for the tracking database (SQLite: database or disk is full); free some space and run again"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:

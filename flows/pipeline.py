@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.compiled import read_record, write_record
+from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
@@ -145,6 +146,7 @@ def _run_cached(
             try:
                 result = load_finished(workdir)
                 if all(path.exists() for path in outputs(result)):
+                    finished.touch()  # a use: `tapeout gc` evicts the least recently used
                     return result
             except (OSError, ValueError, KeyError, TypeError, TapeoutError):
                 pass  # an older or damaged record: run the stage again below
@@ -241,7 +243,13 @@ _progress: Progress = lambda message: None  # set by tapeout.flows.build.build
 @flow(name="tapeout-build", log_prints=False)
 def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tapeout") -> list[TargetOutcome]:
     """One build of every target of the pipeline at `pipeline_file`, for `commit` (default:
-    the git HEAD of the folder holding the file)."""
+    the git HEAD of the folder holding the file). The home is held in use meanwhile, so
+    `tapeout gc` leaves its bundles, stored sets and cache alone."""
+    with home_in_use(Path(home).resolve()):
+        return _build(pipeline_file, commit, home)
+
+
+def _build(pipeline_file: str, commit: str | None, home: str) -> list[TargetOutcome]:
     progress = _progress
     pipeline = load_pipeline(Path(pipeline_file))
     source = stages.source_revision(pipeline.path, commit)

@@ -19,8 +19,11 @@ from tapeout.flows.cli import main
 NAME = "digits-cnn-npu"
 
 
-def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1.0.0") -> Path:
-    """A small bundle with every file trace and promote read, different bytes per `n`."""
+def write_bundle(
+    root: Path, n: int, *, verdict: str = "pass", minimum: str = "1.0.0", target: str = "npu", compiler_fields=None
+) -> Path:
+    """A small bundle with every file trace and promote read, different bytes per `n`;
+    `compiler_fields` override compiled/compiler.json's."""
     (root / "model").mkdir(parents=True)
     (root / "compiled").mkdir()
     (root / "calibration").mkdir()
@@ -30,9 +33,9 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
     (root / "compiled" / "artifact.bin").write_bytes(f"artifact {n}".encode() * 32)
     compiler = {
         "compiler": "int8-ref", "compiler_version": "0.1.0", "artifact_id": f"int8-ref-0.1.0-{n}",
-        "files": ["artifact.bin"], "options": {"requant": "ort"}, "target": "npu",
+        "files": ["artifact.bin"], "options": {"requant": "ort"}, "target": target,
         "firmware_revision": "1.2.0", "minimum_firmware_revision": minimum,
-        "inputs": [], "outputs": [], "report": {},
+        "inputs": [], "outputs": [], "report": {}, **(compiler_fields or {}),
     }
     (root / "compiled" / "compiler.json").write_text(json.dumps(compiler))
     (root / "calibration" / "manifest.json").write_text(json.dumps({"digest": "c" * 64, "count": 300, "file": "calibration.npz"}))
@@ -47,7 +50,7 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
         materials=[{"name": "config/pipeline.yaml", "digest": {"sha256": file_digest(root / "config" / "pipeline.yaml")}}],
         source=SourceRevision("/src/models", f"{n:040x}", False),
         resolved_config={"model": {"name": "digits-cnn"}},
-        target="npu",
+        target=target,
         config_digest=f"{n:064x}",
         invocation_id=f"invocation-{n}",
         started_on="2026-01-01T00:00:00+00:00",
@@ -57,8 +60,12 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
     return root
 
 
-def register(registry: Registry, keys, work: Path, n: int, *, verdict="pass", minimum="1.0.0", digest_tag=None) -> str:
-    bundle = write_bundle(work / f"bundle-{n}", n, verdict=verdict, minimum=minimum)
+def register(
+    registry: Registry, keys, work: Path, n: int, *, verdict="pass", minimum="1.0.0", digest_tag=None,
+    target="npu", compiler_fields=None,
+) -> str:
+    folder = work / (f"bundle-{n}" if target == "npu" else f"bundle-{target}-{n}")
+    bundle = write_bundle(folder, n, verdict=verdict, minimum=minimum, target=target, compiler_fields=compiler_fields)
     sign_bundle(bundle, keys.private_key)
     run_id = registry.start_run("digits-cnn", f"build-{n}", {})
     registry.log_directory(run_id, bundle, "bundle")
@@ -69,7 +76,7 @@ def register(registry: Registry, keys, work: Path, n: int, *, verdict="pass", mi
         "commit": f"{n:040x}",
         "config_digest": f"{n:064x}",
     }
-    return registry.register(NAME, run_id, tags).version
+    return registry.register(f"digits-cnn-{target}", run_id, tags).version
 
 
 def make_world(root: Path, *, only_good: bool = False) -> dict:
