@@ -20,6 +20,7 @@ register it. `--dry-run` says what would go and changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -189,7 +190,10 @@ def _calibration_sets(registry: Registry, digests: set[str], cutoff: float, coll
             client.delete_run(run.info.run_id)
             location = urlparse(run.info.artifact_uri)
             if location.scheme == "file":  # a local store: free the space now
-                shutil.rmtree(unquote(location.path), ignore_errors=True)
+                files = Path(unquote(location.path))
+                shutil.rmtree(files, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    files.parent.rmdir()  # the run's own folder, once empty
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot collect stored calibration sets ({type(error).__name__}: {error})"

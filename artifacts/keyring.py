@@ -84,7 +84,9 @@ def key_for_build(
                     f"{_listed(versions)} signed with a key; restore {keys_dir}, or make a new key "
                     "on purpose with `tapeout keys init`"
                 )
-    return init_keys(keys_dir)
+    pair, created = init_keys(keys_dir)
+    public_key_for(pair.private_key)  # fail fast: unusable, or readable by others
+    return pair, created
 
 
 def init_on_purpose(keys_dir: Path, registry: Registry | None) -> tuple[NewKey, bool]:

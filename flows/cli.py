@@ -60,7 +60,9 @@ def _disk_full(error: BaseException) -> str | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" writing {error.filename}" if error.filename else ""
+            # A copy names its source first and its destination second (shutil's sendfile).
+            written = error.filename2 or error.filename
+            where = f" writing {written}" if written else ""
             return f"no space left on the device{where} ({error.strerror}); free some space (see `tapeout gc`) and run again"
         if "database or disk is full" in str(error):
             return "no space left for the tracking database (SQLite: database or disk is full); free some space and run again"

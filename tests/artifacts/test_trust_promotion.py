@@ -79,10 +79,29 @@ def register(
     return registry.register(f"digits-cnn-{target}", run_id, tags).version
 
 
+_EMPTY_STORE: list[Path] = []
+
+
+def empty_store(database: Path) -> Registry:
+    """A registry on a new SQLite store at `database`, copied from an empty one migrated
+    once per session (MLflow's schema migrations take seconds per new database)."""
+    import atexit
+    import tempfile
+
+    if not _EMPTY_STORE:
+        folder = Path(tempfile.mkdtemp(prefix="tapeout-empty-store-"))
+        atexit.register(shutil.rmtree, folder, True)
+        Registry(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")._client.search_experiments()
+        _EMPTY_STORE.append(folder / "mlflow.db")
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], database)
+    return Registry(f"sqlite:///{database}", database.parent / "artifacts")
+
+
 def make_world(root: Path, *, only_good: bool = False) -> dict:
     home = root / "home"
     keys, _ = init_keys(home / "keys")
-    registry = Registry(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts")
+    registry = empty_store(home / "mlflow.db")
     work = root / "work"
     versions = {"good1": register(registry, keys, work, 1), "good2": register(registry, keys, work, 2)}
     if only_good:

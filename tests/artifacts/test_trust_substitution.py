@@ -11,10 +11,9 @@ import shutil
 import pytest
 
 from tapeout.artifacts.digest import bundle_digest
-from tapeout.artifacts.registry import Registry
 from tapeout.artifacts.signing import init_keys
 from tapeout.flows.cli import main
-from test_trust_promotion import register
+from test_trust_promotion import empty_store, register
 
 CPU = "digits-cnn-cpu"
 NPU = "digits-cnn-npu-int8"
@@ -25,7 +24,7 @@ def home(tmp_path):
     """cpu versions 1..3 (commits 1..3) and one npu-int8 version, all signed by the home's key."""
     home = tmp_path / "home"
     keys, _ = init_keys(home / "keys")
-    registry = Registry(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts")
+    registry = empty_store(home / "mlflow.db")
     work = tmp_path / "work"
     for n in (1, 2, 3):
         register(registry, keys, work, n, target="cpu")
