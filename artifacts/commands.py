@@ -151,18 +151,17 @@ def _registry(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def _bundle_for(args: argparse.Namespace):
-    """Yield (bundle folder, registered version or None, registry or None) for a folder or
-    a registry ref."""
+    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
     candidate = Path(args.reference)
     if candidate.is_dir():
-        yield candidate, None, None
+        yield candidate, None
         return
     if candidate.exists():
         raise InvalidInput(f"{candidate}: expected a bundle folder or MODEL-TARGET@VERSION")
     registry = _registry(args)
     version = registry.resolve(args.reference)
     with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
-        yield registry.download_bundle(version, Path(scratch)), version, registry
+        yield registry.download_bundle(version, Path(scratch)), version
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -172,11 +171,11 @@ def verify_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
-    with _bundle_for(args) as (bundle, version, registry):
+    with _bundle_for(args) as (bundle, version):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
             check_served_as(bundle, version)
-            _check_audit(args, registry, policy, version, bundle)
+            _check_audit(args, _registry(args), policy, version, bundle)
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
         print(json.dumps({
@@ -201,9 +200,11 @@ def trace_command(args: argparse.Namespace) -> int:
     path = Path(reference)
     if path.is_file() or (not path.exists() and _DIGEST.match(reference)):
         lookup, reference = _lookup(args, path if path.is_file() else None, reference)
-    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version, registry):
+    registry = None
+    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version):
         if version is None:
             registry, version = _version_of_folder(args, bundle)
+        registry = registry or (_registry(args) if version is not None else None)
         history = (
             read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
             if version is not None else None
