@@ -115,18 +115,19 @@ def _policy(args: argparse.Namespace):
     return policy_for(args.home_path, args.policy, args.public_key)
 
 
-def _anchor(args: argparse.Namespace, policy, model: str):
-    """The home's key signs audit heads; a head may be signed by a key the policy admits for
-    `model` or by the home's own key."""
+def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False):
+    """A head may be signed by a key the policy admits for `model` or by the home's own key;
+    the home's key signs the heads a promotion or rollback (`signs`) writes."""
     from tapeout.artifacts.audit import Anchor
     from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
 
     keys = args.home_path / "keys"
-    trusted = [path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()]
+    trusted = tuple(dict.fromkeys(path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()))
     signing = keys / PRIVATE_KEY_FILE
-    if signing.exists():
-        public_key_for(signing)  # an unusable key fails here, before anything is written
-    return Anchor(signing if signing.exists() else None, tuple(dict.fromkeys(trusted)))
+    if not signs or not signing.exists():
+        return Anchor(None, trusted)
+    public_key_for(signing)  # an unusable or shared key fails here, before anything is written
+    return Anchor(signing, trusted)
 
 
 def _check_audit(args: argparse.Namespace, registry, policy, version, bundle: Path) -> None:
@@ -296,7 +297,7 @@ def promote_command(args: argparse.Namespace) -> int:
     outcome = promote(
         registry, args.reference, args.alias, policy,
         firmware=args.firmware, reason=args.reason, actor=args.actor,
-        anchor=_anchor(args, policy, registry.resolve(args.reference).name),
+        anchor=_anchor(args, policy, registry.resolve(args.reference).name, signs=True),
     )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
@@ -311,7 +312,7 @@ def rollback_command(args: argparse.Namespace) -> int:
     policy = _policy(args)
     outcome = rollback(
         _registry(args), args.name, args.alias, policy,
-        reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name),
+        reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name, signs=True),
     )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))

@@ -59,6 +59,7 @@ def world(tmp_path):
     return make_world(tmp_path, only_good=True)
 
 
+@pytest.mark.slow  # four Python processes that import MLflow
 def test_what_killed_processes_left_is_cleaned_and_what_live_ones_hold_is_not(world, capsys):
     bundles = world["home"] / "bundles"
     uri = f"sqlite:///{world['home'] / 'mlflow.db'}"
