@@ -125,6 +125,11 @@ def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False
     trusted = tuple(dict.fromkeys(path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()))
     signing = keys / PRIVATE_KEY_FILE
     if not signs or not signing.exists():
+        if signs and trusted:  # an unsigned head would be flagged by every later read
+            raise InvalidInput(
+                f"{signing}: missing, and the audit head of {model} must be signed by one of "
+                f"{[str(path) for path in trusted]}; promote from the home that holds the key"
+            )
         return Anchor(None, trusted)
     public_key_for(signing)  # an unusable or shared key fails here, before anything is written
     return Anchor(signing, trusted)
