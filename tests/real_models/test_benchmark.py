@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPOSITORY
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real_models
 
 
 def test_the_benchmark_regenerates_its_readme_section(tmp_path):
