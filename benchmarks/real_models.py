@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import platform
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPOSITORY / "tests"))  # the suite lives beside the test
 
 from real_models import ARCHITECTURES, build  # noqa: E402
 from real_models.build import TEST_SAMPLES  # noqa: E402
+from readme_section import replace_section  # noqa: E402
 from real_models.measure import (  # noqa: E402
     COLUMNS,
     Column,
@@ -114,16 +114,6 @@ def table(cells: list[Cell]) -> tuple[str, list[str]]:
     return "\n".join(lines), notes
 
 
-def write_readme(text: str, readme: Path) -> None:
-    body = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(body):
-        body = pattern.sub(lambda _: text.rstrip() + "\n", body)
-    else:
-        body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    readme.write_text(body)
-
-
 def report(cells: list[Cell], columns: list[Column]) -> str:
     from tapeout.compilers.versions import package_versions
 
@@ -195,7 +185,7 @@ def main(argv=None) -> int:
     text = report(cells, columns)
     print(text)
     if args.write_readme:
-        write_readme(text, args.readme)
+        replace_section(args.readme, SECTION, text)
     return 0
 
 
