@@ -29,7 +29,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "tests"))  # the suite lives beside the tests that use it
 
 from real_models import ARCHITECTURES, build  # noqa: E402
-from real_models.build import TEST_SAMPLES  # noqa: E402
+from real_models.build import CALIBRATION_SAMPLES, TEST_SAMPLES  # noqa: E402
 from readme_section import replace_section  # noqa: E402
 from real_models.measure import (  # noqa: E402
     COLUMNS,
@@ -137,8 +137,9 @@ def report(cells: list[Cell], columns: list[Column]) -> str:
             "model of the real-model suite (`tests/real_models`: torchvision 0.28.0 architectures, a "
             "4-layer ViT-Ti/16, the MLPerf Tiny v0.5 reference networks; seeded random weights with "
             "measured BatchNorm statistics; exported by tapeout's PyTorch front end; quantized by ONNX "
-            "Runtime's `quantize_static`, QDQ, per-channel int8 weights, MinMax on 8 random calibration "
-            "samples) through every compiler configuration, all measured in one run.",
+            "Runtime's `quantize_static`, QDQ, per-channel int8 weights, MinMax on "
+            f"{CALIBRATION_SAMPLES} random calibration samples) through every compiler configuration, "
+            "all measured in one run.",
             "",
             f"Columns: {settings}. *max diff* is the largest |output − ONNX Runtime's output| over "
             f"{TEST_SAMPLES} random test inputs, in LSB of the output (its DequantizeLinear scale); "
