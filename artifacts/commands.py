@@ -1,4 +1,4 @@
-"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, keys.
+"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, gc, keys.
 
 `add_commands(subparsers, common)` adds them to the main parser (flows/cli.py). Each handler
 takes the parsed arguments (with `home_path` set by `main`) and returns the exit code; errors

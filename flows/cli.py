@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from tapeout.artifacts.commands import add_commands as add_artifact_commands
 
-    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, keys
+    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, gc, keys
     from tapeout.calibration.commands import add_commands as add_calibration_commands
 
     add_calibration_commands(commands)  # calibrate, calib inspect|pack
