@@ -113,7 +113,8 @@ def cpu_reasons(vela_log: str) -> dict[str, str]:
             if not line.strip():
                 current = None
             else:
-                reasons[current] = (reasons[current] + " " + line.strip()).strip()
+                text = line.strip().removeprefix("Reason: ")
+                reasons[current] = (reasons[current] + " " + text).strip()
     return reasons
 
 

@@ -21,6 +21,10 @@ from tapeout.compilers.tflite.qdq import COMPILER, Activation, Constant, QdqGrap
 # Padding (schema.fbs `enum Padding`), ActivationFunctionType NONE.
 SAME, VALID, NO_ACTIVATION = 0, 1, 0
 
+# Ops that read a 4-D tensor as an image (NHWC in TFLite): a 4-D graph input read by one of
+# them is NHWC in TFLite, any other keeps ONNX's order.
+IMAGE_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
+
 # Edge layouts (EdgeTensor.layout) of a TFLite graph input or output against its ONNX tensor.
 SAME_ORDER = "same"          # identical shape and element order
 NHWC = "nhwc"                # ONNX NCHW, TFLite NHWC
@@ -175,7 +179,9 @@ class Lowering:
                     "a graph input must feed exactly one QuantizeLinear (a QDQ model)",
                 )
             act = qdq.activation_of_q(consumers[0])
-            perm = layouts.NHWC if len(act.shape) == 4 else layouts.identity(len(act.shape))
+            readers = qdq.compute_consumers(act.name)
+            image = len(act.shape) == 4 and any(r is not None and r.op_type in IMAGE_OPS for r, _ in readers)
+            perm = layouts.NHWC if image else layouts.identity(len(act.shape))
             inputs.append(self.define(act, perm))
             self.edge_inputs.append(EdgeTensor(
                 name, act.shape, act.name, layouts.tflite_shape(act.shape, perm), act.scale,
