@@ -233,11 +233,21 @@ def gelu_pattern(lowering: Lowering, node) -> bool:
     return True
 
 
+def lower_gelu(lowering: Lowering, node) -> None:
+    """ONNX Gelu (opset 20, what the exporter writes at that opset): TFLite's GELU, exact or
+    with the tanh approximation as the node says."""
+    approximate = attributes(node).get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    lowering.with_layout(node, lowering.input(node, 0), lowering.qdq.output_of(node), "GELU",
+                         options=("GeluOptions", {"Approximate": approximate == "tanh"}))
+
+
 def lower_gelu_part(lowering: Lowering, node) -> None:
     raise refuse(node, f"{node.op_type} converts only inside GELU, x * 0.5 * (1 + erf(x / sqrt(2)))")
 
 
 LOWERINGS = {
+    "Gelu": lower_gelu,
     "Div": lower_gelu_part,
     "Erf": lower_gelu_part,
     "Add": lower_add,
