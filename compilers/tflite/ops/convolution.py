@@ -26,7 +26,7 @@ def _check_weights(node, weight, ndim: int) -> None:
         raise refuse(node, "TFLite int8 weights need zero point 0 (symmetric), found non-zero")
 
 
-def _weights(lowering: Lowering, name: str, values: np.ndarray, scales, axis: int) -> int:
+def weights(lowering: Lowering, name: str, values: np.ndarray, scales, axis: int) -> int:
     channels = len(scales)
     return lowering.add(FbTensor(
         name, values.shape, "int8", tuple(float(s) for s in scales), (0,) * channels, axis,
@@ -87,7 +87,7 @@ def lower_conv(lowering: Lowering, node) -> None:
             opcode, table = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions"
             values, axis = weight.values.transpose(1, 2, 3, 0), 3  # O1HW -> 1HWO
             options = {"DepthMultiplier": out_channels // in_channels}
-        weight_index = _weights(lowering, f"{node.name}_weights", values, scales, axis)
+        weight_index = weights(lowering, f"{node.name}_weights", values, scales, axis)
         bias_index = bias(lowering, node, bias_value, source, scales, out_channels)
         source_index = lowering.read(node, source, layouts.NHWC)
         if pads is not None:
@@ -121,7 +121,7 @@ def _grouped(lowering, node, source, result, weight, bias_value, scales, group, 
     for g, part in enumerate(parts):
         channels = slice(g * per_group, (g + 1) * per_group)
         group_weight = Constant(weight.values[channels], scales[channels], weight.zero_points, 0)
-        weight_index = _weights(
+        weight_index = weights(
             lowering, f"{node.name}_group{g}_weights", group_weight.values.transpose(0, 2, 3, 1),
             scales[channels], 0,
         )
@@ -180,7 +180,7 @@ def lower_batchnormalization(lowering: Lowering, node) -> None:
     bias_values = np.rint(offset / accumulator_scales)
     if np.any(np.abs(bias_values) >= 2**31):
         raise refuse(node, "the folded offset does not fit an int32 bias")
-    weight_index = _weights(
+    weight_index = weights(
         lowering, f"{node.name}_weights", gamma.values.reshape(1, 1, 1, channels), weight_scales, 3
     )
     bias_index = bias(lowering, node, Constant(bias_values.astype(np.int32), accumulator_scales.astype(np.float32),
@@ -234,7 +234,7 @@ def fully_connected(lowering: Lowering, node, transposed: bool) -> None:
         # Column c*H*W + h*W + w in ONNX's order is column (h*W + w)*C + c in TFLite's.
         values = values.reshape(out_features, c, h, w).transpose(0, 2, 3, 1).reshape(out_features, -1)
     scales = np.broadcast_to(weight.scales.astype(np.float32).reshape(-1), (out_features,))
-    weight_index = _weights(lowering, f"{node.name}_weights", values, scales, 0)
+    weight_index = weights(lowering, f"{node.name}_weights", values, scales, 0)
     bias_index = bias(lowering, node, bias_value, source, scales, out_features)
     options = ("FullyConnectedOptions", {"FusedActivationFunction": NO_ACTIVATION})
     if rank == 2:

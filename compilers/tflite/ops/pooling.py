@@ -32,7 +32,6 @@ def _pool(lowering: Lowering, node, opcode: str) -> None:
     if len(source.shape) != 4:
         raise refuse(node, f"expected a 4-D NCHW input, found shape {list(source.shape)}")
     result = lowering.qdq.output_of(node)
-    same_quantization(node, source, result, opcode)
     attrs = attributes(node)
     kernel = tuple(attrs["kernel_shape"])
     strides = tuple(attrs.get("strides", (1, 1)))
@@ -44,19 +43,44 @@ def _pool(lowering: Lowering, node, opcode: str) -> None:
     counted = opcode == "AVERAGE_POOL_2D" and bool(attrs.get("count_include_pad", 0))
     padding, pads = window_padding(node, source.shape[2:], kernel, strides, (1, 1), result.shape[2:], counted)
     source_index = lowering.read(node, source, layouts.NHWC)
+    if opcode == "AVERAGE_POOL_2D" and (padding == VALID or counted):
+        if pads is not None and attrs.get("ceil_mode", 0):
+            raise refuse(node, "ceil_mode with count_include_pad=1: the windows past the pads "
+                               "average fewer pixels, which no TFLite padding reproduces")
+        if pads is not None:
+            source_index = pad(lowering, node, source, source_index, pads)
+        _window_mean(lowering, node, source, source_index, result, kernel, strides)
+        return
+    same_quantization(node, source, result, opcode)
     if pads is not None:
         if opcode == "AVERAGE_POOL_2D" and not counted:
             raise refuse(node, f"pads {list(pads)} differ from TFLite's SAME and VALID, and the "
                                "average must not count them (count_include_pad=0)")
-        if counted and attrs.get("ceil_mode", 0):
-            raise refuse(node, "ceil_mode with count_include_pad=1: the windows past the pads "
-                               "average fewer pixels, which no TFLite padding reproduces")
-        source_index = pad(lowering, node, source, source_index, pads, minimum=opcode == "MAX_POOL_2D")
+        source_index = pad(lowering, node, source, source_index, pads, minimum=True)
     output = lowering.define(result, layouts.NHWC)
     lowering.emit(opcode, (source_index,), (output,), ("Pool2DOptions", {
         "Padding": padding, "StrideW": strides[1], "StrideH": strides[0],
         "FilterWidth": kernel[1], "FilterHeight": kernel[0],
         "FusedActivationFunction": NO_ACTIVATION,
+    }))
+
+
+def _window_mean(lowering: Lowering, node, source: Activation, index: int, result: Activation, kernel, strides) -> None:
+    """An average over every pixel of each window (no padding, or padding that counts) as a
+    DEPTHWISE_CONV_2D with weights 1 at scale 1/(kernel height × width): its requantization
+    rounds half to even as ONNX Runtime's average pool does, where AVERAGE_POOL_2D rounds half
+    away from zero (1 LSB off on ties, common with 2×2 windows)."""
+    from tapeout.compilers.tflite.ops.convolution import bias, weights
+
+    channels = source.shape[1]
+    count = kernel[0] * kernel[1]
+    scales = np.full(channels, np.float32(1.0 / count))
+    weight_index = weights(lowering, f"{node.name}_weights", np.ones((1, *kernel, channels), np.int8), scales, 3)
+    bias_index = bias(lowering, node, None, source, scales, channels)
+    output = lowering.define(result, layouts.NHWC)
+    lowering.emit("DEPTHWISE_CONV_2D", (index, weight_index, bias_index), (output,), ("DepthwiseConv2DOptions", {
+        "Padding": VALID, "StrideW": strides[1], "StrideH": strides[0], "DepthMultiplier": 1,
+        "FusedActivationFunction": NO_ACTIVATION, "DilationWFactor": 1, "DilationHFactor": 1,
     }))
 
 

@@ -103,6 +103,10 @@ def case_averagepool():
     return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], [1, 4, 4, 4])
 
 
+def case_averagepool_same():  # 3x3, stride 1, pads 1, the pads not counted
+    return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], [1, 4, 8, 8])
+
+
 def case_globalaveragepool():
     return make_model([node("GlobalAveragePool", ["x"], ["y"])], [tensor("x", [1, 4, 8, 8])],
                       [tensor("y", [1, 4, 1, 1])])
@@ -216,7 +220,7 @@ def case_maxpool_ceil_mode():  # GoogLeNet: 3x3, stride 2, ceil_mode on an odd s
                       [1, 4, 5, 5], input_shape=(1, 3, 11, 11))
 
 
-def case_averagepool_counting_pads():  # count_include_pad=1 with pads: PAD with the zero point
+def case_averagepool_counting_pads():  # count_include_pad=1: PAD with the zero point, then average
     return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                             count_include_pad=1)], [1, 4, 4, 4])
 
@@ -305,8 +309,11 @@ CASES = [
     (case_mul, ("MUL",), 0, 1),
     (case_maxpool, ("CONV_2D", "MAX_POOL_2D"), 0, 1),
     (case_maxpool_same, ("CONV_2D", "MAX_POOL_2D"), 0, 1),
-    # TFLite rounds the window mean half away from zero, ONNX Runtime half to even.
-    (case_averagepool, ("CONV_2D", "AVERAGE_POOL_2D"), 1, 1),
+    # a depthwise convolution of ones: its requantization rounds half to even, as ONNX Runtime
+    (case_averagepool, ("CONV_2D", "DEPTHWISE_CONV_2D"), 0, 1),
+    # TFLite's SAME average excludes the pads as ONNX's count_include_pad=0 does, but rounds the
+    # window mean half away from zero where ONNX Runtime rounds half to even
+    (case_averagepool_same, ("CONV_2D", "AVERAGE_POOL_2D"), 1, 1),
     (case_globalaveragepool, ("MEAN",), 0, 1),
     (case_flatten_gemm, ("CONV_2D", "RESHAPE", "FULLY_CONNECTED"), 0, 1),
     (case_reshape_output, ("CONV_2D", "TRANSPOSE", "RESHAPE"), 0, 1),
@@ -330,7 +337,7 @@ CASES = [
     (case_maxpool_symmetric_pads, ("CONV_2D", "PAD", "MAX_POOL_2D"), 0, 1),
     (case_maxpool_symmetric_pads_signed, ("CONV_2D", "PADV2", "MAX_POOL_2D"), 0, 1),
     (case_maxpool_ceil_mode, ("CONV_2D", "MAX_POOL_2D"), 0, 1),
-    (case_averagepool_counting_pads, ("CONV_2D", "PAD", "AVERAGE_POOL_2D"), 1, 1),
+    (case_averagepool_counting_pads, ("CONV_2D", "PAD", "DEPTHWISE_CONV_2D"), 0, 1),
     (case_channel_shuffle, ("QUANTIZE", "CONCATENATION", "RESHAPE", "TRANSPOSE", "RESHAPE", "SPLIT"), 0, 1),
     (case_split_unequal, ("CONV_2D", "SPLIT_V"), 0, 1),
     (case_class_token, ("CONCATENATION", "ADD", "STRIDED_SLICE", "RESHAPE"), 0, 1),
