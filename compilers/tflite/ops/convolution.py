@@ -255,6 +255,28 @@ def fully_connected(lowering: Lowering, node, transposed: bool) -> None:
                   (output,))
 
 
+def requantize(lowering: Lowering, name: str, index: int, source: Activation, target: int) -> None:
+    """Write int8 tensor `index` (quantized as `source`) into `target` at `target`'s quantization.
+
+    A 4-D tensor goes through a 1x1 DEPTHWISE_CONV_2D of weight 1: its requantization is
+    round((q - z) * s / s') in float, half to even, as ONNX Runtime's QuantizeLinear of the
+    dequantized value; TFLite's QUANTIZE (int8 to int8) uses a fixed-point multiplier that
+    rounds ties away from zero. Other ranks use QUANTIZE."""
+    shape = lowering.shape_of(index)
+    if len(shape) != 4 or lowering.fb.tensors[index].dtype != "int8":
+        lowering.emit("QUANTIZE", (index,), (target,), ("QuantizeOptions", {}))
+        return
+    channels = shape[3]
+    ones = np.full(channels, np.float32(1.0))
+    weight_index = weights(lowering, f"{name}_weights", np.ones((1, 1, 1, channels), np.int8), ones, 3)
+    bias_index = bias(lowering, None, None, source, ones, channels, f"{name}_bias")
+    lowering.emit("DEPTHWISE_CONV_2D", (index, weight_index, bias_index), (target,), (
+        "DepthwiseConv2DOptions", {"Padding": 1, "StrideW": 1, "StrideH": 1, "DepthMultiplier": 1,
+                                   "FusedActivationFunction": NO_ACTIVATION, "DilationWFactor": 1,
+                                   "DilationHFactor": 1},
+    ))
+
+
 LOWERINGS = {
     "Conv": lower_conv,
     "BatchNormalization": lower_batchnormalization,

@@ -17,6 +17,7 @@ import numpy as np
 
 from tapeout.compilers.tflite import layout as layouts
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, Lowering, dequantize_constant, quantize_values, refuse
+from tapeout.compilers.tflite.ops.convolution import requantize
 from tapeout.compilers.tflite.ops.pooling import same_quantization
 from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
 
@@ -106,7 +107,7 @@ def lower_concat(lowering: Lowering, node) -> None:
                 f"{node.name}_{operand.name}_requantized", lowering.shape_of(index), result.scale,
                 result.zero_point,
             )
-            lowering.emit("QUANTIZE", (index,), (requantized,), ("QuantizeOptions", {}))
+            requantize(lowering, f"{node.name}_{operand.name}_requantized", index, operand, requantized)
             index = requantized
         indices.append(index)
     axis = layouts.tflite_axis(perm, int(attributes(node)["axis"]) % rank)

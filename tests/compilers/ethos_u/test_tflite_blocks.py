@@ -61,7 +61,7 @@ BLOCKS = {
             Conv2dNormActivation(3, 16, stride=2, activation_layer=nn.SiLU),
             MBConv(MBConvConfig(4, 3, 1, 16, 24, 1), 0.0, nn.BatchNorm2d),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
-        """, (1, 3, 32, 32), {"LOGISTIC", "QUANTIZE", "MUL", "MEAN"}, 2),
+        """, (1, 3, 32, 32), {"LOGISTIC", "QUANTIZE", "MUL", "MEAN"}, 1),
     "shufflenet_v2": ("""
         from torchvision.models.shufflenetv2 import InvertedResidual
         model = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), nn.ReLU(), InvertedResidual(24, 48, 2),
@@ -75,7 +75,7 @@ BLOCKS = {
     "densenet": ("""
         from torchvision.models.densenet import _DenseBlock, _Transition
         model = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), _DenseBlock(2, 16, 2, 8, 0.0), _Transition(32, 16))
-        """, (1, 3, 16, 16), {"DEPTHWISE_CONV_2D", "CONCATENATION", "AVERAGE_POOL_2D"}, 1),
+        """, (1, 3, 16, 16), {"DEPTHWISE_CONV_2D", "CONCATENATION"}, 1),
     "googlenet": ("""
         from torchvision.models.googlenet import BasicConv2d, Inception
         model = nn.Sequential(BasicConv2d(3, 16, kernel_size=3, stride=2), nn.MaxPool2d(3, 2, ceil_mode=True),
