@@ -23,11 +23,11 @@ def weight(name: str, shape, seed: int) -> object:
     return numpy_helper.from_array(values, name)
 
 
-def make_model(nodes, inputs, outputs, initializers=()) -> object:
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET) -> object:
     from onnx import helper
 
     graph = helper.make_graph(list(nodes), "op_test", list(inputs), list(outputs), list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
 

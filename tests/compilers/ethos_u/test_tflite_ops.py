@@ -284,6 +284,12 @@ def case_gelu():  # nn.GELU() as exported: x * 0.5 * (1 + erf(x / sqrt(2)))
     )
 
 
+def case_gelu_op():  # a transformer's MLP at opset 20 (tapeout's front end): MatMul, Gelu, MatMul
+    return make_model([node("MatMul", ["x", "w"], ["m"]), node("Gelu", ["m"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
+                      [tensor("x", [1, 6, 16])], [tensor("y", [1, 6, 4])], [weight("w", [16, 8], 1), weight("w2", [8, 4], 2)],
+                      opset=20)
+
+
 def case_layernorm():  # ConvNeXt's channels-last LayerNorm: Transpose, LayerNormalization, Transpose
     rng = np.random.default_rng(11)
     return _with_conv(
@@ -350,6 +356,7 @@ CASES = [
     (case_softmax_inner_axis, ("CONV_2D", "SOFTMAX", "QUANTIZE"), 1, 3),
     # one GELU where ONNX Runtime rounds after Erf, Add and each Mul
     (case_gelu, ("GELU",), 1, 1),
+    (case_gelu_op, ("RESHAPE", "FULLY_CONNECTED", "RESHAPE", "GELU", "RESHAPE", "FULLY_CONNECTED", "RESHAPE"), 0, 1),
     # reference: QUANTIZE rounds half away from zero, ONNX Runtime half to even
     (case_layernorm, ("CONV_2D", "DEQUANTIZE", "MEAN", "SUB", "MUL", "MEAN", "ADD", "RSQRT", "MUL", "MUL", "ADD",
                       "QUANTIZE"), 0, 2),
