@@ -17,6 +17,11 @@ from tapeout.compilers.tflite.ops.window import pad, window_padding
 from tapeout.compilers.tflite.qdq import Activation, attributes
 
 
+# Vela runs a depthwise convolution on the NPU only up to stride 3 (its constraint tables); an
+# average pool of larger stride stays AVERAGE_POOL_2D, which it runs at any stride.
+MAX_DEPTHWISE_STRIDE = 3
+
+
 def same_quantization(node, source: Activation, result: Activation, op: str) -> None:
     if (source.scale, source.zero_point) != (result.scale, result.zero_point):
         raise refuse(
@@ -43,7 +48,15 @@ def _pool(lowering: Lowering, node, opcode: str) -> None:
     counted = opcode == "AVERAGE_POOL_2D" and bool(attrs.get("count_include_pad", 0))
     padding, pads = window_padding(node, source.shape[2:], kernel, strides, (1, 1), result.shape[2:], counted)
     source_index = lowering.read(node, source, layouts.NHWC)
-    if opcode == "AVERAGE_POOL_2D" and (padding == VALID or counted):
+    global_mean = pads is None and padding == VALID and tuple(kernel) == tuple(source.shape[2:])
+    if opcode == "AVERAGE_POOL_2D" and global_mean:
+        # One window over the whole plane: MEAN, which rounds half to even and which Vela runs
+        # on the NPU whatever the stride.
+        output = lowering.define(result, layouts.NHWC)
+        axes = lowering.int32_constant(f"{node.name}_axes", [1, 2])
+        lowering.emit("MEAN", (source_index, axes), (output,), ("ReducerOptions", {"KeepDims": True}))
+        return
+    if opcode == "AVERAGE_POOL_2D" and (padding == VALID or counted) and max(strides) <= MAX_DEPTHWISE_STRIDE:
         if pads is not None and attrs.get("ceil_mode", 0):
             raise refuse(node, "ceil_mode with count_include_pad=1: the windows past the pads "
                                "average fewer pixels, which no TFLite padding reproduces")
@@ -56,7 +69,7 @@ def _pool(lowering: Lowering, node, opcode: str) -> None:
         if opcode == "AVERAGE_POOL_2D" and not counted:
             raise refuse(node, f"pads {list(pads)} differ from TFLite's SAME and VALID, and the "
                                "average must not count them (count_include_pad=0)")
-        source_index = pad(lowering, node, source, source_index, pads, minimum=True)
+        source_index = pad(lowering, node, source, source_index, pads, minimum=opcode == "MAX_POOL_2D")
     output = lowering.define(result, layouts.NHWC)
     lowering.emit(opcode, (source_index,), (output,), ("Pool2DOptions", {
         "Padding": padding, "StrideW": strides[1], "StrideH": strides[0],

@@ -103,6 +103,14 @@ def case_averagepool():
     return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2])], [1, 4, 4, 4])
 
 
+def case_averagepool_global():  # MLPerf Tiny's DS-CNN and ResNet-8: one window over the whole plane
+    return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[8, 8], strides=[8, 8])], [1, 4, 1, 1])
+
+
+def case_averagepool_stride4():  # stride above 3: Vela runs AVERAGE_POOL_2D, not a depthwise conv
+    return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[4, 4], strides=[4, 4])], [1, 4, 2, 2])
+
+
 def case_averagepool_same():  # 3x3, stride 1, pads 1, the pads not counted
     return _with_conv([node("AveragePool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], [1, 4, 8, 8])
 
@@ -317,6 +325,9 @@ CASES = [
     (case_maxpool_same, ("CONV_2D", "MAX_POOL_2D"), 0, 1),
     # a depthwise convolution of ones: its requantization rounds half to even, as ONNX Runtime
     (case_averagepool, ("CONV_2D", "DEPTHWISE_CONV_2D"), 0, 1),
+    (case_averagepool_global, ("CONV_2D", "MEAN"), 0, 1),
+    # AVERAGE_POOL_2D rounds the window mean half away from zero, ONNX Runtime half to even
+    (case_averagepool_stride4, ("CONV_2D", "AVERAGE_POOL_2D"), 1, 1),
     # TFLite's SAME average excludes the pads as ONNX's count_include_pad=0 does, but rounds the
     # window mean half away from zero where ONNX Runtime rounds half to even
     (case_averagepool_same, ("CONV_2D", "AVERAGE_POOL_2D"), 1, 1),
