@@ -61,7 +61,7 @@ BLOCKS = {
             Conv2dNormActivation(3, 16, stride=2, activation_layer=nn.SiLU),
             MBConv(MBConvConfig(4, 3, 1, 16, 24, 1), 0.0, nn.BatchNorm2d),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
-        """, (1, 3, 32, 32), {"LOGISTIC", "QUANTIZE", "MUL", "MEAN"}, 1),
+        """, (1, 3, 32, 32), {"LOGISTIC", "QUANTIZE", "MUL", "MEAN"}, 2),
     "shufflenet_v2": ("""
         from torchvision.models.shufflenetv2 import InvertedResidual
         model = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), nn.ReLU(), InvertedResidual(24, 48, 2),
