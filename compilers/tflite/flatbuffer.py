@@ -20,7 +20,7 @@ FILE_IDENTIFIER = b"TFL3"
 _DEPRECATED_CODE_LIMIT = 127  # BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES
 
 # TensorType values (schema.fbs `enum TensorType`).
-TENSOR_TYPES = {"float32": 0, "int32": 2, "int8": 9, "int16": 7, "int64": 4}
+TENSOR_TYPES = {"float32": 0, "int32": 2, "int8": 9, "int64": 4}
 
 
 @dataclass

@@ -48,12 +48,11 @@ def refuse(node, reason: str) -> UnsupportedOperator:
     return UnsupportedOperator(COMPILER, node.name, node.op_type, reason)
 
 
-def quantize_values(values, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
-    """ONNX QuantizeLinear in float32 (division, round half to even, saturate), as ONNX Runtime
-    quantizes a constant it folds: used for constants TFLite needs at another quantization."""
-    info = np.iinfo(dtype)
+def quantize_values(values, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX QuantizeLinear to int8 in float32 (division, round half to even, saturate), as ONNX
+    Runtime quantizes a constant it folds: for constants TFLite needs at another quantization."""
     scaled = np.rint(np.asarray(values, np.float32) / np.float32(scale)) + zero_point
-    return np.clip(scaled, info.min, info.max).astype(dtype)
+    return np.clip(scaled, -128, 127).astype(np.int8)
 
 
 def dequantize_constant(constant: Constant) -> np.ndarray:
@@ -77,7 +76,7 @@ class Lowering:
         self.perm: dict[str, tuple[int, ...]] = {}            # activation -> its layout
         self.flattened: dict[str, tuple[int, int, int]] = {}  # NHWC tensor flattened in HWC order
         self.copies: dict[tuple[str, tuple[int, ...]], int] = {}
-        self.fused: set[str] = set()                          # nodes a pattern already lowered
+        self.fused: set[int] = set()                          # id() of nodes a pattern lowered
         self.edge_inputs: list[EdgeTensor] = []
         self.edge_outputs: list[EdgeTensor] = []
 
@@ -153,14 +152,13 @@ class Lowering:
         self.copies[key] = copy
         return copy
 
-    def with_layout(self, node, source: Activation, result: Activation, opcode: str, inputs=(),
-                    options=None, perm: tuple[int, ...] | None = None) -> None:
-        """An op that keeps its input's shape and layout (activations, QUANTIZE, ...):
-        `opcode(source, *inputs) -> result`, requantizing if TFLite's kernel needs it."""
-        perm = self.perm[source.name] if perm is None else perm
+    def with_layout(self, node, source: Activation, result: Activation, opcode: str, options=None) -> None:
+        """An op that keeps its input's shape and layout (activation functions):
+        `opcode(source) -> result`."""
+        perm = self.perm[source.name]
         source_index = self.read(node, source, perm)
         output = self.define(result, perm)
-        self.emit(opcode, (source_index, *inputs), (output,), options)
+        self.emit(opcode, (source_index,), (output,), options)
 
     def requantize(self, index: int, act: Activation) -> None:
         """QUANTIZE a temporary into `act` (defined in the temporary's layout by the caller)."""
@@ -188,7 +186,7 @@ class Lowering:
                 act.zero_point, NHWC if perm == layouts.NHWC else SAME_ORDER,
             ))
         for node in qdq.nodes:
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") or node.name in self.fused:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") or id(node) in self.fused:
                 continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in lowerings:
                 raise refuse(

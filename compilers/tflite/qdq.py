@@ -12,10 +12,12 @@ point - 128 and values - 128. That is exact: QuantizeLinear to uint8 is
 `clip(round(x / s) + (z - 128), -128, 127)`, QuantizeLinear to int8 with zero point z - 128.
 
 Some ops stay in float between a DequantizeLinear and the next QuantizeLinear (ONNX Runtime
-does not quantize ReduceMean, and leaves a float Reshape after it). Such a float tensor is
-given the quantization it ends up with: that of the QuantizeLinear after the Reshape /
-Transpose / Squeeze chain that reads it, or, for a graph output with none, that of the
-producing op's input (ReduceMean, pooling and shape ops keep values within their input's range).
+does not quantize ReduceMean, nor the Reshape after it, nor Gelu). Such a float tensor is given
+the quantization it ends up with: that of the QuantizeLinear after the Reshape / Transpose /
+Squeeze / Gather chain that reads it; with none (a float graph output, or a HardSwish read by
+a ReduceMean), that of the producing op's input for ops that keep values within their input's
+range (ReduceMean, pooling, shape ops), or the range of an element-wise function over the 256
+input values (HardSwish, Sigmoid, Relu, Gelu).
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ class QdqGraph:
         self.graph_inputs = [i.name for i in graph.input if i.name not in self.initializers]
         self.graph_outputs = [o.name for o in graph.output]
         self.nodes = list(graph.node)
+        for node in self.nodes:
+            # Names label the TFLite tensors an op adds and the errors: an unnamed node takes
+            # its first output's name, which the graph keeps unique.
+            if not node.name and node.output:
+                node.name = node.output[0]
 
     # -- quantization parameters -------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Each module has `LOWERINGS` ({ONNX op type: function(lowering, node)}) and may have `PATTERNS`
 (functions(lowering, node) -> bool that lower several nodes as one TFLite op when they match,
-marking the others in `lowering.fused`).
+marking the others in `lowering.fused`, by id).
 """
 
 from __future__ import annotations

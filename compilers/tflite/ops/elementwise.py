@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tapeout.compilers.tflite import layout as layouts
 from tapeout.compilers.tflite.flatbuffer import FbTensor, array_bytes
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, Lowering, dequantize_constant, refuse
 from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
@@ -204,7 +203,7 @@ def hard_swish_pattern(lowering: Lowering, node) -> bool:
     if not isinstance(other, Activation) or other.name != source.name:
         return False
     lowering.with_layout(node, source, lowering.qdq.output_of(mul), "HARD_SWISH")
-    lowering.fused.add(mul.name)
+    lowering.fused.add(id(mul))
     return True
 
 
@@ -233,7 +232,7 @@ def gelu_pattern(lowering: Lowering, node) -> bool:
     if not isinstance(other, Activation) or other.name != source.name:
         return False
     lowering.with_layout(node, source, lowering.qdq.output_of(last), "GELU", options=("GeluOptions", {"Approximate": False}))
-    lowering.fused.update(reader.name for reader, _ in chain)
+    lowering.fused.update(id(reader) for reader, _ in chain)
     return True
 
 
