@@ -79,3 +79,26 @@ def test_uint8_and_int8_models_convert_to_the_same_arithmetic(real_model, tmp_pa
         first, second = (runner.run(feed) for runner in runners)
         np.testing.assert_array_equal(first["output"], second["output"])
 
+
+
+def test_the_benchmark_table_gains_the_ethos_u_part(tmp_path):
+    """benchmarks/real_models.py with the `ethos-u` column writes its row in the main table and
+    the Ethos-U table: CPU ops, NPU share of MACs, LSB, Vela's estimates on U55-128 and U85-256."""
+    import subprocess
+    import sys
+
+    from conftest import REPOSITORY
+
+    readme = tmp_path / "README.md"
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY / "benchmarks" / "real_models.py"), "--models", "ad_autoencoder",
+         "--columns", "onnxruntime,ethos-u", "--write-readme", "--readme", str(readme)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = [line.split(" | ") for line in readme.read_text().splitlines() if line.startswith("| ad_autoencoder |")]
+    main_row, ethos_row = rows[1], rows[2]
+    assert main_row[1:4] == ["ethos-u", "yes", "none"] and main_row[4] == "0"
+    assert ethos_row[1:5] == ["yes", "none", "100.00%", "0"]
+    u55, u85 = (float(cell.strip(" |").replace(",", "")) for cell in ethos_row[5:7])
+    assert u85 > u55 > 0  # the U85-256 has more MACs per cycle than the U55-128
