@@ -106,9 +106,10 @@ def _vela_inferences_per_second(model, column: Column, npu: str, workdir: Path) 
 def ethos_u_table(cells: list[Cell]) -> str:
     """The `ethos-u` column's cells with what only Ethos-U has: the NPU's share of MACs and
     Vela's inferences-per-second estimates."""
-    npus = " | ".join(f"{npu[7:].upper()} inferences/s (Vela estimate)" for npu in ETHOS_U_NPUS)
+    names = [npu.removeprefix("ethos-").upper() for npu in ETHOS_U_NPUS]
+    npus = " | ".join(f"{name} inferences/s (Vela estimate)" for name in names)
     lines = [
-        f"| model | converted and compiled | ops on the CPU ({ETHOS_U_NPUS[0][7:].upper()}) | NPU share of MACs | "
+        f"| model | converted and compiled | ops on the CPU ({names[0]}) | NPU share of MACs | "
         f"max diff (LSB) | {npus} |",
         "|---|---|---|---:|---:|" + "---:|" * len(ETHOS_U_NPUS),
     ]
