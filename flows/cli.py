@@ -208,13 +208,10 @@ def _print_outcomes(outcomes) -> None:
 
 
 def _option_pairs(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise InvalidInput(f"--option: expected KEY=VALUE, found {item!r}")
-        options[key] = value
-    return options
+    """`--option KEY=VALUE` flags as a dict (the parser `tapeout diff` uses for its own)."""
+    from tapeout.compilers.diff import _pairs
+
+    return _pairs(items, "--option")
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -464,7 +461,6 @@ def _compat(args: argparse.Namespace) -> int:
 
 def _placement(args: argparse.Namespace, compiler) -> int:
     """Where the compiler puts each op of the model (NPU or host CPU), before any build."""
-    import tempfile
     from dataclasses import asdict
 
     from tapeout.compilers.frontends import check_model

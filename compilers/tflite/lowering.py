@@ -126,6 +126,22 @@ class Lowering:
             raise refuse(node, f"input {value.name!r} is not produced by a converted node")
         return value
 
+    def operands(self, node) -> tuple[list, list[Activation]]:
+        """Every input of `node` (activations and quantized constants) and the activations
+        among them, each produced by a converted node.
+
+        Raises:
+            UnsupportedOperator: every input is a constant, or one was not converted.
+        """
+        values = [self.qdq.input_of(node, i) for i in range(len(node.input))]
+        activations = [value for value in values if isinstance(value, Activation)]
+        if not activations:
+            raise refuse(node, "every input is a constant (fold them before conversion)")
+        for act in activations:
+            if act.name not in self.index:
+                raise refuse(node, f"input {act.name!r} is not produced by a converted node")
+        return values, activations
+
     def read(self, node, act: Activation, perm: tuple[int, ...] | None = None) -> int:
         """The tensor of `act` in layout `perm` (its own when None): a TRANSPOSE (or, when only
         size-1 axes move, a RESHAPE) is emitted once per activation and layout."""

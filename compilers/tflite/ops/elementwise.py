@@ -39,14 +39,8 @@ def scalar_constant(lowering: Lowering, name: str, value: float) -> int:
 def binary(lowering: Lowering, node, opcode: str, options_table: str | None) -> None:
     """ADD / SUB / MUL of two activations, or of one and a per-tensor quantized constant
     (broadcast as ONNX does: the constant is laid out like the activation)."""
-    operands = [lowering.qdq.input_of(node, 0), lowering.qdq.input_of(node, 1)]
+    operands, activations = lowering.operands(node)
     result = lowering.qdq.output_of(node)
-    activations = [o for o in operands if isinstance(o, Activation)]
-    if not activations:
-        raise refuse(node, "both operands are constants (fold them before conversion)")
-    for act in activations:
-        if act.name not in lowering.index:
-            raise refuse(node, f"input {act.name!r} is not produced by a converted node")
     rank = len(result.shape)
     if any(len(a.shape) != rank for a in activations):
         raise refuse(node, f"operands of different rank {[list(a.shape) for a in activations]}")

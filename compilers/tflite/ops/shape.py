@@ -79,13 +79,7 @@ def lower_transpose(lowering: Lowering, node) -> None:
 
 def lower_concat(lowering: Lowering, node) -> None:
     result = lowering.qdq.output_of(node)
-    operands = [lowering.qdq.input_of(node, i) for i in range(len(node.input))]
-    activations = [o for o in operands if isinstance(o, Activation)]
-    if not activations:
-        raise refuse(node, "every Concat input is a constant (fold them before conversion)")
-    for act in activations:
-        if act.name not in lowering.index:
-            raise refuse(node, f"input {act.name!r} is not produced by a converted node")
+    operands, activations = lowering.operands(node)
     lead = activations[0]
     perm = lowering.perm[lead.name]
     rank = len(result.shape)
