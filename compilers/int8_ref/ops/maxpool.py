@@ -5,7 +5,7 @@ pads, strides, dilations, ceil_mode. Eval: kernels/maxpool.pxi.
 
 from __future__ import annotations
 
-from ..kernel_abi import KernelSpec, OnnxOp
+from ..kernel_abi import MAX_WINDOW, KernelSpec, OnnxOp
 from ..program import attr
 from ._window import pool_geometry, window_rules
 
@@ -39,6 +39,7 @@ def validate(c) -> None:
     c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
     c.qtype(c.out, "sg_in", "output")
     c.size(c.out, p["N"] * p["C"] * p["OH"] * p["OW"] * c.itemsize("sg_in"), "output")
+    c.window("kh", "kw", MAX_WINDOW, "the firmware's largest pooling window")
 
 
 def work(p) -> int:
