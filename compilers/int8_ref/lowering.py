@@ -365,6 +365,8 @@ class Lowering:
                 if node.domain not in DOMAINS or onnx_op is None:
                     self.fail(node, f"operator {node.domain + '.' if node.domain else ''}"
                                     f"{node.op_type} is not supported")
+                for attribute, reason in onnx_op.rules(node):
+                    self.fail(node, reason, attribute)
                 onnx_op.lower(self, node)
             except LoweringError as exc:
                 if not self.keep_going:
