@@ -12,6 +12,9 @@ import pytest
 
 from tapeout.flows import environment
 
+# The real-model suite's fixtures (`real_model`), for the suite's tests and any other's.
+pytest_plugins = ["real_models.fixtures"]
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 EXAMPLE = REPOSITORY / "examples" / "digits"
 
