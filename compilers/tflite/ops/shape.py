@@ -57,11 +57,7 @@ def lower_reshape(lowering: Lowering, node) -> None:
     reshape(lowering, node, lowering.input(node, 0), lowering.qdq.output_of(node))
 
 
-def lower_flatten(lowering: Lowering, node) -> None:
-    reshape(lowering, node, lowering.input(node, 0), lowering.qdq.output_of(node))
-
-
-lower_squeeze = lower_unsqueeze = lower_reshape
+lower_flatten = lower_squeeze = lower_unsqueeze = lower_reshape
 
 
 def lower_transpose(lowering: Lowering, node) -> None:
