@@ -118,11 +118,12 @@ def _ini_sections(kind: str) -> tuple[str, ...]:
     return tuple(s[len(prefix):] for s in parser.sections() if s.startswith(prefix))
 
 
-def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = None) -> EthosUOptions:
+def resolve_options(given: Mapping[str, str]) -> EthosUOptions:
     """Validate the target's options and fill in every default.
 
-    `memory_budget_bytes` of the target profile is the SRAM budget unless `sram_budget_bytes`
-    is given.
+    The target profile's `memory_budget_bytes` is not an SRAM budget here: the pipeline gates
+    `peak_memory_bytes` (Vela's SRAM estimate) against it, as for every compiler, while the
+    `sram_budget_bytes` option refuses the compile itself.
 
     Raises:
         InvalidInput: an unknown option, or a value out of range (names the option, expected
@@ -167,7 +168,7 @@ def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = 
             raise bad(option, "a positive number of bytes")
         return int(text)
 
-    sram = byte_count("sram_budget_bytes", memory_budget_bytes)
+    sram = byte_count("sram_budget_bytes", None)
     flash = byte_count("flash_budget_bytes", None)
     listed = values.get("allowed_cpu_ops", "").split(",")
     allowed = tuple(sorted({op.strip().upper() for op in listed if op.strip()}))
@@ -239,7 +240,7 @@ class EthosUCompiler:
             ) from None
         if found != VELA_VERSION:
             raise InvalidInput(f"compiler 'ethos-u': expected ethos-u-vela {VELA_VERSION}, found {found}")
-        options = resolve_options(target.options, target.memory_budget_bytes)
+        options = resolve_options(target.options)
         minimum_firmware = _FAMILY[options.family][2]
         if not at_least(target.firmware_revision, minimum_firmware):
             raise InvalidInput(
