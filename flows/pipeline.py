@@ -207,7 +207,10 @@ def build_target(
         quantized, artifact, gated, kept = fallback.repair_target(
             pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress
         )
-        reports = target_reports(cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept)
+        representation = fallback.plain_representation(load_compiler(profile.compiler).capabilities())
+        reports = target_reports(
+            cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept, representation
+        )
         if not gated.passed:
             run_id = stages.record_failed_gates(
                 registry, pipeline, target, source, artifact, gated, cache / "reports" / uuid.uuid4().hex, reports
@@ -300,9 +303,14 @@ def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout
             outcomes[target.name] = future.result()
     ordered = [outcomes[target.name] for target in pipeline.config.targets]
     if pending:
-        folder = settings.home / "reports" / source.commit[:12]
+        # One folder per build: a later build of the same commit keeps this one's summary.
+        build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{shared['invocation_id'][:8]}"
+        folder = settings.home / "reports" / source.commit[:12] / build_id
+        thresholds = {target.name: pipeline.gates_for(target) for target in pipeline.config.targets}
         try:
-            files, run_id = summarize(pipeline.config.model.name, source.commit, ordered, registry, folder)
+            files, run_id = summarize(
+                pipeline.config.model.name, source.commit, ordered, registry, folder, thresholds
+            )
         except Exception as error:  # the targets are registered and stand; say what is missing
             progress(f"build summary not written: {type(error).__name__}: {error}")
         else:
