@@ -25,8 +25,8 @@ from tapeout.compilers.errors import InvalidInput
 from tapeout.flows.config import Pipeline
 
 
-def git(folder: Path, *arguments: str) -> str:
-    """Run git in `folder` and return its output.
+def git(folder: Path, *arguments: str, strip: bool = True) -> str:
+    """Run git in `folder` and return its output (stripped of surrounding whitespace).
 
     Raises:
         InvalidInput: git is missing or the command fails (its message is kept).
@@ -41,7 +41,7 @@ def git(folder: Path, *arguments: str) -> str:
         raise InvalidInput(f"{folder}: git {' '.join(arguments)} failed: {problem[0]}") from None
     except OSError as error:
         raise InvalidInput(f"git is not available ({error})") from error
-    return completed.stdout.strip()
+    return completed.stdout.strip() if strip else completed.stdout
 
 
 def repository_root(folder: Path) -> Path:
@@ -199,7 +199,7 @@ def changed_inputs(root: Path, pipeline: Pipeline) -> tuple[str, ...]:
         except ValueError:
             found.append(f"{path} (outside the repository)")
     if inside:
-        status = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching", "--", *inside)
+        status = git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching", "--", *inside, strip=False)
         entries = iter(status.split("\0"))
         for entry in entries:
             if len(entry) < 4:
