@@ -1,9 +1,9 @@
 """Starting a build: everything that happens before Prefect is needed.
 
 `build()` validates what every target shares (config, the files and compilers it names, commit,
-signing key) and asks the registry which targets this commit already has; only when something is left to build does it
-import Prefect and run the flow (flows/pipeline.py). A rebuild of a registered commit thus
-costs a registry query, not a Prefect start-up.
+signing key) and asks the registry which targets this commit already has; only when something
+is left to build does it import Prefect and run the flow (flows/pipeline.py). A rebuild of a
+registered commit thus costs a registry query, not a Prefect start-up.
 """
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ def _build(files: Checkout, home: Path, progress: Progress) -> tuple[SourceRevis
     source = files.source(pipeline)
     if source.dirty:
         progress(
-            f"dirty: {', '.join(source.dirty_files)} differ from commit {source.commit[:12]}; "
-            "this build is registered as a new version"
+            f"dirty: files this build reads differ from commit {source.commit[:12]}: "
+            f"{', '.join(source.dirty_files)}; it is registered as a new version"
         )
     settings = settings_for(pipeline, home, progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
