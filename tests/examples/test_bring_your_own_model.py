@@ -48,7 +48,7 @@ def users_files(folder: Path) -> None:
     model.eval()
     torch.onnx.export(
         model, (torch.zeros(1, 1, 16, 16),), str(folder / "model.onnx"), input_names=["input"],
-        output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("N")},),
+        output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("N")},), external_data=False,
     )
     data = _example("data")
     split = data.split(*data.load_images())
@@ -58,11 +58,6 @@ def users_files(folder: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="pinning a dynamic batch from the config's inputs shape is built in compilers/frontends.py "
-    "by the int8-ref real-model work; until it lands the export check refuses [N, 1, 16, 16]",
-)
 def test_the_readme_walkthrough_registers_every_target(tmp_path):
     import onnx
 
