@@ -126,10 +126,9 @@ class Checkout:
     worktree: Path | None = None
 
     def source(self, pipeline: Pipeline) -> SourceRevision:
-        """The source revision of a build of `pipeline`, with what makes it dirty."""
-        if self.worktree is not None:
-            return SourceRevision(self.repository, self.commit, dirty=False)
-        changed = changed_inputs(self.root, pipeline)
+        """The source revision of a build of `pipeline`, with what makes it dirty (in a
+        checkout of the commit, only a file the config names outside the repository can)."""
+        changed = changed_inputs(self.worktree or self.root, pipeline)
         return SourceRevision(self.repository, self.commit, dirty=bool(changed), dirty_files=changed)
 
     def public(self, text: str) -> str:

@@ -65,6 +65,9 @@ def test_an_input_git_ignores_or_that_lies_outside_the_repository_is_not_the_com
     pipeline.write_text(pipeline.read_text().replace("set: data/validation.npz", f"set: {outside}"))
     git(folder, "commit", "-qam", "validation set from a shared folder")
     assert set(dirty_files(project)) == {"weights.pt (ignored by git)", f"{outside} (outside the repository)"}
+    with checkout(project["pipeline"], "HEAD", project["home"]) as files:  # the commit's own files
+        source = files.source(load_pipeline(files.pipeline_file))
+        assert source.dirty and source.dirty_files == (f"{outside} (outside the repository)",)
 
 
 def test_commit_must_be_a_commit_of_the_repository(project, capsys):
