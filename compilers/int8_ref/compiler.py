@@ -202,9 +202,6 @@ def load_file(path: Path) -> Int8Runner:
     return Int8Runner(load_image(Path(path)))
 
 
-__all__ = ["Int8ReferenceCompiler", "FIRMWARE_REVISION", "load_file", "ONNX_DTYPES"]
-
-
 def peak_op(prog, plan) -> dict[str, object] | None:
     """The op whose live tensors plus its own scratch need the most memory: where the peak is."""
     if not prog.ops:
@@ -213,3 +210,7 @@ def peak_op(prog, plan) -> dict[str, object] | None:
     op = prog.ops[index]
     return {"node": op.node, "op_type": op.op_type, "live_bytes": plan.live_bytes[index],
             "scratch_bytes": int(op.scratch)}
+
+
+__all__ = ["Int8ReferenceCompiler", "FIRMWARE_REVISION", "load_file", "ONNX_DTYPES"]
+
