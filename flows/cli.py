@@ -122,20 +122,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
     if not args.debug:
-        # Prefect re-applies its logging config (on import, when a flow starts), resetting
-        # the levels set below; these environment overrides are what it re-reads each time.
-        for name in ("FLOW_RUNS", "TASK_RUNS"):
-            os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")
+        environment.quiet_prefect_logging()  # a failed stage is one line, not Prefect's traceback
     from tapeout.flows.build import build
 
     stdout = sys.stdout
-    if not args.debug:
-        # tapeout reports a failed stage in one line; Prefect would add its traceback.
-        for name in ("prefect.flow_runs", "prefect.task_runs"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+
     def say(message: str) -> None:
         # One write per line: targets report from concurrent threads.
         sys.stderr.write(f"· {message}\n")
@@ -145,11 +137,16 @@ def _run(args: argparse.Namespace) -> int:
     # to stderr with the progress.
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        outcomes = build(args.pipeline, args.commit, args.home_path, progress=say)
-    exit_code = max((outcome.exit_code for outcome in outcomes), default=0)
+        result = build(args.pipeline, args.commit, args.home_path, progress=say)
+    outcomes, exit_code = result.outcomes, result.exit_code
     if args.json:
+        source = result.source
         document = {
             "exit_code": exit_code,
+            "source": {
+                "repository": source.repository, "commit": source.commit,
+                "dirty": source.dirty, "dirty_files": list(source.dirty_files),
+            },
             "targets": [
                 {
                     "target": o.target,

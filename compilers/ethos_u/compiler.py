@@ -120,11 +120,12 @@ def _ini_sections(kind: str) -> tuple[str, ...]:
     return tuple(s[len(prefix):] for s in parser.sections() if s.startswith(prefix))
 
 
-def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = None) -> EthosUOptions:
+def resolve_options(given: Mapping[str, str]) -> EthosUOptions:
     """Validate the target's options and fill in every default.
 
-    `memory_budget_bytes` of the target profile is the SRAM budget unless `sram_budget_bytes`
-    is given.
+    The target profile's `memory_budget_bytes` is not an SRAM budget here: the pipeline gates
+    `peak_memory_bytes` (Vela's SRAM estimate) against it, as for every compiler, while the
+    `sram_budget_bytes` option refuses the compile itself.
 
     Raises:
         InvalidInput: an unknown option, or a value out of range (names the option, expected
@@ -169,7 +170,7 @@ def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = 
             raise bad(option, "a positive number of bytes")
         return int(text)
 
-    sram = byte_count("sram_budget_bytes", memory_budget_bytes)
+    sram = byte_count("sram_budget_bytes", None)
     flash = byte_count("flash_budget_bytes", None)
     listed = values.get("allowed_cpu_ops", "").split(",")
     allowed = tuple(sorted({op.strip().upper() for op in listed if op.strip()}))
@@ -308,7 +309,7 @@ class EthosUCompiler:
 
     def _options(self, target: TargetProfile) -> EthosUOptions:
         self._check_vela()
-        return resolve_options(target.options, target.memory_budget_bytes)
+        return resolve_options(target.options)
 
     def _convert(self, model_path: Path, workdir: Path):
         from tapeout.compilers.tflite import convert
