@@ -17,7 +17,7 @@ from tapeout.compilers.errors import (CompilationFailed, InvalidInput, TapeoutEr
 from tapeout.compilers.interface import Compiler, Runner
 from tapeout.compilers.int8_ref import (ARTIFACT_FILE, FIRMWARE_REVISION, ArtifactRejected,
                                         FirmwareTooOld, IncompatibleModel, Int8ReferenceCompiler,
-                                        MemoryBudgetExceeded, compatibility_report, load_file)
+                                        compatibility_report, load_file)
 from tapeout.compilers.int8_ref.artifact_format import HEADER, image_digest, read_image
 
 
@@ -149,15 +149,17 @@ def test_wrong_compiler_is_refused(artifact, tmp_path):
         Int8ReferenceCompiler().load(dataclasses.replace(artifact, directory=tmp_path))
 
 
-def test_memory_budget_names_the_op(cnn, tmp_path):
+def test_memory_budget_is_reported_with_its_op_not_refused(cnn, tmp_path):
+    """The compiler reports the peak and the op where it is, whatever the budget: the pipeline
+    gates peak_memory_bytes against memory_budget_bytes (docs/accuracy.md)."""
     model, qdq = cnn
-    with pytest.raises(MemoryBudgetExceeded) as exc:
-        M.compile_path(qdq, M.input_specs(model), tmp_path / "small", budget=2048)
-    msg = str(exc.value)
-    assert exc.value.node in msg and exc.value.op_type in msg and "2048" in msg
-    assert isinstance(exc.value, CompilationFailed)
-    _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "big", budget=1 << 20)
-    assert art.report["peak_memory_bytes"] <= 1 << 20
+    _, small = M.compile_path(qdq, M.input_specs(model), tmp_path / "small", budget=2048)
+    _, big = M.compile_path(qdq, M.input_specs(model), tmp_path / "big", budget=1 << 20)
+    assert small.report["peak_memory_bytes"] == big.report["peak_memory_bytes"] > 2048
+    peak = small.report["peak_memory_op"]
+    assert peak == big.report["peak_memory_op"]
+    assert peak["node"] in {node.name for node in onnx.load(str(qdq)).graph.node}
+    assert 0 < peak["live_bytes"] + peak["scratch_bytes"] <= small.report["peak_memory_bytes"]
 
 
 def test_memory_plan_reuses_the_arena(tmp_path):
@@ -219,6 +221,34 @@ def test_float_model_is_reported(tmp_path):
     onnx.save(model, str(path))
     problems = compatibility_report(path)
     assert problems and problems[0].op_type == "Conv" and "float" in problems[0].reason
+
+
+def test_loader_counts_every_kernels_loops_against_the_work_bounds(artifact, monkeypatch):
+    """Each op's loop iterations (its kernel's `work`) are counted at load: an op over the
+    per-op bound, or an image over the per-image bound, is refused naming it. The bounds are
+    lowered here to the example network's own work, so both sides of each are tested."""
+    from tapeout.compilers.int8_ref import validate
+    from tapeout.compilers.int8_ref.opset import KERNELS
+
+    raw = (artifact.directory / ARTIFACT_FILE).read_bytes()
+    img = read_image(raw)
+    works = []
+    for op in img.ops:
+        kernel = KERNELS[op.kind]
+        params = dict(zip(kernel.params, op.ints))
+        works.append(kernel.work(params))
+        assert works[-1] >= kernel.cost(params)[0]  # the loops include every MAC
+    heaviest = works.index(max(works))
+    monkeypatch.setattr(validate, "MAX_OP_WORK", max(works) - 1)
+    with pytest.raises(ArtifactRejected,
+                       match=rf"op {heaviest} .*loops would run {max(works)} iterations"):
+        read_image(raw, "x.i8r")
+    monkeypatch.setattr(validate, "MAX_OP_WORK", max(works))
+    monkeypatch.setattr(validate, "MAX_IMAGE_WORK", sum(works) - 1)
+    with pytest.raises(ArtifactRejected, match=rf"would run {sum(works)} iterations in all"):
+        read_image(raw, "x.i8r")
+    monkeypatch.setattr(validate, "MAX_IMAGE_WORK", sum(works))
+    assert read_image(raw).ops == img.ops
 
 
 FUZZ = textwrap.dedent('''
