@@ -26,6 +26,7 @@ MODULES = (
     "globalavgpool",
     "add",
     "mul",
+    "div",
     "copy",
     "transpose",
     "concat",
@@ -38,6 +39,7 @@ MODULES = (
     "softmax",
     "reducemean",
     "batchnorm",
+    "lrn",
     "load_const",
     "constant",
 )

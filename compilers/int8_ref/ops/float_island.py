@@ -31,11 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, shape_inference
 
 from ..kernel_abi import OnnxOp
-from ..program import I16, Q, attr
+from ..program import I16, Q
 from . import _ort_tables, lut, lut_channels
+from .constant import constant_value
 
 # Elementwise ONNX ops an island may contain (NumPy broadcasting of constant operands).
 UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Celu", "Cos",
@@ -43,10 +44,10 @@ UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Celu
          "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Round", "Selu", "Sigmoid", "Sign",
          "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Swish", "Tan", "Tanh",
          "ThresholdedRelu", "Cast", "CastLike", "Not")
-OTHERS = ("Pow", "Min", "Max", "Mod", "PRelu", "Where", "Less", "LessOrEqual", "Greater",
-          "GreaterOrEqual", "Equal", "And", "Or", "Xor", "BitShift")
+OTHERS = ("Pow", "Min", "Max", "Mean", "Mod", "PRelu", "Where", "Less", "LessOrEqual",
+          "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Xor", "BitShift")
 # Ops with a kernel of their own elsewhere that may also be island members.
-SHARED = ("Add", "Sub", "Mul", "Div", "Sum", "Mean", "Relu", "Clip", "Identity")
+SHARED = ("Add", "Sub", "Mul", "Div", "Sum", "Relu", "Clip", "Identity")
 ELEMENTWISE = frozenset(UNARY + OTHERS + SHARED)
 # Never the start of an island: they work on the integers (CLAMP, COPY) and keep the input's
 # quantization, so what reads them still reads a dequantized activation.
@@ -104,8 +105,8 @@ def _constant(low, name: str, producers: dict[str, int]):
     if i is None:
         return None
     node = low.g.node[i]
-    if node.op_type == "Constant" and attr(node, "value") is not None:
-        return numpy_helper.to_array(attr(node, "value")), i
+    if node.op_type == "Constant" and constant_value(node) is not None:
+        return constant_value(node), i
     if node.op_type == "DequantizeLinear" and node.input[0] in low.init:
         return low.init[node.input[0]], i  # its shape is what matters; ORT dequantizes it
     return None
@@ -313,6 +314,7 @@ def lower_island(low, node) -> None:
         low.model, nodes, inits, xq.code, varying,
         [(e.name, TensorProto.FLOAT if e.code in (FLOAT, I16) else
           _ort_tables.CODE_TYPES[e.code][0]) for e in outputs])
+    _check_float_exits(low, node, model, [e.name for e in outputs if e.code in (FLOAT, I16)])
     try:
         tables = _ort_tables.run(model, xq.code, varying)
     except Exception as exc:  # noqa: BLE001 - ORT's refusal of the island is the reason
@@ -345,6 +347,28 @@ def lower_island(low, node) -> None:
                      consts=[low.const(np.ascontiguousarray(entries).view(np.uint8).reshape(-1))],
                      outer=outer, channels=channels, inner=inner,
                      out_bytes=entries.dtype.itemsize)
+
+
+def _check_float_exits(low, node, model, names: list[str]) -> None:
+    """A value read outside the island in float must be float (not a Less's bool)."""
+    if not names:
+        return
+    probe = onnx_copy(model)
+    del probe.graph.output[:]
+    inferred = shape_inference.infer_shapes(probe)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    for name in names:
+        elem = types.get(name, TensorProto.FLOAT)
+        if elem != TensorProto.FLOAT:
+            low.fail(node, f"its value {name!r} of type "
+                           f"{TensorProto.DataType.Name(elem).lower()} is read outside it; "
+                           "only float values can leave a float island", "output")
+
+
+def onnx_copy(model):
+    out = type(model)()
+    out.CopyFrom(model)
+    return out
 
 
 def _fold(low, node, shape, varying) -> tuple[int, int]:
