@@ -412,6 +412,7 @@ cdef struct ReducemeanParams:
     int64_t mode
     int64_t mult
     int64_t shift
+    int64_t wide_in
 cdef enum:
     REDUCEMEAN_F_X_SCALE = 0
     REDUCEMEAN_F_Y_SCALE = 1

@@ -34,7 +34,7 @@ cdef void div_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
                     st(y, iy, so, qmax if ka > 0 else qmin)
                 else:
                     # round(ka * 2^frac / kb), half away from zero, then * M / 2^frac;
-                    # |ka| <= 65535 and frac <= 32, so |num| < 2^48
+                    # |ka| <= 255 and frac <= 32, so |num| < 2^40
                     num = (<int64_t>ka) << prm.frac
                     if kb < 0:
                         num = -num

@@ -49,6 +49,6 @@ def validate(c) -> None:
 
 KERNEL = KernelSpec(kind=43, name="DIV", params=PARAMS, floats=("a_scale", "b_scale",
                                                                 "y_scale"),
-                    inputs=2, int16=True, firmware="1.2.0", validate=validate,
+                    inputs=2, firmware="1.2.0", validate=validate,
                     work=_binary.work)
-ONNX = {"Div": OnnxOp(lower_div, int16=True, reads_dequantized=True)}
+ONNX = {"Div": OnnxOp(lower_div, reads_dequantized=True)}
