@@ -99,8 +99,6 @@ def rules(node):
 
 
 def lower_batch_normalization(low, node) -> None:
-    for attribute, reason in rules(node):
-        low.fail(node, reason, attribute)
     if any(o for o in node.output[1:]):
         low.fail(node, "the running mean and variance outputs are not supported", "outputs")
     xq = low.act(node, node.input[0])
@@ -150,7 +148,7 @@ def validate(c) -> None:
 
 
 def work(p) -> int:
-    return p["outer"] * p["channels"] * (p["inner"] + 1)
+    return p["outer"] * (1 + p["channels"] * (1 + p["inner"]))
 
 
 # ort: the float32 new_scale and new_bias; fixed-point: pre, offset, mult, shift (int32)

@@ -28,7 +28,7 @@ def validate(c) -> None:
 
 
 def work(p) -> int:
-    return p["outer"] * p["channels"] * (p["inner"] + 1)
+    return p["outer"] * (1 + p["channels"] * (1 + p["inner"]))
 
 
 KERNEL = KernelSpec(kind=41, name="LUT_CHANNELS", params=PARAMS, consts=("tables",),
