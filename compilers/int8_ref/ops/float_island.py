@@ -58,13 +58,12 @@ MAX_CHANNELS = 4096  # LUT_CHANNELS tables: at most 1 MiB of constants per op
 
 @dataclass
 class Island:
-    """What an island reads and computes: the node indices in graph order, the names of the
+    """What an island reads and computes: its node indices in graph order, the names of the
     DequantizeLinear outputs of its activation, its constant operands by name (initializers,
     Constant nodes' values, DequantizeLinear of an initializer: their shapes decide the
     tables), the initializers and constant-making nodes its model needs, and its exits:
     each float value read outside the island, with the indices of the nodes that read it."""
 
-    source: Q
     nodes: list[int] = field(default_factory=list)
     dequantized: set[str] = field(default_factory=set)
     operands: dict[str, np.ndarray] = field(default_factory=dict)  # constant operands
@@ -153,6 +152,8 @@ def claims(low, node) -> bool:
         arr, made_by = value
         if made_by is None or low.g.node[made_by].op_type == "Constant":
             return True  # a float constant: ORT runs the node in float
+        if name in low.wconst and np.size(low.wconst[name][1]) > 1:
+            return True  # a per-channel quantized constant: no per-tensor LOAD_CONST
     out = node.output[0]
     cons = low.consumers.get(out, [])
     if out in low.graph_outputs or len(cons) != 1:
@@ -174,7 +175,7 @@ def find(low, head_index: int) -> Island:
     if src is None:
         raise _NotAnIsland("it must read exactly one quantized activation (through "
                            "DequantizeLinear) and otherwise constants")
-    isl = Island(src)
+    isl = Island()
     producers = _producers(low)
     members: set[int] = set()
     produced: set[str] = set()
