@@ -10,8 +10,6 @@ one LSB. The fast tier runs one case per op with uint8 activations; the slow tie
 case with both activation types.
 """
 
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,12 +183,7 @@ def test_loader_fuzz_on_the_new_kinds(network, mode, script, tmp_path):
     model, qdq = network
     _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "a", mode, firmware=FIRMWARE)
     text, args = (STRUCT_FUZZ, ()) if script == "params" else (FUZZ, ("600", "3", "1"))
-    path = tmp_path / "fuzz.py"
-    path.write_text(text)
-    proc = subprocess.run([sys.executable, str(path), str(art.directory / "model.i8r"), *args],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    counts = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own output
+    counts = M.run_loader_fuzz(text, art.directory / "model.i8r", args, tmp_path)
     assert counts["rejected"] > 0
 
 
