@@ -37,6 +37,7 @@ GATE_METRICS = (
     "peak_memory_bytes",
     "compile_seconds",
     "energy_per_inference_uj_estimate",  # an estimate from the target's cost_model (flows/energy.py)
+    "npu_mac_share",  # reported by a compiler that places ops on an NPU or a host CPU (ethos-u)
 )
 
 

@@ -30,6 +30,7 @@ METRIC_NOTES: dict[str, str] = {
     "artifact_size_bytes": "compiled files, bytes",
     "peak_memory_bytes": "peak activation memory reported by the compiler's memory plan, bytes",
     "compile_seconds": "compile time reported by the compiler, s",
+    "npu_mac_share": "share of the MACs the compiler placed on the NPU (the rest run on the host CPU)",
     "energy_per_inference_uj_estimate": "ESTIMATE, µJ per sample, from the target's cost model (not measured)",
     "macs_per_inference": "multiply-accumulates per sample, as the compiler counted them (for the energy estimate)",
     "bytes_moved_per_inference": "bytes read and written per sample, as the compiler counted them (for the energy estimate)",

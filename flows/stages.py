@@ -181,10 +181,11 @@ def evaluate_stage(
         reference,
         [artifact.directory / name for name in artifact.files],
     )
-    # What the compiler measured itself (int8-ref: the static memory plan's peak, compile time).
+    # What the compiler measured itself (int8-ref: the static memory plan's peak, compile time;
+    # ethos-u: the share of MACs Vela placed on the NPU).
     reported = {
         metric: float(artifact.report[metric])  # type: ignore[arg-type]
-        for metric in ("peak_memory_bytes", "compile_seconds")
+        for metric in ("peak_memory_bytes", "compile_seconds", "npu_mac_share")
         if isinstance(artifact.report.get(metric), (int, float))
     }
     return replace(evaluation, metrics={**evaluation.metrics, **reported}) if reported else evaluation

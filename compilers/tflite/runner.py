@@ -26,7 +26,8 @@ from tapeout.compilers.tflite.converter import NHWC, EdgeTensor
 #   TFLite's builtin kernels.
 # - "reference": TFLite's reference kernels, int32 multiplier and shift with
 #   MultiplyByQuantizedMultiplier's double rounding (tensorflow/lite/kernels/internal/common.h),
-#   the arithmetic TFLite Micro runs beside the NPU; within 1 LSB of ONNX Runtime.
+#   the arithmetic TFLite Micro runs beside the NPU; mostly within 1 LSB of ONNX Runtime per op
+#   (docs/ethos-u.md, "Exactness per op").
 KERNELS = {"xnnpack": "AUTO", "reference": "BUILTIN_REF"}
 
 

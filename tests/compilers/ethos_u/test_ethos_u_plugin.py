@@ -163,9 +163,13 @@ def test_unsupported_node_is_named_for_this_compiler(tmp_path):
     from ethos_u_models import quantize_model, with_conv
     from onnx import helper
 
-    path = quantize_model(with_conv([helper.make_node("Sigmoid", ["c"], ["y"], name="gate")], [1, 4, 8, 8]), tmp_path)
+    from onnx import numpy_helper
+
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    resize = helper.make_node("Resize", ["c", "", "scales"], ["y"], name="upsample", mode="nearest")
+    path = quantize_model(with_conv([resize], [1, 4, 16, 16], initializers=[scales]), tmp_path)
     model = QuantizedModel(path, "0" * 64, path, (), ())
-    with pytest.raises(UnsupportedOperator, match="compiler 'ethos-u' cannot build node 'gate'"):
+    with pytest.raises(UnsupportedOperator, match="compiler 'ethos-u' cannot build node 'upsample'"):
         EthosUCompiler().compile(model, target(), tmp_path / "out")
 
 
