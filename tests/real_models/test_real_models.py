@@ -23,16 +23,7 @@ KNOWN_REFUSALS: dict[tuple[str, str], str] = {
         (column, name): op
         for column in ("int8-ref", "int8-ref ort")
         for name, op in {
-            "resnet18": "ReduceMean",
-            "mobilenet_v2": "ReduceMean",
-            "mobilenet_v3_small": "HardSwish",
-            "efficientnet_b0": "ReduceMean",
-            "squeezenet1_1": "ReduceMean",
             "shufflenet_v2_x0_5": "Split",
-            "regnet_x_400mf": "ReduceMean",
-            "mnasnet0_5": "ReduceMean",
-            "googlenet": "ReduceMean",
-            "densenet121": "BatchNormalization",
             "convnext_tiny": "LayerNormalization",
             "vit_tiny_d4": "LayerNormalization",
         }.items()
