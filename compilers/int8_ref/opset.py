@@ -36,6 +36,8 @@ MODULES = (
     "softmax",
     "load_const",
     "constant",
+    "slice",
+    "gather",
 )
 
 

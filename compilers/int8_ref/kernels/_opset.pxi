@@ -38,6 +38,8 @@ cdef enum:
     KIND_RESIZE_NEAREST = 18
     KIND_SOFTMAX = 19
     KIND_LOAD_CONST = 20
+    KIND_SLICE = 40
+    KIND_GATHER = 41
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:
@@ -352,6 +354,31 @@ cdef struct LoadConstParams:
 cdef enum:
     LOAD_CONST_C_DATA = 0
 
+# SLICE (ops/slice.py, kernels/slice.pxi)
+cdef struct SliceParams:
+    int64_t base
+    int64_t d0
+    int64_t d1
+    int64_t d2
+    int64_t d3
+    int64_t d4
+    int64_t d5
+    int64_t s0
+    int64_t s1
+    int64_t s2
+    int64_t s3
+    int64_t s4
+    int64_t s5
+
+# GATHER (ops/gather.py, kernels/gather.pxi)
+cdef struct GatherParams:
+    int64_t outer
+    int64_t n
+    int64_t axis
+    int64_t inner
+cdef enum:
+    GATHER_C_INDICES = 0
+
 # An op's integer parameters: the raw record, or the fields of its kind.
 cdef union OpParams:
     int64_t p[MAX_INTS]
@@ -375,6 +402,8 @@ cdef union OpParams:
     ResizeParams resize
     SoftmaxParams softmax
     LoadConstParams load_const
+    SliceParams slice
+    GatherParams gather
 
 cdef struct OpDesc:
     int kind
@@ -405,6 +434,8 @@ include "pad.pxi"
 include "resize.pxi"
 include "softmax.pxi"
 include "load_const.pxi"
+include "slice.pxi"
+include "gather.pxi"
 
 
 cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
@@ -450,3 +481,7 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         softmax_eval(d, a, cb, scratch)
     elif kind == KIND_LOAD_CONST:
         load_const_eval(d, a, cb, scratch)
+    elif kind == KIND_SLICE:
+        slice_eval(d, a, cb, scratch)
+    elif kind == KIND_GATHER:
+        gather_eval(d, a, cb, scratch)
