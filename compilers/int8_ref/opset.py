@@ -38,6 +38,7 @@ MODULES = (
     "constant",
     "slice",
     "gather",
+    "layernorm",
 )
 
 

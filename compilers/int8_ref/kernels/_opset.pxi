@@ -40,6 +40,7 @@ cdef enum:
     KIND_LOAD_CONST = 20
     KIND_SLICE = 40
     KIND_GATHER = 41
+    KIND_LAYERNORM = 42
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:
@@ -379,6 +380,22 @@ cdef struct GatherParams:
 cdef enum:
     GATHER_C_INDICES = 0
 
+# LAYERNORM (ops/layernorm.py, kernels/layernorm.pxi)
+cdef struct LayernormParams:
+    int64_t rows
+    int64_t n
+    int64_t sg_in
+    int64_t sg_out
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t vshift
+cdef enum:
+    LAYERNORM_C_GAMMA = 0
+    LAYERNORM_C_BIAS = 1
+    LAYERNORM_C_REQUANT = 2
+    LAYERNORM_C_OFFSET = 3
+
 # An op's integer parameters: the raw record, or the fields of its kind.
 cdef union OpParams:
     int64_t p[MAX_INTS]
@@ -404,6 +421,7 @@ cdef union OpParams:
     LoadConstParams load_const
     SliceParams slice
     GatherParams gather
+    LayernormParams layernorm
 
 cdef struct OpDesc:
     int kind
@@ -436,6 +454,7 @@ include "softmax.pxi"
 include "load_const.pxi"
 include "slice.pxi"
 include "gather.pxi"
+include "layernorm.pxi"
 
 
 cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
@@ -485,3 +504,5 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         slice_eval(d, a, cb, scratch)
     elif kind == KIND_GATHER:
         gather_eval(d, a, cb, scratch)
+    elif kind == KIND_LAYERNORM:
+        layernorm_eval(d, a, cb, scratch)
