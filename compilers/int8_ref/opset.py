@@ -39,6 +39,7 @@ MODULES = (
     "slice",
     "gather",
     "layernorm",
+    "quantize_axis",
 )
 
 

@@ -41,6 +41,7 @@ cdef enum:
     KIND_SLICE = 40
     KIND_GATHER = 41
     KIND_LAYERNORM = 42
+    KIND_QUANTIZE_AXIS = 43
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:
@@ -396,6 +397,19 @@ cdef enum:
     LAYERNORM_C_REQUANT = 2
     LAYERNORM_C_OFFSET = 3
 
+# QUANTIZE_AXIS (ops/quantize_axis.py, kernels/quantize_axis.pxi)
+cdef struct QuantizeAxisParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t qmin
+    int64_t qmax
+    int64_t sg
+    int64_t dequantize
+cdef enum:
+    QUANTIZE_AXIS_C_SCALES = 0
+    QUANTIZE_AXIS_C_ZERO_POINTS = 1
+
 # An op's integer parameters: the raw record, or the fields of its kind.
 cdef union OpParams:
     int64_t p[MAX_INTS]
@@ -422,6 +436,7 @@ cdef union OpParams:
     SliceParams slice
     GatherParams gather
     LayernormParams layernorm
+    QuantizeAxisParams quantize_axis
 
 cdef struct OpDesc:
     int kind
@@ -455,6 +470,7 @@ include "load_const.pxi"
 include "slice.pxi"
 include "gather.pxi"
 include "layernorm.pxi"
+include "quantize_axis.pxi"
 
 
 cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
@@ -506,3 +522,5 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         gather_eval(d, a, cb, scratch)
     elif kind == KIND_LAYERNORM:
         layernorm_eval(d, a, cb, scratch)
+    elif kind == KIND_QUANTIZE_AXIS:
+        quantize_axis_eval(d, a, cb, scratch)
