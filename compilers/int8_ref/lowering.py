@@ -36,6 +36,7 @@ from onnx import numpy_helper
 
 from . import requantize as rq
 from .exceptions import Incompatibility
+from .fold import prepare
 from .kernel_abi import MAX_CONSTS, MAX_FLOATS, MODE_FIXED, MODE_ORT, KernelSpec
 from .opset import INT16_OPS, ONNX_OPS, READS_DEQUANTIZED, Kind
 from .ops import load_const, requant
@@ -409,5 +410,6 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
 
     `ort_float`: names of nodes ONNX Runtime keeps in float (compat.ort_float_nodes); in
     `ort` mode their elementwise ops are emulated in float32 instead of as QLinear kernels.
+    Shape subgraphs are folded first (fold.prepare).
     """
-    return Lowering(model, input_shapes, requant, ort_float).run()
+    return Lowering(prepare(model, input_shapes), input_shapes, requant, ort_float).run()
