@@ -51,8 +51,8 @@ COLUMNS: dict[str, Column] = {
     for column in (
         # ONNX Runtime's own CPU build, one thread: the latency every other column is divided by.
         Column("onnxruntime", "onnxruntime", "1.32.0", {"graph_optimization_level": "extended", "threads": "1"}),
-        Column("int8-ref", "int8-ref", "1.1.0", {"requant": "fixed-point"}, host_ops=_nothing_left),
-        Column("int8-ref ort", "int8-ref", "1.1.0", {"requant": "ort"}, host_ops=_nothing_left),
+        Column("int8-ref", "int8-ref", "1.2.0", {"requant": "fixed-point"}, host_ops=_nothing_left),
+        Column("int8-ref ort", "int8-ref", "1.2.0", {"requant": "ort"}, host_ops=_nothing_left),
         Column("openvino", "openvino", "2026.4.1", {"threads": "1"}),
     )
 }

@@ -29,13 +29,13 @@ KNOWN_REFUSALS: dict[tuple[str, str], str] = {
             "mobilenet_v3_small": "HardSwish",
             "efficientnet_b0": "ReduceMean",
             "squeezenet1_1": "ReduceMean",
-            "shufflenet_v2_x0_5": "Split",
+            "shufflenet_v2_x0_5": "ReduceMean",
             "regnet_x_400mf": "ReduceMean",
             "mnasnet0_5": "ReduceMean",
             "googlenet": "ReduceMean",
             "densenet121": "BatchNormalization",
-            "convnext_tiny": "LayerNormalization",
-            "vit_tiny_d4": "LayerNormalization",
+            "convnext_tiny": "Gelu",
+            "vit_tiny_d4": "Gelu",
         }.items()
     },
 }
