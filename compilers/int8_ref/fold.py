@@ -140,6 +140,8 @@ def _fold_once(model: onnx.ModelProto, input_shapes) -> onnx.ModelProto | None:
     out.CopyFrom(model)
     kept = [_copy(n) for i, n in enumerate(g.node) if i not in folded]
     used = {x for n in kept for x in n.input} | {o.name for o in out.graph.output}
+    # Constant nodes only the folded nodes read are gone with them
+    kept = [n for n in kept if n.op_type != "Constant" or any(o in used for o in n.output)]
     new_inits = [numpy_helper.from_array(np.asarray(v), name)
                  for i in folded for name, v in zip(g.node[i].output, folded[i])
                  if name in used]
