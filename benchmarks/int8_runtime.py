@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from readme_section import replace_section
 from tapeout.compilers.int8_ref import Int8ReferenceCompiler
 from tapeout.compilers.interface import QuantizedModel, TargetProfile, TensorSpec
 
@@ -204,13 +204,7 @@ def table(rows: dict) -> str:
 
 
 def write_readme(text: str) -> None:
-    body = README.read_text() if README.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(body):
-        body = pattern.sub(lambda _: text.rstrip() + "\n", body)
-    else:
-        body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    README.write_text(body)
+    replace_section(README, SECTION, text)
 
 
 def main(argv=None) -> int:

@@ -46,6 +46,7 @@ def compile_command(model, compiler: str, output, *extra: str) -> list[str]:
     return ["compile", str(model), "--compiler", compiler, "--firmware", firmware, "-o", str(output), *extra]
 
 
+@pytest.mark.slow  # Vela and OpenVINO compile in subprocesses
 @pytest.mark.parametrize("compiler", ["onnxruntime", "int8-ref", "openvino", "fp16", "ethos-u"])
 def test_every_compiler_refuses_an_unpinned_batch_then_builds_it_pinned(
     compiler, dynamic_qdq, dynamic_batch_model, tmp_path, capsys
@@ -75,6 +76,7 @@ def test_every_compiler_refuses_an_unpinned_batch_then_builds_it_pinned(
         assert produced["logits"].argmax() == expected.argmax()
 
 
+@pytest.mark.slow
 def test_a_pinned_batch_larger_than_one_is_the_artifacts_static_batch(dynamic_qdq, tmp_path, capsys):
     assert main(compile_command(dynamic_qdq, "onnxruntime", tmp_path / "a", "--shape", "image=8,1,16,16")) == 0
     capsys.readouterr()

@@ -13,8 +13,8 @@ would build them, for tests and benchmarks of every compiler.
 `ARCHITECTURES` maps each name to an `Architecture` (factory file, input shape, source,
 whether the output is class scores); `FAST_TIER` names the six in `make test`'s fast tier.
 Every model has one input `input` (batch 1) and one output `output`. Built models are cached
-under `.cache/real-models/` (see `real_models.build`); the first build of all sixteen takes
-minutes, later ones milliseconds.
+under `.cache/real-models/` (see `real_models.build`): the first build of all sixteen takes
+a few minutes, later runs read the files back.
 
 In tests, the session fixture `real_model(name, activations="uint8")` (real_models.fixtures,
 loaded by tests/conftest.py) returns the same objects.

@@ -1,10 +1,9 @@
 """Every suite model through every tested compiler: it compiles, runs, and its output is
 compared with ONNX Runtime's on the same QDQ model and test inputs.
 
-Tiers: the MLPerf Tiny four, ResNet-18 and MobileNet v2 are the fast tier (marker `slow`
-only); the other ten also carry `real_models`, so `pytest -m real_models` runs the rest of the
-suite and `-m "slow and not real_models" tests/real_models` the fast tier. `make test` runs
-both, `make test-quick` neither.
+Every test here carries the marker `real_models` (`pytest -m real_models`: the whole suite).
+The MLPerf Tiny four, ResNet-18 and MobileNet v2 are the fast tier (`-m "real_models and not
+slow"`); the other ten are also `slow`. `make test` runs both tiers, `make test-quick` neither.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ LAYERNORM_HEAVY = ("convnext_tiny", "vit_tiny_d4")
 
 def _cases():
     for name in ARCHITECTURES:
-        tier = [pytest.mark.slow] + ([] if name in FAST_TIER else [pytest.mark.real_models])
+        tier = [pytest.mark.real_models] + ([] if name in FAST_TIER else [pytest.mark.slow])
         for label in TESTED:
             marks = list(tier)
             refused = KNOWN_REFUSALS.get((label, name))
@@ -78,7 +77,7 @@ def test_compiles_runs_and_agrees_with_onnxruntime(name, label, real_model, tmp_
         assert agreement.max_lsb <= 2, agreement
 
 
-@pytest.mark.slow
+@pytest.mark.real_models
 def test_a_second_build_is_read_from_the_cache(real_model):
     first = real_model("ad_autoencoder")
     written = {path: path.stat().st_mtime_ns for path in (first.float_path, first.qdq_path)}
