@@ -40,11 +40,19 @@ SG_ITEMSIZE = {SG_UINT8: 1, SG_INT8: 1, SG_INT16: 2}
 # accumulate in int64 and keep the same limit (2^15 * 65535 * 255 + 2^31 < 2^40).
 MAX_REDUCTION = 32768
 
-# Loader bounds. Every integer parameter lies in (-PARAM_LIMIT, PARAM_LIMIT); an average
-# pooling window holds at most MAX_WINDOW values. Every kernel states its `work`: the
-# iterations of its loops (the sum, over its loop nests, of the product of their extents), a
-# function of its parameters only.
+# Loader bounds. Every integer parameter lies in (-PARAM_LIMIT, PARAM_LIMIT). Every kernel
+# states its `work`: the iterations of its loops (the sum, over its loop nests, of the product
+# of their extents), a function of its parameters only. Every extent is at least 1, so a
+# bounded sum bounds every extent; the loader refuses an op over MAX_OP_WORK and an image
+# over MAX_IMAGE_WORK, so a forged image cannot keep the runtime (which runs without the GIL
+# and does not see SIGINT) busy for longer than that. The largest op of the networks int8-ref
+# targets is about 2^29 (a ViT-B/16 MLP MatMul at batch 1); docs/int8-ref.md gives the
+# measured time these bounds allow.
 PARAM_LIMIT = 1 << 31
+MAX_OP_WORK = 1 << 36
+MAX_IMAGE_WORK = 1 << 40
+# A pooling window visits kh*kw values for every output: bounded on its own (besides the
+# work) so that a forged window is refused with the name of the field at fault.
 MAX_WINDOW = 1 << 20
 
 
@@ -108,7 +116,8 @@ class OnnxOp:
                        the op(s); it raises LoweringError (via `low.fail`) for what it refuses
     rules              attribute rules that need no shapes: `rules(node)` yields (attribute,
                        reason) for each violation; the compatibility report lists them all
-                       before any lowering
+                       before any lowering, and the driver refuses the first of them before
+                       calling `lower`
     domain             "" or "com.microsoft" (how capabilities() names it)
     int16              takes and produces int16 activations
     reads_dequantized  reads a DequantizeLinear output as the integers behind it (no float

@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from . import requantize as rq
 from .exceptions import Incompatibility
 from .fold import prepare
-from .kernel_abi import MAX_CONSTS, MAX_FLOATS, MODE_FIXED, MODE_ORT, KernelSpec
+from .kernel_abi import MODE_FIXED, MODE_ORT, KernelSpec
 from .opset import INT16_OPS, ONNX_OPS, READS_DEQUANTIZED, Kind
 from .ops import load_const, requant
 from .program import (CODE_DTYPE, DTYPE_CODE, I16, ONNX_DTYPES, LoweringError, Op, Program, Q,
@@ -112,7 +112,7 @@ class Lowering:
                             f"{sorted(set(kernel.params) - set(ints))}, unknown "
                             f"{sorted(set(ints) - set(kernel.params))}")
         lo, hi = kernel.const_range
-        if not lo <= len(consts) <= min(hi, MAX_CONSTS) or len(floats) > MAX_FLOATS:
+        if not lo <= len(consts) <= hi or len(floats) > len(kernel.floats):
             raise TypeError(f"{kernel.name}: {len(consts)} constants, {len(floats)} floats")
         self.ops.append(Op(Kind(kernel.kind), node.name or node.output[0], node.op_type,
                            tuple(inputs), output, tuple(consts),
@@ -372,6 +372,8 @@ class Lowering:
                 if node.domain not in DOMAINS or onnx_op is None:
                     self.fail(node, f"operator {node.domain + '.' if node.domain else ''}"
                                     f"{node.op_type} is not supported")
+                for attribute, reason in onnx_op.rules(node):
+                    self.fail(node, reason, attribute)
                 onnx_op.lower(self, node)
             except LoweringError as exc:
                 if not self.keep_going:

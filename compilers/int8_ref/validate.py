@@ -1,13 +1,17 @@
-"""Per-op validation of a parsed image: every parameter against the buffers it indexes.
+"""Per-op validation of a parsed image: every parameter against the buffers it indexes, and
+every loop the kernel will run against the firmware's work bounds.
 
-The kernels index without bounds checks, so this is what keeps a malformed artifact from
-reading or writing outside the arena, the constant data or the scratch buffer. For each op the driver checks what is common
+The kernels index without bounds checks and run without the GIL, so this is what keeps a
+malformed artifact from reading or writing outside the arena, the constant data or the
+scratch buffer, and from running for ever. For each op the driver checks what is common
 (parameter magnitudes, an output that is not also an input) and calls its kernel's
 `validate(check)` (ops/<op>.py), which recomputes from the op's integer parameters how many
 bytes the kernel will touch in each tensor and constant and requires equality (or, for
 strided reads, that the largest index is inside the buffer). A type code ("sg_in" / "sg_out":
 0 uint8, 1 int8, 2 int16) must match its tensor's dtype, and sizes are counted at that width;
-only kernels registered with `int16=True` accept code 2.
+only kernels registered with `int16=True` accept code 2. Then the kernel's `work` (the
+iterations of its loops, kernel_abi.py) must stay within MAX_OP_WORK, and the image's total
+within MAX_IMAGE_WORK.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .exceptions import ArtifactRejected
-from .kernel_abi import PARAM_LIMIT, SG_DTYPE, SG_INT16, SG_ITEMSIZE, KernelSpec
+from .kernel_abi import (MAX_IMAGE_WORK, MAX_OP_WORK, PARAM_LIMIT, SG_DTYPE, SG_INT16,
+                         SG_ITEMSIZE, KernelSpec)
 from .opset import KERNELS
 
 
@@ -136,6 +141,7 @@ class OpCheck:
 
 
 def validate_ops(image, where: str) -> None:
+    total = 0
     for idx, op in enumerate(image.ops):
         kernel = KERNELS[op.kind]
         check = OpCheck(image, idx, op, kernel, where)
@@ -143,3 +149,11 @@ def validate_ops(image, where: str) -> None:
         kernel.validate(check)
         if op.output in op.inputs:
             check.fail("an op may not write its own input")
+        work = kernel.work(check.p)
+        if work > MAX_OP_WORK:
+            check.fail(f"its loops would run {work} iterations; the firmware runs at most "
+                       f"{MAX_OP_WORK} per op")
+        total += work
+    if total > MAX_IMAGE_WORK:
+        raise ArtifactRejected(where, f"the ops' loops would run {total} iterations in all; "
+                                      f"the firmware runs at most {MAX_IMAGE_WORK} per image")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import requantize as rq
-from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
+from ..kernel_abi import MAX_REDUCTION, MODE_FIXED, MODE_INT32, KernelSpec, OnnxOp, align16
 from ..program import I16, Q, attr
 from ._window import pads, window_rules
 
@@ -33,7 +33,8 @@ def conv_scratch(chw: int, K: int, P: int, wide: bool) -> int:
 
 
 def prepare_weights(w: np.ndarray, wzp: np.ndarray) -> np.ndarray:
-    """[M, K] int16 `w - zero point` (|w - zp| <= 255), the layout the kernel reads."""
+    """[M, K] int16 `w - zero point` (|w - zp| <= 255) of weights [M, ...] with per-channel
+    zero points [M]: the layout the CONV and GEMM kernels read."""
     M = w.shape[0]
     return (w.astype(np.int32).reshape(M, -1) - wzp[:, None]).astype(np.int16)
 
@@ -135,27 +136,42 @@ def validate(c) -> None:
     p = c.p
     c.positive("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "dh", "dw", "groups", "OH",
                "OW")
-    c.type_codes("sg_in", "sg_out")
-    c.flag("mode", hi=2)
     if p["C"] % p["groups"] or p["M"] % p["groups"]:
         c.fail("groups does not divide the channels")
     kk = p["C"] // p["groups"] * p["kh"] * p["kw"]
     P = p["OH"] * p["OW"]
-    if kk > MAX_REDUCTION:
-        c.fail(f"reduction of {kk} terms can overflow int32")
-    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
-        c.fail("an int16 input has no int32-output form")
+    accumulator(c, kk)
     c.qtype(c.ins[0], "sg_in", "input")
     c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
     c.size(c.out, p["N"] * p["M"] * P * c.out_itemsize(), "output")
-    c.const("weights", "int16", p["M"] * kk * 2)
-    c.const("bias", "int32", p["M"] * 4)
-    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", p["M"] * 4)
-    c.const("shifts", "int32", p["M"] * 4)
+    per_channel_constants(c, p["M"], kk)
     c.scratch(conv_scratch(p["C"] * p["H"] * p["W"], kk, P, p["sg_in"] == I16))
     c.qrange("xzp", "yzp", "qmin", "qmax")
-    if p["mode"] == 1:
-        sh = c.const_values("shifts", np.int32, p["M"])
+
+
+def accumulator(c, k: int) -> None:
+    """The rules of an op that sums `k` products (CONV, GEMM, MATMUL): type codes, a mode of
+    0 / 1 / 2 (int32 out), at most MAX_REDUCTION terms (the accumulator bound in
+    kernels/common.pxi), no int32-output form for an int16 input."""
+    c.type_codes("sg_in", "sg_out")
+    c.flag("mode", hi=MODE_INT32)
+    if k > MAX_REDUCTION:
+        c.fail(f"reduction of {k} terms can overflow int32")
+    if c.p["sg_in"] == I16 and c.p["mode"] == MODE_INT32:
+        c.fail("an int16 input has no int32-output form")
+
+
+def per_channel_constants(c, channels: int, k: int) -> None:
+    """The constants of a per-channel requantized accumulator (CONV, GEMM): int16 `w - zp`
+    [channels, k], int32 bias, multipliers (int32 mantissas in `fixed-point`, float32
+    otherwise) and shifts, each shift in [-31, 30] where it is used."""
+    fixed = c.p["mode"] == MODE_FIXED
+    c.const("weights", "int16", channels * k * 2)
+    c.const("bias", "int32", channels * 4)
+    c.const("multipliers", "int32" if fixed else "float32", channels * 4)
+    c.const("shifts", "int32", channels * 4)
+    if fixed:
+        sh = c.const_values("shifts", np.int32, channels)
         if sh.min() < -31 or sh.max() > 30:
             c.fail("a per-channel shift is outside [-31, 30]")
 

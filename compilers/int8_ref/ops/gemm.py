@@ -13,6 +13,7 @@ import numpy as np
 from .. import requantize as rq
 from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
 from ..program import I16, Q, attr
+from .conv import accumulator, per_channel_constants, prepare_weights
 
 PARAMS = ("M", "K", "N", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
 CONSTS = ("weights", "bias", "multipliers", "shifts")
@@ -36,10 +37,6 @@ def gemm_rules(node):
 
 
 def lower_gemm(low, node) -> None:
-    if attr(node, "transA", 0):
-        low.fail(node, "transA=1 is not supported", "transA")
-    if float(attr(node, "alpha", 1.0)) != 1.0 or float(attr(node, "beta", 1.0)) != 1.0:
-        low.fail(node, "alpha and beta must be 1", "alpha")
     xq = low.act(node, node.input[0])
     if len(low.shape(xq.tid)) != 2:
         low.fail(node, "Gemm input must be 2-D", "A")
@@ -89,7 +86,7 @@ def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_param
         low.fail(node, f"reduction of {K} terms can overflow int32", "B")
     M = int(np.prod(xshape[:-1]))
     wzp = np.broadcast_to(wzp, (Nn,)).astype(np.int32)
-    w16 = (wT.astype(np.int32) - wzp[:, None]).astype(np.int16)
+    w16 = prepare_weights(wT, wzp)
     wsb = np.broadcast_to(ws, (Nn,)).astype(np.float32)
     oshape = tuple(xshape[:-1]) + (Nn,)
     if int32_out:
@@ -112,25 +109,13 @@ def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_param
 def validate(c) -> None:
     p = c.p
     c.positive("M", "K", "N")
-    c.type_codes("sg_in", "sg_out")
-    c.flag("mode", hi=2)
-    if p["K"] > MAX_REDUCTION:
-        c.fail("reduction can overflow int32")
-    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
-        c.fail("an int16 input has no int32-output form")
+    accumulator(c, p["K"])
     c.qtype(c.ins[0], "sg_in", "input")
     c.size(c.ins[0], p["M"] * p["K"] * c.itemsize("sg_in"), "input")
     c.size(c.out, p["M"] * p["N"] * c.out_itemsize(), "output")
-    c.const("weights", "int16", p["N"] * p["K"] * 2)
-    c.const("bias", "int32", p["N"] * 4)
-    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", p["N"] * 4)
-    c.const("shifts", "int32", p["N"] * 4)
+    per_channel_constants(c, p["N"], p["K"])
     c.scratch(gemm_scratch(p["K"], p["N"], p["sg_in"] == I16))
     c.qrange("xzp", "yzp", "qmin", "qmax")
-    if p["mode"] == 1:
-        sh = c.const_values("shifts", np.int32, p["N"])
-        if sh.min() < -31 or sh.max() > 30:
-            c.fail("a per-channel shift is outside [-31, 30]")
 
 
 def work(p) -> int:

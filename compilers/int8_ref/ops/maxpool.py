@@ -5,7 +5,7 @@ pads, strides, dilations, ceil_mode. Eval: kernels/maxpool.pxi.
 
 from __future__ import annotations
 
-from ..kernel_abi import KernelSpec, OnnxOp
+from ..kernel_abi import MAX_WINDOW, KernelSpec, OnnxOp
 from ..program import attr
 from ._window import pool_geometry, window_rules
 
@@ -21,8 +21,6 @@ def maxpool_rules(node):
 
 def lower_maxpool(low, node) -> None:
     xq = low.act(node, node.input[0])
-    if len(node.output) > 1 and node.output[1]:
-        low.fail(node, "the Indices output is not supported", "Indices")
     if attr(node, "storage_order", 0):
         low.fail(node, "storage_order=1 is not supported", "storage_order")
     N, C, H, W, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, OH, OW = pool_geometry(
@@ -39,6 +37,7 @@ def validate(c) -> None:
     c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
     c.qtype(c.out, "sg_in", "output")
     c.size(c.out, p["N"] * p["C"] * p["OH"] * p["OW"] * c.itemsize("sg_in"), "output")
+    c.window("kh", "kw", MAX_WINDOW, "the firmware's largest pooling window")
 
 
 def work(p) -> int:
