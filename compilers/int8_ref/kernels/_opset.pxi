@@ -38,10 +38,10 @@ cdef enum:
     KIND_RESIZE_NEAREST = 18
     KIND_SOFTMAX = 19
     KIND_LOAD_CONST = 20
-    KIND_SLICE = 40
-    KIND_GATHER = 41
-    KIND_LAYERNORM = 42
-    KIND_QUANTIZE_AXIS = 43
+    KIND_SLICE = 50
+    KIND_GATHER = 51
+    KIND_LAYERNORM = 52
+    KIND_QUANTIZE_AXIS = 53
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:

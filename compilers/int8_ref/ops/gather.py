@@ -65,6 +65,6 @@ def work(p) -> int:
     return p["outer"] * p["n"] * (p["inner"] + 1)
 
 
-KERNEL = KernelSpec(kind=41, name="GATHER", params=PARAMS, consts=("indices",),
+KERNEL = KernelSpec(kind=51, name="GATHER", params=PARAMS, consts=("indices",),
                     firmware="1.2.0", validate=validate, work=work)
 ONNX = {"Gather": OnnxOp(lower_gather, int16=True, reads_dequantized=True)}

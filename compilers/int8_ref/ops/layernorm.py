@@ -214,7 +214,7 @@ def work(p) -> int:
     return p["rows"] * (2 * p["n"] + 96)
 
 
-KERNEL = KernelSpec(kind=42, name="LAYERNORM", params=PARAMS,
+KERNEL = KernelSpec(kind=52, name="LAYERNORM", params=PARAMS,
                     consts=("gamma", "bias", "requant", "offset"), firmware="1.2.0",
                     validate=validate, work=work)
 ONNX = {"LayerNormalization": OnnxOp(lower_layer_normalization, layernorm_rules,

@@ -105,6 +105,6 @@ def work(p) -> int:
     return p["outer"] * p["channels"] * (p["inner"] + 1)
 
 
-KERNEL = KernelSpec(kind=43, name="QUANTIZE_AXIS", params=PARAMS,
+KERNEL = KernelSpec(kind=53, name="QUANTIZE_AXIS", params=PARAMS,
                     consts=("scales", "zero_points"), int16=True, firmware="1.2.0",
                     validate=validate, work=work)

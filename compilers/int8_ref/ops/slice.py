@@ -157,7 +157,7 @@ def work(p) -> int:
     return total
 
 
-KERNEL = KernelSpec(kind=40, name="SLICE", params=PARAMS, firmware="1.2.0",
+KERNEL = KernelSpec(kind=50, name="SLICE", params=PARAMS, firmware="1.2.0",
                     validate=validate, work=work)
 _LAYOUT = dict(int16=True, reads_dequantized=True)
 ONNX = {
