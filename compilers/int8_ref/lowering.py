@@ -39,7 +39,7 @@ from .exceptions import Incompatibility
 from .fold import prepare
 from .kernel_abi import MODE_FIXED, MODE_ORT, KernelSpec
 from .opset import INT16_OPS, ONNX_OPS, READS_DEQUANTIZED, Kind
-from .ops import load_const, requant
+from .ops import float_island, load_const, requant
 from .program import (CODE_DTYPE, DTYPE_CODE, I16, ONNX_DTYPES, LoweringError, Op, Program, Q,
                       Tensor, attr)
 
@@ -374,7 +374,10 @@ class Lowering:
                                     f"{node.op_type} is not supported")
                 for attribute, reason in onnx_op.rules(node):
                     self.fail(node, reason, attribute)
-                onnx_op.lower(self, node)
+                if float_island.claims(self, node):
+                    float_island.lower_island(self, node)
+                else:
+                    onnx_op.lower(self, node)
             except LoweringError as exc:
                 if not self.keep_going:
                     raise

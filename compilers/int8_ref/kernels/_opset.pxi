@@ -33,10 +33,13 @@ cdef enum:
     KIND_TRANSPOSE = 13
     KIND_CONCAT_PART = 14
     KIND_LUT = 15
+    KIND_LUT_CHANNELS = 41
     KIND_CLAMP = 16
     KIND_PAD = 17
     KIND_RESIZE_NEAREST = 18
     KIND_SOFTMAX = 19
+    KIND_REDUCE_MEAN = 40
+    KIND_AFFINE = 42
     KIND_LOAD_CONST = 20
     KIND_SLICE = 50
     KIND_GATHER = 51
@@ -305,6 +308,15 @@ cdef struct LutParams:
 cdef enum:
     LUT_C_TABLE = 0
 
+# LUT_CHANNELS (ops/lut_channels.py, kernels/lut_channels.pxi)
+cdef struct LutChannelsParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t out_bytes
+cdef enum:
+    LUT_CHANNELS_C_TABLES = 0
+
 # CLAMP (ops/clamp.py, kernels/clamp.pxi)
 cdef struct ClampParams:
     int64_t n
@@ -349,6 +361,54 @@ cdef struct SoftmaxParams:
 cdef enum:
     SOFTMAX_C_EXP_TABLE = 0
     SOFTMAX_F_YSCALE = 0
+
+# REDUCE_MEAN (ops/reducemean.py, kernels/reducemean.pxi)
+cdef struct ReducemeanParams:
+    int64_t k0
+    int64_t k1
+    int64_t k2
+    int64_t ks0
+    int64_t ks1
+    int64_t ks2
+    int64_t r0
+    int64_t r1
+    int64_t r2
+    int64_t rs0
+    int64_t rs1
+    int64_t rs2
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t float_out
+    int64_t mode
+    int64_t mult
+    int64_t shift
+cdef enum:
+    REDUCEMEAN_F_X_SCALE = 0
+    REDUCEMEAN_F_Y_SCALE = 1
+
+# AFFINE (ops/batchnorm.py, kernels/batchnorm.pxi)
+cdef struct BatchnormParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t mode
+cdef enum:
+    BATCHNORM_C_SCALE_OR_PRE = 0
+    BATCHNORM_C_BIAS_OR_OFFSET = 1
+    BATCHNORM_C_MULT = 2
+    BATCHNORM_C_SHIFT = 3
+    BATCHNORM_F_X_SCALE = 0
+    BATCHNORM_F_Y_SCALE = 1
 
 # LOAD_CONST (ops/load_const.py, kernels/load_const.pxi)
 cdef struct LoadConstParams:
@@ -428,10 +488,13 @@ cdef union OpParams:
     TransposeParams transpose
     ConcatParams concat
     LutParams lut
+    LutChannelsParams lut_channels
     ClampParams clamp
     PadParams pad
     ResizeParams resize
     SoftmaxParams softmax
+    ReducemeanParams reducemean
+    BatchnormParams batchnorm
     LoadConstParams load_const
     SliceParams slice
     GatherParams gather
@@ -462,10 +525,13 @@ include "copy.pxi"
 include "transpose.pxi"
 include "concat.pxi"
 include "lut.pxi"
+include "lut_channels.pxi"
 include "clamp.pxi"
 include "pad.pxi"
 include "resize.pxi"
 include "softmax.pxi"
+include "reducemean.pxi"
+include "batchnorm.pxi"
 include "load_const.pxi"
 include "slice.pxi"
 include "gather.pxi"
@@ -506,6 +572,8 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         concat_eval(d, a, cb, scratch)
     elif kind == KIND_LUT:
         lut_eval(d, a, cb, scratch)
+    elif kind == KIND_LUT_CHANNELS:
+        lut_channels_eval(d, a, cb, scratch)
     elif kind == KIND_CLAMP:
         clamp_eval(d, a, cb, scratch)
     elif kind == KIND_PAD:
@@ -514,6 +582,10 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         resize_eval(d, a, cb, scratch)
     elif kind == KIND_SOFTMAX:
         softmax_eval(d, a, cb, scratch)
+    elif kind == KIND_REDUCE_MEAN:
+        reducemean_eval(d, a, cb, scratch)
+    elif kind == KIND_AFFINE:
+        batchnorm_eval(d, a, cb, scratch)
     elif kind == KIND_LOAD_CONST:
         load_const_eval(d, a, cb, scratch)
     elif kind == KIND_SLICE:

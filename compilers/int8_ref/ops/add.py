@@ -1,7 +1,7 @@
 """ADD: elementwise a + b with broadcasting (ONNX Add in a QDQ island, QLinearAdd).
 
 `ort` follows MLAS's QLinearAdd (MlasQLinearAddKernelAvx2Helper): rAC = a/c, rBC = b/c and
-FixedPart = zc - (rAC*za + rBC*zb) prepared in float32, and for QDQ int8 ORT's uint8 domain
+FixedPart = zc - fma(rAC, za, rBC*zb) prepared in float32, and for QDQ int8 ORT's uint8 domain
 (QDQS8ToU8Transformer: "off" = 128). `fixed-point` follows TFLite's reference integer Add
 (inputs shifted left by 20 bits, 15 for int16, rescaled to 2*max(scale), summed, rescaled to
 the output; requantize.add_params). femu: see ops/_binary.py. Eval: kernels/add.pxi.
