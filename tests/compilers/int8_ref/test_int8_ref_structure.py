@@ -75,7 +75,8 @@ def quantized(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("mode", "activation"),
-                         [("ort", "uint8"), ("ort", "int8"), ("fixed-point", "uint8")])
+                         [("ort", "uint8"), ("ort", "int8"),
+                          pytest.param("fixed-point", "uint8", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(n for n in CASES if n not in EMPTY and "expand" not in n))
 def test_node_case_against_onnxruntime(name, mode, activation, quantized, tmp_path):
     model, qdq = quantized(name, activation)
