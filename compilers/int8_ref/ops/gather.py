@@ -14,19 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernel_abi import KernelSpec, OnnxOp
-from ..program import ITEMSIZE, attr
+from ..program import ITEMSIZE
+from .slice import input_and_axis
 
 PARAMS = ("outer", "n", "axis", "inner")
 
 
 def lower_gather(low, node) -> None:
-    xq = low.act(node, node.input[0])
-    shape = low.shape(xq.tid)
-    r = len(shape)
-    axis = attr(node, "axis", 0)
-    if not -r <= axis < r:
-        low.fail(node, f"axis {axis} is out of range for rank {r}", "axis")
-    axis %= r
+    xq, shape, axis = input_and_axis(low, node)
     name = low.input_name(node, 1, "indices")
     if name not in low.init:
         low.fail(node, "indices must be constant (an initializer or folded at compile time)",

@@ -15,9 +15,8 @@ import numpy as np
 
 from ..kernel_abi import KernelSpec, OnnxOp
 from ..program import I16, Q, attr
+from .transpose import DIMS, STRIDES, work
 
-DIMS = tuple(f"d{i}" for i in range(6))
-STRIDES = tuple(f"s{i}" for i in range(6))
 PARAMS = ("base",) + DIMS + STRIDES
 MAX_RANK = 6
 
@@ -89,14 +88,20 @@ def lower_slice(low, node) -> None:
     strided(low, node, xq, first, count, step)
 
 
-def lower_split(low, node) -> None:
+def input_and_axis(low, node):
+    """(the quantized input, its shape, the node's `axis` made non-negative)."""
     xq = low.act(node, node.input[0])
     shape = low.shape(xq.tid)
     r = len(shape)
     axis = attr(node, "axis", 0)
     if not -r <= axis < r:
         low.fail(node, f"axis {axis} is out of range for rank {r}", "axis")
-    axis %= r
+    return xq, shape, axis % r
+
+
+def lower_split(low, node) -> None:
+    xq, shape, axis = input_and_axis(low, node)
+    r = len(shape)
     outs = list(node.output)
     sizes = _ints(low, node, 1, "split") or attr(node, "split")
     if sizes is None:
@@ -146,15 +151,6 @@ def validate(c) -> None:
     hi = c.p["base"] + sum((di - 1) * si for di, si in zip(d, s) if si > 0)
     if lo < 0 or hi >= c.ins[0].nbytes:
         c.fail(f"would read bytes {lo}..{hi} of a {c.ins[0].nbytes}-byte input")
-
-
-def work(p) -> int:
-    """Six nested loops: the sum of the prefix products of d0..d5."""
-    total, extent = 0, 1
-    for n in DIMS:
-        extent *= p[n]
-        total += extent
-    return total
 
 
 KERNEL = KernelSpec(kind=50, name="SLICE", params=PARAMS, firmware="1.2.0",
