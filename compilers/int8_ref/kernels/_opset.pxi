@@ -29,6 +29,7 @@ cdef enum:
     KIND_GLOBALAVGPOOL = 9
     KIND_ADD = 10
     KIND_MUL = 11
+    KIND_DIV = 43
     KIND_COPY = 12
     KIND_TRANSPOSE = 13
     KIND_CONCAT_PART = 14
@@ -40,6 +41,7 @@ cdef enum:
     KIND_SOFTMAX = 19
     KIND_REDUCE_MEAN = 40
     KIND_AFFINE = 42
+    KIND_LRN = 44
     KIND_LOAD_CONST = 20
     KIND_SLICE = 50
     KIND_GATHER = 51
@@ -272,6 +274,34 @@ cdef enum:
     MUL_F_B_SCALE = 1
     MUL_F_Y_SCALE = 2
 
+# DIV (ops/div.py, kernels/div.pxi)
+cdef struct DivParams:
+    int64_t outer
+    int64_t mid
+    int64_t inner
+    int64_t a_so
+    int64_t a_sm
+    int64_t a_si
+    int64_t b_so
+    int64_t b_sm
+    int64_t b_si
+    int64_t azp
+    int64_t bzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t mode
+    int64_t mult
+    int64_t shift
+    int64_t frac
+    int64_t femu
+cdef enum:
+    DIV_F_A_SCALE = 0
+    DIV_F_B_SCALE = 1
+    DIV_F_Y_SCALE = 2
+
 # COPY (ops/copy.py, kernels/copy.pxi)
 cdef struct CopyParams:
     int64_t nbytes
@@ -386,6 +416,7 @@ cdef struct ReducemeanParams:
     int64_t mode
     int64_t mult
     int64_t shift
+    int64_t wide_in
 cdef enum:
     REDUCEMEAN_F_X_SCALE = 0
     REDUCEMEAN_F_Y_SCALE = 1
@@ -409,6 +440,24 @@ cdef enum:
     BATCHNORM_C_SHIFT = 3
     BATCHNORM_F_X_SCALE = 0
     BATCHNORM_F_Y_SCALE = 1
+
+# LRN (ops/lrn.py, kernels/lrn.pxi)
+cdef struct LrnParams:
+    int64_t N
+    int64_t C
+    int64_t inner
+    int64_t size
+    int64_t pre
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t frac
+    int64_t octaves
+cdef enum:
+    LRN_C_TABLE = 0
 
 # LOAD_CONST (ops/load_const.py, kernels/load_const.pxi)
 cdef struct LoadConstParams:
@@ -484,6 +533,7 @@ cdef union OpParams:
     GlobalavgpoolParams globalavgpool
     AddParams add
     MulParams mul
+    DivParams div
     CopyParams copy
     TransposeParams transpose
     ConcatParams concat
@@ -495,6 +545,7 @@ cdef union OpParams:
     SoftmaxParams softmax
     ReducemeanParams reducemean
     BatchnormParams batchnorm
+    LrnParams lrn
     LoadConstParams load_const
     SliceParams slice
     GatherParams gather
@@ -521,6 +572,7 @@ include "avgpool.pxi"
 include "globalavgpool.pxi"
 include "add.pxi"
 include "mul.pxi"
+include "div.pxi"
 include "copy.pxi"
 include "transpose.pxi"
 include "concat.pxi"
@@ -532,6 +584,7 @@ include "resize.pxi"
 include "softmax.pxi"
 include "reducemean.pxi"
 include "batchnorm.pxi"
+include "lrn.pxi"
 include "load_const.pxi"
 include "slice.pxi"
 include "gather.pxi"
@@ -564,6 +617,8 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         add_eval(d, a, cb, scratch)
     elif kind == KIND_MUL:
         mul_eval(d, a, cb, scratch)
+    elif kind == KIND_DIV:
+        div_eval(d, a, cb, scratch)
     elif kind == KIND_COPY:
         copy_eval(d, a, cb, scratch)
     elif kind == KIND_TRANSPOSE:
@@ -586,6 +641,8 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         reducemean_eval(d, a, cb, scratch)
     elif kind == KIND_AFFINE:
         batchnorm_eval(d, a, cb, scratch)
+    elif kind == KIND_LRN:
+        lrn_eval(d, a, cb, scratch)
     elif kind == KIND_LOAD_CONST:
         load_const_eval(d, a, cb, scratch)
     elif kind == KIND_SLICE:

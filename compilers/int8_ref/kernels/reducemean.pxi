@@ -18,8 +18,9 @@ cdef void reducemean_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out
     cdef float* yf = <float*>(a + d.out)
+    cdef const int32_t* xw = <const int32_t*>(a + d.inp[0])
     cdef int64_t o0, o1, o2, q0, q1, q2, base, b1, b2, iy = 0
-    cdef int32_t s
+    cdef int64_t s
     cdef float mean
     for o0 in range(k0):
         for o1 in range(k1):
@@ -29,19 +30,28 @@ cdef void reducemean_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
                 for q0 in range(r0):
                     for q1 in range(r1):
                         b2 = base + q0 * rs0 + q1 * rs1
-                        for q2 in range(r2):
-                            s += ld(x, b2 + q2 * rs2, sg)
-                s -= xzp * n  # the exact sum of x - zp (|s| < 2^31: at most 2^23 values)
+                        if prm.wide_in:
+                            for q2 in range(r2):
+                                s += xw[b2 + q2 * rs2]
+                        else:
+                            for q2 in range(r2):
+                                s += ld(x, b2 + q2 * rs2, sg)
+                # the exact sum of x - zp: < 2^31 for 8- and 16-bit inputs (at most 2^23 and
+                # 2^15 values), < 2^40 for int32 ones of at most 2^24 (2^15 values)
+                s -= xzp * n
                 if prm.float_out or mode == MODE_ORT:
                     # ORT: DequantizeLinear, float32 sum, `/= N` (reduction_ops.h
                     # FastReduceKR), then QuantizeLinear's division by the output scale.
-                    mean = (<float>s * xs) / count
+                    # The exact sum times x_scale, rounded once to float32, stands for
+                    # ORT's float32 sum.
+                    mean = (<float>(<double>s * xs)) / count
                     if prm.float_out:
                         yf[iy] = mean
                     else:
                         st(y, iy, so, f2q(mean / ys, yzp, qmin, qmax))
-                elif sg == SG_INT16 or so == SG_INT16:
-                    st(y, iy, so, requant64(s, mode, 0, mult, shift, yzp, qmin, qmax))
                 else:
-                    st(y, iy, so, requant(s, mode, 0, mult, shift, yzp, qmin, qmax))
+                    # one rounding (i8r_mbqm64): the multiplier x_scale / (y_scale * N) is
+                    # small, and TFLite's double rounding would first round at a fraction
+                    # of an output step (one LSB off on ~6% of the means of 7x7 images)
+                    st(y, iy, so, requant64(s, mode, 0, mult, shift, yzp, qmin, qmax))
                 iy += 1

@@ -73,13 +73,18 @@ def fixed_point(x_scale: float, new_scale, new_bias, y_scale: float):
     for s, b in zip(new_scale.astype(np.float64), new_bias.astype(np.float64)):
         m = float(np.float32(x_scale)) * s / float(np.float32(y_scale))
         bias = b / float(np.float32(y_scale))
-        unit = abs(m) if m != 0 else 1.0
-        ratio = abs(bias) / unit
-        p = MAX_FRACTION_BITS
-        while p > 0 and (255 + ratio + 1) * 2.0 ** p >= 2.0 ** 31:
-            p -= 1
+        if m == 0 or abs(bias / m) > 2.0 ** 30:
+            # the input moves the output by less than 2^-22 of its offset: a constant
+            # (saturated beyond 2^30 output steps), pre = 0 and a multiplier of one
+            unit, p, m = 1.0, 0, 0.0
+            bias = max(-(2.0 ** 30), min(2.0 ** 30, bias))
+        else:
+            unit = abs(m)
+            p = MAX_FRACTION_BITS
+            while p > 0 and (255 + abs(bias) / unit + 1) * 2.0 ** p >= 2.0 ** 31:
+                p -= 1
         pre.append(int(math.copysign(2 ** p, m)) if m != 0 else 0)
-        offset.append(int(max(-(2 ** 31 - 1), min(2 ** 31 - 1, round(bias / unit * 2 ** p)))))
+        offset.append(int(round(bias / unit * 2 ** p)))
         mt, sh = rq.quantize_multiplier(unit / 2 ** p)
         mult.append(mt)
         shift.append(sh)
@@ -94,8 +99,6 @@ def rules(node):
 
 
 def lower_batch_normalization(low, node) -> None:
-    for attribute, reason in rules(node):
-        low.fail(node, reason, attribute)
     if any(o for o in node.output[1:]):
         low.fail(node, "the running mean and variance outputs are not supported", "outputs")
     xq = low.act(node, node.input[0])
@@ -135,11 +138,17 @@ def validate(c) -> None:
         shifts = c.const_values("shift", "int32", p["channels"])
         if shifts.size and (shifts.min() < -31 or shifts.max() > 30):
             c.fail("a shift is outside [-31, 30]")
+        # (x - zp) * pre + offset must stay inside int32 (|x - zp| <= 255)
+        pre = np.abs(c.const_values("scale_or_pre", "int32", p["channels"]).astype(np.int64))
+        offset = np.abs(c.const_values("bias_or_offset", "int32", p["channels"]).astype(
+            np.int64))
+        if pre.size and int((255 * pre + offset).max()) >= 2 ** 31:
+            c.fail("(x - zp) * pre + offset can overflow int32")
     c.qrange("xzp", "yzp", "qmin", "qmax")
 
 
 def work(p) -> int:
-    return p["outer"] * p["channels"] * (p["inner"] + 1)
+    return p["outer"] * (1 + p["channels"] * (1 + p["inner"]))
 
 
 # ort: the float32 new_scale and new_bias; fixed-point: pre, offset, mult, shift (int32)

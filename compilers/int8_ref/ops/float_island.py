@@ -31,11 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, shape_inference
 
 from ..kernel_abi import OnnxOp
-from ..program import I16, Q, attr
-from . import _ort_tables, lut, lut_channels
+from ..program import I16, Q
+from . import _ort_tables, lut, lut_channels, reducemean
+from .constant import constant_value
 
 # Elementwise ONNX ops an island may contain (NumPy broadcasting of constant operands).
 UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Celu", "Cos",
@@ -43,10 +44,10 @@ UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Celu
          "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Round", "Selu", "Sigmoid", "Sign",
          "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Swish", "Tan", "Tanh",
          "ThresholdedRelu", "Cast", "CastLike", "Not")
-OTHERS = ("Pow", "Min", "Max", "Mod", "PRelu", "Where", "Less", "LessOrEqual", "Greater",
-          "GreaterOrEqual", "Equal", "And", "Or", "Xor", "BitShift")
+OTHERS = ("Pow", "Min", "Max", "Mean", "Mod", "PRelu", "Where", "Less", "LessOrEqual",
+          "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Xor", "BitShift")
 # Ops with a kernel of their own elsewhere that may also be island members.
-SHARED = ("Add", "Sub", "Mul", "Div", "Sum", "Mean", "Relu", "Clip", "Identity")
+SHARED = ("Add", "Sub", "Mul", "Div", "Sum", "Relu", "Clip", "Identity")
 ELEMENTWISE = frozenset(UNARY + OTHERS + SHARED)
 # Never the start of an island: they work on the integers (CLAMP, COPY) and keep the input's
 # quantization, so what reads them still reads a dequantized activation.
@@ -86,6 +87,7 @@ class Exit:
 
 
 FLOAT = -1  # an Exit's code for a float32 graph output
+IN_FLOAT = (FLOAT, I16, reducemean.WIDE)  # exits ORT reads in float (not through a Q)
 
 
 class _NotAnIsland(Exception):
@@ -104,8 +106,8 @@ def _constant(low, name: str, producers: dict[str, int]):
     if i is None:
         return None
     node = low.g.node[i]
-    if node.op_type == "Constant" and attr(node, "value") is not None:
-        return numpy_helper.to_array(attr(node, "value")), i
+    if node.op_type == "Constant" and constant_value(node) is not None:
+        return constant_value(node), i
     if node.op_type == "DequantizeLinear" and node.input[0] in low.init:
         return low.init[node.input[0]], i  # its shape is what matters; ORT dequantizes it
     return None
@@ -249,8 +251,8 @@ def _varying(low, node, isl: Island, shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(s) > r:
             if int(np.prod(s)) == 1:
                 continue
-            low.fail(node, f"constant {name!r} of shape {s} has more axes than the "
-                           f"activation {shape}", "input")
+            low.fail(node, f"constant {name!r} of shape {s} broadcasts the activation "
+                           f"{shape} to a larger shape (more axes)", "input")
         for k, size in enumerate(s):
             axis = r - len(s) + k
             if size == 1:
@@ -305,14 +307,18 @@ def lower_island(low, node) -> None:
                     inits[inp] = low.init[inp]
             nodes.append(qn)
             outputs.append(Exit(qn.output[0], qi, code, scale, zp))
+        others = [low.g.node[i].op_type for i in readers if i not in quantizers]
         if name in low.graph_outputs:
             outputs.append(Exit(name, None, FLOAT))
-        elif len(quantizers) < len(readers):
+        elif others and all(op == "ReduceMean" for op in others):
+            outputs.append(Exit(name, None, reducemean.WIDE))
+        elif others:
             outputs.append(Exit(name, None, I16))
     model = _ort_tables.island_model(
         low.model, nodes, inits, xq.code, varying,
-        [(e.name, TensorProto.FLOAT if e.code in (FLOAT, I16) else
+        [(e.name, TensorProto.FLOAT if e.code in IN_FLOAT else
           _ort_tables.CODE_TYPES[e.code][0]) for e in outputs])
+    _check_float_exits(low, node, model, [e.name for e in outputs if e.code in IN_FLOAT])
     try:
         tables = _ort_tables.run(model, xq.code, varying)
     except Exception as exc:  # noqa: BLE001 - ORT's refusal of the island is the reason
@@ -325,19 +331,27 @@ def lower_island(low, node) -> None:
             tid = low.new_tensor(e.name, "float32", shape)
             low.fval[e.name] = tid
             entries = table.astype(np.float32)
-        elif e.code == I16:
-            # read in float by another op: an int16 activation as ORT's quantizer would make
-            # it (symmetric, zero point 0), with a scale that holds every value of the table
-            values = np.nan_to_num(table.astype(np.float32), posinf=0.0, neginf=0.0)
-            largest = float(np.abs(values).max())
-            scale = float(np.float32(largest / 32767.0)) if largest > 0 else 1.0
+        elif e.code in (I16, reducemean.WIDE):
+            # read in float by other ops: an int16 activation as ORT's quantizer would make
+            # it (symmetric, zero point 0), or, for a ReduceMean, int32 with 24 bits (as
+            # many as a float32 holds) so that the mean sees ORT's float values
+            largest = float(np.abs(np.nan_to_num(table.astype(np.float32), posinf=0.0,
+                                                 neginf=0.0)).max())
+            top = 32767 if e.code == I16 else 1 << 24
+            scale = float(np.float32(largest / top)) if largest > 0 else 1.0
             entries = np.clip(np.rint(np.nan_to_num(table.astype(np.float64)) / scale),
-                              -32768, 32767).astype(np.int16)
-            tid = low.define_q(e.name, I16, shape, scale, 0).tid
+                              -top - 1, top)
+            if e.code == I16:
+                entries = entries.astype(np.int16)
+                tid = low.define_q(e.name, I16, shape, scale, 0).tid
+            else:
+                entries = entries.astype(np.int32)
+                tid = low.new_tensor(e.name, "int32", shape)
+                low.qname[e.name] = Q(tid, scale, 0, reducemean.WIDE)
         else:
             tid = low.define_q(e.name, e.code, shape, e.scale, e.zp).tid
             entries = table
-        if channels == 1 and e.code not in (FLOAT, I16):
+        if channels == 1 and e.code not in IN_FLOAT:
             low.emit(node, lut.KERNEL, [xq.tid], tid,
                      consts=[low.const(entries[0].view(np.uint8))], n=n, sg_in=xq.code)
         else:
@@ -345,6 +359,28 @@ def lower_island(low, node) -> None:
                      consts=[low.const(np.ascontiguousarray(entries).view(np.uint8).reshape(-1))],
                      outer=outer, channels=channels, inner=inner,
                      out_bytes=entries.dtype.itemsize)
+
+
+def _check_float_exits(low, node, model, names: list[str]) -> None:
+    """A value read outside the island in float must be float (not a Less's bool)."""
+    if not names:
+        return
+    probe = onnx_copy(model)
+    del probe.graph.output[:]
+    inferred = shape_inference.infer_shapes(probe)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    for name in names:
+        elem = types.get(name, TensorProto.FLOAT)
+        if elem != TensorProto.FLOAT:
+            low.fail(node, f"its value {name!r} of type "
+                           f"{TensorProto.DataType.Name(elem).lower()} is read outside it; "
+                           "only float values can leave a float island", "output")
+
+
+def onnx_copy(model):
+    out = type(model)()
+    out.CopyFrom(model)
+    return out
 
 
 def _fold(low, node, shape, varying) -> tuple[int, int]:

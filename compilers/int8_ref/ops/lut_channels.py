@@ -1,9 +1,9 @@
 """LUT_CHANNELS: out = table[channel][in], one 256-entry table per channel with 1-, 2- or
-4-byte entries (8-bit, int16 or float32 outputs), for the float islands a plain LUT does not
-cover (ops/float_island.py builds the tables with ONNX Runtime): a constant that varies per
-channel (a Mul, Div or Pow by a per-channel constant), a value that leaves the island in
-float for an op other than QuantizeLinear (int16 entries) or as a float graph output
-(float32 entries). The activation is viewed as [outer, channels, inner]. No ONNX op of its
+4-byte entries (8-bit, int16, int32 or float32 outputs), for the float islands a plain LUT
+does not cover (ops/float_island.py builds the tables with ONNX Runtime): a constant that
+varies per channel (a Mul, Div or Pow by a per-channel constant), a value that leaves the
+island in float for an op other than QuantizeLinear (int16 entries; int32 for a ReduceMean)
+or as a float graph output (float32 entries). The activation is viewed as [outer, channels, inner]. No ONNX op of its
 own. Eval: kernels/lut_channels.pxi.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..kernel_abi import KernelSpec
 
 PARAMS = ("outer", "channels", "inner", "out_bytes")
-OUTPUT_DTYPES = {1: ("int8", "uint8"), 2: ("int16",), 4: ("float32",)}
+OUTPUT_DTYPES = {1: ("int8", "uint8"), 2: ("int16",), 4: ("float32", "int32")}
 
 
 def validate(c) -> None:
@@ -28,7 +28,7 @@ def validate(c) -> None:
 
 
 def work(p) -> int:
-    return p["outer"] * p["channels"] * (p["inner"] + 1)
+    return p["outer"] * (1 + p["channels"] * (1 + p["inner"]))
 
 
 KERNEL = KernelSpec(kind=41, name="LUT_CHANNELS", params=PARAMS, consts=("tables",),

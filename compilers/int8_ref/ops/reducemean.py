@@ -9,9 +9,16 @@ QuantizeLinear (reduction_ops.h: a float32 sum, then `/= N`). int8-ref sums the 
   vectorised order) against the exact one: the result differs only where ORT's sum moves
   the mean across a rounding boundary of the output (docs/int8-ref.md gives the measured
   rate);
-- `fixed-point`: TFLite's MultiplyByQuantizedMultiplier with x_scale / (y_scale * N).
+- `fixed-point`: a TFLite multiplier for x_scale / (y_scale * N), applied in one rounding
+  (i8r_mbqm64, as the int16 ops): the double rounding of MultiplyByQuantizedMultiplier
+  first rounds at a fraction of an output step when the multiplier is that small.
 A float graph output (SqueezeNet ends in ReduceMean -> Reshape) gets `(float(K) * x_scale) /
 N` in both modes.
+
+A float island's value that ORT reads in float into a ReduceMean (MobileNet v3's HardSwish
+before its pooling) arrives as int32 with 24 significant bits (`WIDE`, ops/float_island.py):
+the kernel sums those in int64 and, in `ort`, rounds the exact sum to float32 once before
+ORT's division, which is what ORT's float32 sum of the same values approximates.
 
 Prepare: the axes fold into at most three kept and three reduced groups of (size, stride)
 over the input, so any set of axes of a tensor of up to six dimensions is one op, no
@@ -32,11 +39,13 @@ GROUPS = 3
 KEPT = tuple(f"k{i}" for i in range(GROUPS)) + tuple(f"ks{i}" for i in range(GROUPS))
 REDUCED = tuple(f"r{i}" for i in range(GROUPS)) + tuple(f"rs{i}" for i in range(GROUPS))
 PARAMS = KEPT + REDUCED + ("xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "float_out",
-                           "mode", "mult", "shift")
+                           "mode", "mult", "shift", "wide_in")
 
 # 8-bit values: |x - zp| <= 255, so 2^23 of them fit the int32 sum (as GLOBALAVGPOOL);
-# int16 ones: |x - zp| <= 65535, 2^15 of them.
+# int16 ones: |x - zp| <= 65535, 2^15 of them; WIDE ones (|x| <= 2^24, an int64 sum) 2^15
+# too, which keeps x_scale / (y_scale * N) within a fixed-point multiplier's range.
 MAX_REDUCED = 1 << 23
+WIDE = 3  # the type code a float island gives an int32 value it hands to a ReduceMean
 
 
 def _axes(low, node, rank: int) -> list[int] | None:
@@ -91,27 +100,30 @@ def lower_reduce_mean(low, node) -> None:
         low.fail(node, f"axes {axes} of {shape} split into more than {GROUPS} groups", "axes")
     kept, reduced = groups
     count = int(np.prod([g[0] for g in reduced]))
-    limit = MAX_REDUCTION if xq.code == I16 else MAX_REDUCED
+    limit = MAX_REDUCTION if xq.code in (I16, WIDE) else MAX_REDUCED
     if count > limit:
         low.fail(node, f"a mean of {count} values can overflow the int32 sum (at most "
                        f"{limit})", "axes")
     dest = _destination.find(low, node, node.output[0])
     params = dict(zip(KEPT, [g[0] for g in kept] + [g[1] for g in kept]))
     params.update(zip(REDUCED, [g[0] for g in reduced] + [g[1] for g in reduced]))
+    wide = xq.code == WIDE
+    code = 0 if wide else xq.code  # a WIDE input is read as int32, whatever sg_in says
     if dest.quantized is None:
         tid = low.new_tensor(dest.name, "float32", dest.shape or oshape)
         low.fval[dest.name] = tid
         low.done.update(dest.absorbed)
-        ys, yzp, ysg, lo, hi, mult, shift = 1.0, 0, xq.code, 0, 0, 0, 0
+        ys, yzp, ysg, lo, hi, mult, shift = 1.0, 0, code, 0, 0, 0, 0
     else:
         name, ys, yzp, ysg, lo, hi = dest.quantized
-        if ysg != xq.code and I16 not in (ysg, xq.code):
+        if ysg != xq.code and not wide and I16 not in (ysg, xq.code):
             low.fail(node, "input and output must both be int8 or both uint8", "y")
         tid = low.define_q(name, ysg, oshape, ys, yzp).tid
         mult, shift = rq.quantize_multiplier(float(xq.scale) / (float(ys) * count))
     low.emit(node, KERNEL, [xq.tid], tid, floats=[xq.scale, ys], **params, xzp=xq.zp,
-             yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg,
-             float_out=int(dest.quantized is None), mode=low.mode, mult=mult, shift=shift)
+             yzp=yzp, qmin=lo, qmax=hi, sg_in=code, sg_out=ysg,
+             float_out=int(dest.quantized is None), mode=low.mode, mult=mult, shift=shift,
+             wide_in=int(wide))
 
 
 def validate(c) -> None:
@@ -119,15 +131,19 @@ def validate(c) -> None:
     c.positive(*KEPT[:GROUPS], *REDUCED[:GROUPS])
     c.nonneg(*KEPT[GROUPS:], *REDUCED[GROUPS:])
     c.type_codes("sg_in", "sg_out")
-    c.flag("mode", "float_out")
+    c.flag("mode", "float_out", "wide_in")
     count = p["r0"] * p["r1"] * p["r2"]
-    limit = MAX_REDUCTION if p["sg_in"] == I16 else MAX_REDUCED
+    limit = MAX_REDUCTION if p["sg_in"] == I16 or p["wide_in"] else MAX_REDUCED
     if count > limit:
-        c.fail(f"a mean of {count} values can overflow the int32 sum")
-    c.qtype(c.ins[0], "sg_in", "input")
+        c.fail(f"a mean of {count} values can overflow the sum")
     last = sum((p[f"k{i}"] - 1) * p[f"ks{i}"] + (p[f"r{i}"] - 1) * p[f"rs{i}"]
                for i in range(GROUPS))
-    c.largest_index(c.ins[0], last, c.itemsize("sg_in"), "input")
+    if p["wide_in"]:
+        c.dtype(c.ins[0], ("int32",), "input")
+        c.largest_index(c.ins[0], last, 4, "input")
+    else:
+        c.qtype(c.ins[0], "sg_in", "input")
+        c.largest_index(c.ins[0], last, c.itemsize("sg_in"), "input")
     n_out = p["k0"] * p["k1"] * p["k2"]
     if p["float_out"]:
         c.dtype(c.out, ("float32",), "output")
