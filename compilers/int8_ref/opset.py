@@ -42,6 +42,10 @@ MODULES = (
     "lrn",
     "load_const",
     "constant",
+    "slice",
+    "gather",
+    "layernorm",
+    "quantize_axis",
 )
 
 

@@ -43,6 +43,10 @@ cdef enum:
     KIND_AFFINE = 42
     KIND_LRN = 44
     KIND_LOAD_CONST = 20
+    KIND_SLICE = 50
+    KIND_GATHER = 51
+    KIND_LAYERNORM = 52
+    KIND_QUANTIZE_AXIS = 53
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:
@@ -461,6 +465,60 @@ cdef struct LoadConstParams:
 cdef enum:
     LOAD_CONST_C_DATA = 0
 
+# SLICE (ops/slice.py, kernels/slice.pxi)
+cdef struct SliceParams:
+    int64_t base
+    int64_t d0
+    int64_t d1
+    int64_t d2
+    int64_t d3
+    int64_t d4
+    int64_t d5
+    int64_t s0
+    int64_t s1
+    int64_t s2
+    int64_t s3
+    int64_t s4
+    int64_t s5
+
+# GATHER (ops/gather.py, kernels/gather.pxi)
+cdef struct GatherParams:
+    int64_t outer
+    int64_t n
+    int64_t axis
+    int64_t inner
+cdef enum:
+    GATHER_C_INDICES = 0
+
+# LAYERNORM (ops/layernorm.py, kernels/layernorm.pxi)
+cdef struct LayernormParams:
+    int64_t rows
+    int64_t n
+    int64_t sg_in
+    int64_t sg_out
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t vshift
+cdef enum:
+    LAYERNORM_C_GAMMA = 0
+    LAYERNORM_C_BIAS = 1
+    LAYERNORM_C_REQUANT = 2
+    LAYERNORM_C_OFFSET = 3
+
+# QUANTIZE_AXIS (ops/quantize_axis.py, kernels/quantize_axis.pxi)
+cdef struct QuantizeAxisParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t qmin
+    int64_t qmax
+    int64_t sg
+    int64_t dequantize
+cdef enum:
+    QUANTIZE_AXIS_C_SCALES = 0
+    QUANTIZE_AXIS_C_ZERO_POINTS = 1
+
 # An op's integer parameters: the raw record, or the fields of its kind.
 cdef union OpParams:
     int64_t p[MAX_INTS]
@@ -489,6 +547,10 @@ cdef union OpParams:
     BatchnormParams batchnorm
     LrnParams lrn
     LoadConstParams load_const
+    SliceParams slice
+    GatherParams gather
+    LayernormParams layernorm
+    QuantizeAxisParams quantize_axis
 
 cdef struct OpDesc:
     int kind
@@ -524,6 +586,10 @@ include "reducemean.pxi"
 include "batchnorm.pxi"
 include "lrn.pxi"
 include "load_const.pxi"
+include "slice.pxi"
+include "gather.pxi"
+include "layernorm.pxi"
+include "quantize_axis.pxi"
 
 
 cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
@@ -579,3 +645,11 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
         lrn_eval(d, a, cb, scratch)
     elif kind == KIND_LOAD_CONST:
         load_const_eval(d, a, cb, scratch)
+    elif kind == KIND_SLICE:
+        slice_eval(d, a, cb, scratch)
+    elif kind == KIND_GATHER:
+        gather_eval(d, a, cb, scratch)
+    elif kind == KIND_LAYERNORM:
+        layernorm_eval(d, a, cb, scratch)
+    elif kind == KIND_QUANTIZE_AXIS:
+        quantize_axis_eval(d, a, cb, scratch)

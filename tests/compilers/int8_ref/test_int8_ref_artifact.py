@@ -45,7 +45,7 @@ def test_plugin_protocol_and_entry_point():
     assert {"Conv", "Gemm", "MatMul", "QLinearConv", "com.microsoft.QGemm"} <= caps.operators
     assert caps.options["requant"] == ("ort", "fixed-point")
     assert caps.firmware_range == ("1.0.0", None)
-    assert FIRMWARE_REVISION == "1.2.0"  # reads int16 artifacts (format 2), runs REDUCE_MEAN
+    assert FIRMWARE_REVISION == "1.2.0"  # int16 artifacts (format 2), the 1.2.0 op kinds
 
 
 def test_artifact_fields(artifact):
