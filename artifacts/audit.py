@@ -20,12 +20,13 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavailable
+from tapeout.compilers.errors import InvalidInput
 
 AUDIT_EXPERIMENT = "tapeout-audit"
 ACTIONS = ("promote", "refuse", "rollback")
@@ -114,6 +115,43 @@ class History:
             elif record.action == "rollback" and stack:
                 stack.pop()
         return stack
+
+
+def home_anchor(keys: Path, admitted: Iterable[Path], model: str, *, signs: bool = False) -> Anchor:
+    """The anchor a command uses for `model`'s heads: a head may be signed by a key the trust
+    policy admits for the model (`admitted`) or by the home's own key (in `keys`); the home's
+    private key signs the heads a promotion or rollback (`signs`) writes.
+
+    Raises:
+        InvalidInput: `signs`, trusted keys exist, but the home holds no private key (an
+            unsigned head would be flagged by every later read); or the key is unusable.
+    """
+    from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+
+    trusted = tuple(dict.fromkeys(path for path in (*admitted, keys / PUBLIC_KEY_FILE) if path.is_file()))
+    signing = keys / PRIVATE_KEY_FILE
+    if not signs or not signing.exists():
+        if signs and trusted:
+            raise InvalidInput(
+                f"{signing}: missing, and the audit head of {model} must be signed by one of "
+                f"{[str(path) for path in trusted]}; promote from the home that holds the key"
+            )
+        return Anchor(None, trusted)
+    public_key_for(signing)  # an unusable or shared key fails here, before anything is written
+    return Anchor(signing, trusted)
+
+
+def require_whole(registry: Registry, model: str, anchor: Anchor, bundle: Path) -> None:
+    """A read through the registry: refuse while `model`'s audit log is not whole.
+
+    Raises:
+        VerificationFailed: naming what is wrong with the log.
+    """
+    from tapeout.artifacts.signing import VerificationFailed
+
+    history = read_history(registry, model, anchor=anchor)
+    if not history.chain_ok:
+        raise VerificationFailed(bundle, [f"the audit log of {model} is not whole: " + "; ".join(history.problems)])
 
 
 def now() -> str:

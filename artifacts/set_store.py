@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,3 +206,39 @@ def fetch_set(registry: Registry, pointer: Mapping[str, object], destination: Pa
         shutil.rmtree(scratch, ignore_errors=True)
     return target
 
+
+
+def fetch_bundle_set(
+    open_registry: Callable[[], Registry], bundle: Path, destination: Path
+) -> "SampleSet":  # noqa: F821
+    """Download the set `bundle` points to into `destination` from the store `open_registry`
+    opens (only once the bundle is known to point to one), and check it: every file
+    against the (signed) pointer, and the set's content digest against the bundle's
+    calibration manifest. Returns the set, opened.
+
+    Raises:
+        InvalidInput: the bundle holds its set itself (nothing to fetch), or a file or the
+            digest does not match.
+        RegistryUnavailable: the store cannot be reached or no longer holds the set.
+    """
+    from tapeout.calibration.dataset import load_sample_set
+    from tapeout.compilers.interface import TensorSpec
+
+    pointer = read_pointer(bundle)
+    if pointer is None:
+        raise InvalidInput(
+            f"{bundle}: expected calibration/pointer.json, found none: the set is in the bundle "
+            f"(calibration/), nothing to fetch"
+        )
+    manifest_path = bundle / "calibration" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    path = fetch_set(open_registry(), pointer, destination)
+    inputs = tuple(
+        TensorSpec(spec["name"], (1, *spec["shape"]), spec["dtype"]) for spec in manifest["inputs"]
+    )
+    samples = load_sample_set(path, inputs, label_key=manifest.get("labels"))
+    if samples.digest != manifest["digest"] or samples.digest != pointer["digest"]:
+        raise InvalidInput(
+            f"{path}: set digest: expected {manifest['digest']} ({manifest_path}), found {samples.digest}"
+        )
+    return samples

@@ -23,10 +23,47 @@ from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry
 from tapeout.artifacts.signing import VerificationFailed, read_signature
 from tapeout.artifacts.set_store import read_pointer
-from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 ARTIFACT_DIGESTS_TAG = "artifact_sha256"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class NotRegistered(TapeoutError):
+    """A file or digest from the field that no registered version contains."""
+
+    exit_code = 1
+
+
+def look_up(registry: Registry, path: Path | None, digest: str | None = None) -> tuple[dict, str]:
+    """Which registered versions hold the compiled file `path` (or the file whose sha256 is
+    `digest`, with or without a `sha256:` prefix): the lookup record and the newest of them,
+    as MODEL-TARGET@VERSION.
+
+    Raises:
+        NotRegistered: no registered version holds it.
+        InvalidInput: `digest` is not a sha256 digest.
+    """
+    digest = file_digest(path) if path is not None else str(digest).removeprefix("sha256:")
+    versions = versions_for_digest(registry, digest)
+    if not versions:
+        raise NotRegistered(
+            f"{path or 'digest'}: sha256 {digest} is not a compiled file of any registered version "
+            "(versions are searched by their artifact_sha256 tag)"
+        )
+    matches = [f"{v.name}@{v.version}" for v in versions]
+    newest = max(versions, key=lambda v: int(v.version))
+    return {"file": str(path) if path else None, "sha256": digest, "matches": matches}, f"{newest.name}@{newest.version}"
+
+
+def version_of_bundle(registry: Registry, bundle: Path) -> RegisteredVersion | None:
+    """A bundle folder's registered version, found by its model name and bundle digest."""
+    from tapeout.artifacts.policy import bundle_model_name
+
+    name = bundle_model_name(bundle)
+    if name is None:
+        return None
+    return registry.find_version(name, {"bundle_digest": bundle_digest(bundle)})
 
 
 def versions_for_file(registry: Registry, path: Path) -> tuple[str, list[RegisteredVersion]]:

@@ -67,7 +67,7 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
     from tapeout.artifacts.registry import Registry
     from tapeout.flows import environment, stages
     from tapeout.flows.config import load_pipeline
-    from tapeout.flows.build import settings_for
+    from tapeout.flows.settings import settings_for
     from tapeout.flows.source import checkout
 
     environment.configure(home)

@@ -35,7 +35,8 @@ from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
-from tapeout.flows.build import BuildSettings, Progress, TargetOutcome, already_registered, settings_for
+from tapeout.flows.outcome import TargetOutcome, already_registered
+from tapeout.flows.settings import BuildSettings, Progress, settings_for
 from tapeout.flows.evaluate import Evaluation
 from tapeout.flows.gates import GateResult
 
@@ -250,21 +251,24 @@ def build_target(
 
 # -- the flow ---------------------------------------------------------------------------------
 
-_progress: Progress = lambda message: None  # set by tapeout.flows.build.build
+def _silent(message: str) -> None:
+    pass
 
 
 @flow(name="tapeout-build", log_prints=False)
-def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout") -> list[TargetOutcome]:
+def build_flow(
+    pipeline_file: str, source: SourceRevision, home: str = ".tapeout", progress: Progress = _silent
+) -> list[TargetOutcome]:
     """One build of every target of the pipeline at `pipeline_file` (checked by
-    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source). The
-    home is held in use meanwhile, so `tapeout gc` leaves its bundles, stored sets and cache
-    alone."""
+    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source),
+    reporting each stage to `progress` (Prefect records a callable parameter by its type name
+    only). The home is held in use meanwhile, so `tapeout gc` leaves its bundles, stored sets
+    and cache alone."""
     with home_in_use(Path(home).resolve()):
-        return _build(pipeline_file, source, home)
+        return _build(pipeline_file, source, home, progress)
 
 
-def _build(pipeline_file: str, source: SourceRevision, home: str) -> list[TargetOutcome]:
-    progress = _progress
+def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Progress) -> list[TargetOutcome]:
     pipeline = load_pipeline(Path(pipeline_file))
     settings = settings_for(pipeline, Path(home), progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
