@@ -126,7 +126,7 @@ def home_anchor(keys: Path, admitted: Iterable[Path], model: str, *, signs: bool
         InvalidInput: `signs`, trusted keys exist, but the home holds no private key (an
             unsigned head would be flagged by every later read); or the key is unusable.
     """
-    from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+    from tapeout.artifacts.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
 
     trusted = tuple(dict.fromkeys(path for path in (*admitted, keys / PUBLIC_KEY_FILE) if path.is_file()))
     signing = keys / PRIVATE_KEY_FILE
@@ -147,7 +147,7 @@ def require_whole(registry: Registry, model: str, anchor: Anchor, bundle: Path) 
     Raises:
         VerificationFailed: naming what is wrong with the log.
     """
-    from tapeout.artifacts.signing import VerificationFailed
+    from tapeout.artifacts.signature import VerificationFailed
 
     history = read_history(registry, model, anchor=anchor)
     if not history.chain_ok:
@@ -297,7 +297,7 @@ def _anchor_problems(
         return []
     problems = []
     if anchor.trusted_keys:
-        from tapeout.artifacts.signing import check_statement
+        from tapeout.artifacts.keys import check_statement
 
         reason = (
             "it is not signed" if not head.signature
@@ -363,7 +363,7 @@ def _parse_head(model: str, alias: str, text: str) -> "Head | str":
 
 def _write_head(registry: Registry, head: Head, anchor: Anchor) -> None:
     if anchor.signing_key is not None:
-        from tapeout.artifacts.signing import private_key_identity, sign_statement
+        from tapeout.artifacts.keys import private_key_identity, sign_statement
 
         head = replace(head, signer=private_key_identity(anchor.signing_key))
         head = replace(head, signature=sign_statement(anchor.signing_key, head.signed_bytes()))

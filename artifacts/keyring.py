@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tapeout.artifacts.registry import Registry, RegistryUnavailable
-from tapeout.artifacts.signing import (
+from tapeout.artifacts.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     KeyPair,

@@ -25,7 +25,7 @@ from tapeout.artifacts.digest import bundle_digest
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry, RegistryUnavailable, ReferenceNotFound
-from tapeout.artifacts.signing import VerificationFailed
+from tapeout.artifacts.signature import VerificationFailed
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 from tapeout.compilers.versions import parse_version
 

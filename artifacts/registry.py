@@ -275,7 +275,7 @@ class Registry:
 
         from mlflow.exceptions import MlflowException
 
-        from tapeout.artifacts.signing import VerificationFailed
+        from tapeout.artifacts.signature import VerificationFailed
 
         destination.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(prefix=f"{version.name}-{version.version}-", dir=destination))

@@ -21,7 +21,7 @@ from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry
-from tapeout.artifacts.signing import VerificationFailed, read_signature
+from tapeout.artifacts.signature import VerificationFailed, read_signature
 from tapeout.artifacts.set_store import read_pointer
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 

@@ -91,7 +91,7 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
             artifact=artifact, gated=gated, source=source, invocation_id="plain", started_on="",
             finished_on="", bundles_root=home / "bundles", private_key=settings.private_key,
         )
-        tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.public_key)
+        tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.private_key)
         stages.register_stage(registry, pipeline, target, source, artifact, gated, bundle, tags)
 
 

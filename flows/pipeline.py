@@ -232,7 +232,7 @@ def build_target(
             calibration_pointer=shared["calibration_pointer"],
         )
         tags = stages.version_tags(
-            pipeline, target, source, artifact, shared["calibrated"], bundle, settings.public_key
+            pipeline, target, source, artifact, shared["calibrated"], bundle, settings.private_key
         )
         tags.update({"fallback_kept_out": ",".join(item["node"] for item in kept["kept_out"])} if kept else {})
         progress(f"[{target.name}] register {name}")
@@ -251,13 +251,9 @@ def build_target(
 
 # -- the flow ---------------------------------------------------------------------------------
 
-def _silent(message: str) -> None:
-    pass
-
-
 @flow(name="tapeout-build", log_prints=False)
 def build_flow(
-    pipeline_file: str, source: SourceRevision, home: str = ".tapeout", progress: Progress = _silent
+    pipeline_file: str, source: SourceRevision, home: str = ".tapeout", progress: Progress | None = None
 ) -> list[TargetOutcome]:
     """One build of every target of the pipeline at `pipeline_file` (checked by
     tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source),
@@ -265,7 +261,7 @@ def build_flow(
     only). The home is held in use meanwhile, so `tapeout gc` leaves its bundles, stored sets
     and cache alone."""
     with home_in_use(Path(home).resolve()):
-        return _build(pipeline_file, source, home, progress)
+        return _build(pipeline_file, source, home, progress or (lambda message: None))
 
 
 def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Progress) -> list[TargetOutcome]:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tapeout.artifacts.keyring import key_for_build, published_public_key
+from tapeout.artifacts.keyring import key_for_build
 from tapeout.artifacts.registry import Registry
-from tapeout.artifacts.signing import public_key_for
+from tapeout.artifacts.signing import KeySigner, Signer
+from tapeout.artifacts.signing_methods import signer_types
 from tapeout.flows.config import Pipeline
 from tapeout.flows.environment import default_tracking_uri
 
@@ -18,54 +19,37 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """Where a build keeps its files and which key signs it."""
+    """Where a build keeps its files and what signs it: `private_key` is the signer (one of
+    tapeout.artifacts.signing_methods), `public_key` the material it shows (a public key, a
+    certificate, a trust config)."""
 
     home: Path
     tracking_uri: str
-    private_key: Path
+    private_key: Signer
     public_key: Path
     progress: Progress = field(default=lambda message: None)
 
 
 def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSettings:
-    """Where the build keeps its files and how it signs. For the `key` method `private_key`
-    is the key path; for `certificate` and `sigstore` it is the signer value
-    (tapeout.artifacts.signing) and `public_key` names the material the signer shows."""
-    from tapeout.artifacts.signing import CertificateSigner, KeylessSigner
+    """Where the build keeps its files and how it signs: the configured method's signer, or,
+    with no key configured, the home's own key, made on the home's first build.
 
+    Raises:
+        InvalidInput: the trust policy, a key or a certificate is unusable (named).
+        TrustAnchorMissing: the home's key is gone but what it signed is still there.
+    """
     signing = pipeline.config.signing
     if signing.policy:
         from tapeout.artifacts.policy import load_policy
 
         load_policy(pipeline.resolve(signing.policy))  # fail fast on a broken policy file
     tracking_uri = pipeline.config.registry.tracking_uri or default_tracking_uri(home)
-    if signing.method == "certificate":
-        assert signing.private_key and signing.certificate  # guaranteed by SigningConfig
-        signer = CertificateSigner(
-            pipeline.resolve(signing.private_key),
-            pipeline.resolve(signing.certificate),
-            tuple(pipeline.resolve(item) for item in signing.certificate_chain),
-        )
-        public_key_for(signer.private_key)  # fail fast on an unusable key
-        return BuildSettings(home, tracking_uri, signer, signer.certificate, progress)  # type: ignore[arg-type]
-    if signing.method == "sigstore":
-        from tapeout.artifacts.sigstore_trust import trust_config_file
-
-        trust_config = pipeline.resolve(signing.trust_config) if signing.trust_config else None
-        signer = KeylessSigner(trust_config=trust_config, oidc_issuer=signing.oidc_issuer)
-        return BuildSettings(home, tracking_uri, signer, trust_config or trust_config_file(), progress)  # type: ignore[arg-type]
-    configured = signing.private_key
-    if configured:
-        private_key = pipeline.resolve(configured)
-        public_key_for(private_key)  # fail fast on an unusable or shared key
-        public_key = private_key.with_suffix(".pub")
-        if not public_key.exists():
-            public_key = published_public_key(home / "keys", private_key)
-    else:
+    signer = signer_types()[signing.method].from_config(signing, pipeline.resolve, home / "keys")
+    if signer is None:
         pair, created = key_for_build(
             home / "keys", lambda: Registry(tracking_uri, home / "artifacts"), tracking_uri == default_tracking_uri(home)
         )
         if created:
             progress(f"created a signing key: {pair.private_key}")
-        private_key, public_key = pair.private_key, pair.public_key
-    return BuildSettings(home, tracking_uri, private_key, public_key, progress)
+        signer = KeySigner(pair.private_key, pair.public_key)
+    return BuildSettings(home, tracking_uri, signer, signer.shows, progress)

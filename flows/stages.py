@@ -17,7 +17,7 @@ import yaml
 from tapeout.artifacts.bundle import Bundle, BundleContents, build_bundle
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, RegisteredVersion, registered_name
-from tapeout.artifacts.signing import signer_identity
+from tapeout.artifacts.signing import Signer, read_signature
 from tapeout.calibration.calibrate import calibrate
 from tapeout.calibration.dataset import SampleSet, load_sample_set
 from tapeout.calibration.quantizer import quantize
@@ -257,7 +257,7 @@ def bundle_stage(
     started_on: str,
     finished_on: str,
     bundles_root: Path,
-    private_key: Path,
+    private_key: Signer | Path,
     extra_reports: Mapping[str, Path] | None = None,
     calibration_pointer: Mapping[str, object] | None = None,
 ) -> Bundle:
@@ -304,20 +304,20 @@ def version_tags(
     artifact: CompiledArtifact,
     calibrated: Calibrated,
     bundle: Bundle,
-    public_key: Path,
+    signer: Signer,
 ) -> dict[str, str]:
     """What a registered version carries (DESIGN §7): enough for `trace` without the bundle.
 
     `artifact_sha256` lists the compiled files' digests (comma-separated) so that
-    `tapeout trace FILE` finds the version of a file found in the field; `signer` is what the
-    bundle's signature names (key fingerprint, certificate subject or keyless identity).
+    `tapeout trace FILE` finds the version of a file found in the field; the `signer` tag is
+    who the bundle's signature, made by `signer`, names (key fingerprint, certificate subject
+    or keyless identity).
 
     Raises:
         VerificationFailed: `signing.policy` is set and does not admit the bundle's signer.
     """
     from tapeout.artifacts.digest import file_digest
     from tapeout.artifacts.policy import load_policy
-    from tapeout.artifacts.signing import certificate_identity, read_signature
 
     if pipeline.config.signing.policy:
         # The build's own signature must satisfy the configured trust policy, or nothing is
@@ -325,12 +325,6 @@ def version_tags(
         policy = load_policy(pipeline.resolve(pipeline.config.signing.policy))
         policy.verify(bundle.path, registered_name(pipeline.config.model.name, target.name))
     claimed = read_signature(bundle.path)
-    if claimed.method == "key":
-        signer = signer_identity(public_key)
-    elif claimed.method == "certificate":
-        signer = certificate_identity(claimed)
-    else:
-        signer = f"sigstore:{','.join(claimed.sans)} (issuer {claimed.issuer})"
     compiled = bundle.path / "compiled"
     return {
         "signing_method": claimed.method,
@@ -339,7 +333,7 @@ def version_tags(
         "source_dirty": str(source.dirty).lower(),
         "config_digest": pipeline.digest(target),
         "bundle_digest": bundle.digest,
-        "signer": signer,
+        "signer": signer.identity(claimed),
         "gate_verdict": "pass",
         "compiler": artifact.compiler,
         "compiler_version": artifact.compiler_version,
