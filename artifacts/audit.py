@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavailable
+from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavailable, RunRecord
 from tapeout.compilers.errors import InvalidInput
 
 AUDIT_EXPERIMENT = "tapeout-audit"
@@ -229,19 +229,11 @@ def read_history(registry: Registry, model: str, alias: str | None = None, ancho
     against its head, and each alias (but `candidate`, which `tapeout run` sets) against
     the head and the last promotion recorded. Problems are reported, never repaired.
     """
-    client = registry._client
     query = f"tags.`{_TAG}.model` = '{model}' and attributes.status = 'FINISHED'"
     if alias is not None:
         query += f" and tags.`{_TAG}.alias` = '{alias}'"
-    runs, token = [], None
     try:
-        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-        while experiment is not None:
-            page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = registry.search_runs(AUDIT_EXPERIMENT, query)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot read the audit records ({type(error).__name__}: {error})"
@@ -328,26 +320,19 @@ def _anchor_problems(
 
 def _registered_state(registry: Registry, model: str) -> tuple[dict[str, "Head | str"], dict[str, str]]:
     """The model's heads by alias (a Head, or why one is unreadable) and its aliases."""
-    from mlflow.exceptions import MlflowException
-
     try:
-        found = registry._client.get_registered_model(model)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}, {}
-        raise RegistryUnavailable(
-            f"MLflow at {registry.tracking_uri}: cannot read {model} ({type(error).__name__}: {error})"
-        ) from error
+        found = registry.registered_model(model)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot read {model} ({type(error).__name__}: {error})"
         ) from error
+    if found is None:
+        return {}, {}
     heads: dict[str, Head | str] = {}
-    for key, value in (found.tags or {}).items():
+    for key, value in found.tags.items():
         if key.startswith(HEAD_TAG):
             heads[key[len(HEAD_TAG):]] = _parse_head(model, key[len(HEAD_TAG):], value)
-    aliases = {str(name): str(version) for name, version in (found.aliases or {}).items()}
-    return heads, aliases
+    return heads, dict(found.aliases)
 
 
 def _parse_head(model: str, alias: str, text: str) -> "Head | str":
@@ -368,7 +353,7 @@ def _write_head(registry: Registry, head: Head, anchor: Anchor) -> None:
         head = replace(head, signer=private_key_identity(anchor.signing_key))
         head = replace(head, signature=sign_statement(anchor.signing_key, head.signed_bytes()))
     try:
-        registry._client.set_registered_model_tag(head.model, HEAD_TAG + head.alias, json.dumps(asdict(head), sort_keys=True))
+        registry.set_model_tag(head.model, HEAD_TAG + head.alias, json.dumps(asdict(head), sort_keys=True))
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: the audit record #{head.sequence} of {head.model}@{head.alias} "
@@ -376,9 +361,9 @@ def _write_head(registry: Registry, head: Head, anchor: Anchor) -> None:
         ) from error
 
 
-def _record(run) -> AuditRecord:
-    params = run.data.params
+def _record(run: RunRecord) -> AuditRecord:
+    params = run.params
     values = {name: params.get(name, "") for name in AuditRecord.__dataclass_fields__}
     values["sequence"] = int(params.get("sequence", "0") or 0)
-    values["record_id"] = run.info.run_id
+    values["record_id"] = run.run_id
     return AuditRecord(**values)

@@ -199,7 +199,7 @@ def _search(registry: Registry | None, query: str) -> list[str]:
     if registry is None:
         return []
     try:
-        found = registry._client.search_model_versions(query)
+        found = registry.search_versions(query)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot search the registered versions ({type(error).__name__}: {error})"

@@ -64,16 +64,10 @@ def set_size(path: Path) -> int:
 
 def find_stored(registry: Registry, digest: str) -> StoredSet | None:
     """The oldest finished upload of the set with `digest`, or None."""
-    client = registry._client
     try:
-        experiment = client.get_experiment_by_name(STORE_EXPERIMENT)
-        if experiment is None:
-            return None
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.{DIGEST_TAG} = '{digest}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
+        runs = registry.search_runs(
+            STORE_EXPERIMENT, f"tags.{DIGEST_TAG} = '{digest}' and attributes.status = 'FINISHED'",
+            oldest_first=True, limit=1,
         )
     except Exception as error:
         raise RegistryUnavailable(
@@ -84,16 +78,13 @@ def find_stored(registry: Registry, digest: str) -> StoredSet | None:
     run = runs[0]
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            listing = client.download_artifacts(run.info.run_id, FILES_ARTIFACT, scratch)
-            files = json.loads(Path(listing).read_text())
+            files = json.loads(registry.download_run_file(run.run_id, FILES_ARTIFACT, Path(scratch)).read_text())
         except Exception as error:
             raise RegistryUnavailable(
                 f"MLflow at {registry.tracking_uri}: calibration set {digest}: cannot read the file list of "
-                f"run {run.info.run_id} ({type(error).__name__}: {error})"
+                f"run {run.run_id} ({type(error).__name__}: {error})"
             ) from error
-    return StoredSet(
-        digest, run.info.run_id, f"{run.info.artifact_uri}/{ARTIFACT_PATH}", files, int(run.data.tags["size_bytes"])
-    )
+    return StoredSet(digest, run.run_id, f"{run.artifact_uri}/{ARTIFACT_PATH}", files, int(run.tags["size_bytes"]))
 
 
 def store_set(registry: Registry, path: Path, digest: str) -> StoredSet:

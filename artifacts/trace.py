@@ -75,9 +75,9 @@ def versions_for_file(registry: Registry, path: Path) -> tuple[str, list[Registe
 def versions_for_digest(registry: Registry, digest: str) -> list[RegisteredVersion]:
     if not _SHA256.match(digest):
         raise InvalidInput(f"expected a sha256 digest (64 lowercase hex digits), found {digest!r}")
-    found = registry._client.search_model_versions(f"tags.`{ARTIFACT_DIGESTS_TAG}` LIKE '%{digest}%'")
+    found = registry.search_versions(f"tags.`{ARTIFACT_DIGESTS_TAG}` LIKE '%{digest}%'")
     versions = [
-        registry.get_version(item.name, str(item.version))
+        registry.get_version(item.name, item.version)
         for item in found
         if digest in str(item.tags.get(ARTIFACT_DIGESTS_TAG, "")).split(",")
     ]

@@ -54,6 +54,25 @@ class Gated:
         return all(gate.passed for gate in self.gates)
 
 
+@dataclass(frozen=True)
+class SharedStages:
+    """What the shared stages of one build made, which every target starts from: the source,
+    the fp32 export, the calibration, the quantized model, the validation set with the fp32
+    model's predictions on it, and the per-layer sensitivity document (None when the model
+    could not be analysed)."""
+
+    source: SourceRevision
+    invocation_id: str
+    model: ExportedModel
+    calibrated: Calibrated
+    quantized: QuantizedModel
+    validation: SampleSet
+    reference: Predictions
+    reference_digest: str
+    calibration_pointer: Mapping[str, object] | None
+    sensitivity: Mapping[str, object] | None
+
+
 def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
     return export_model(
         pipeline.model_source(),
