@@ -18,8 +18,8 @@ LSB is one code. An output without a per-tensor scale (a float output) is compar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from tapeout.compilers.errors import InvalidInput
 from tapeout.compilers.interface import Runner, TensorSpec
+from tapeout.compilers.measure import LsbHistogram, padded_batches
 
 BUCKETS = ("exact", "1", "2", ">2")
 
@@ -38,23 +39,6 @@ class TracingRunner(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def trace(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-@dataclass
-class _Counter:
-    """Accumulates |difference| in LSB over batches."""
-
-    elements: int = 0
-    histogram: dict[int, int] = field(default_factory=dict)
-    max_abs_diff: float = 0.0
-    top1_equal: int = 0
-    top1_rows: int = 0
-
-    def add_units(self, units: np.ndarray) -> None:
-        self.elements += int(units.size)
-        values, counts = np.unique(units, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist()):
-            self.histogram[int(value)] = self.histogram.get(int(value), 0) + int(count)
 
 
 @dataclass(frozen=True)
@@ -105,16 +89,7 @@ def output_lsb(qdq_model: Path) -> dict[str, float]:
     return steps
 
 
-def _units(reference: np.ndarray, candidate: np.ndarray, lsb: float | None) -> tuple[np.ndarray, float]:
-    difference = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    biggest = float(difference.max()) if difference.size else 0.0
-    if lsb is None:
-        return (difference > 0).astype(np.int64), biggest
-    # Half an LSB of float noise (a float output dequantized two ways) is still the same code.
-    return np.rint(difference / lsb).astype(np.int64), biggest
-
-
-def _finish(name: str, counter: _Counter, lsb: float | None, source: str) -> TensorDiff:
+def _finish(name: str, counter: LsbHistogram, lsb: float | None, source: str) -> TensorDiff:
     histogram = dict(sorted(counter.histogram.items()))
     if lsb is None and source != "integer codes":
         buckets = {"exact": histogram.get(0, 0), "differing": counter.elements - histogram.get(0, 0)}
@@ -127,23 +102,9 @@ def _finish(name: str, counter: _Counter, lsb: float | None, source: str) -> Ten
             ">2": sum(count for value, count in histogram.items() if value > 2),
         }
         max_lsb = max(histogram) if histogram else 0
-    agreement = counter.top1_equal / counter.top1_rows if counter.top1_rows else None
-    return TensorDiff(name, counter.elements, lsb, source, buckets, histogram, max_lsb, counter.max_abs_diff, agreement)
-
-
-def _batches(arrays: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], count: int) -> Iterator[tuple[dict, int]]:
-    """Fixed-size batches (the model's batch axis); the last is padded and its real size given."""
-    batch = inputs[0].shape[0]
-    for start in range(0, count, batch):
-        feed = {}
-        real = batch
-        for spec in inputs:
-            chunk = arrays[spec.name][start:start + batch]
-            real = chunk.shape[0]
-            if real < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-            feed[spec.name] = np.ascontiguousarray(chunk, dtype=np.float32)
-        yield feed, real
+    return TensorDiff(
+        name, counter.elements, lsb, source, buckets, histogram, max_lsb, counter.max_abs_diff, counter.top1_agreement
+    )
 
 
 def compare_runners(
@@ -155,17 +116,18 @@ def compare_runners(
     lsb: Mapping[str, float],
     tolerance_lsb: int = 1,
 ) -> tuple[tuple[TensorDiff, ...], tuple[TensorDiff, ...], str, str | None]:
-    """Run both on `count` samples; returns (outputs, layers, layers note, first divergent layer).
+    """Run both on the first `count` samples; returns (outputs, layers, layers note, first
+    divergent layer).
 
     A layer is compared when both runners trace it with the same shape and an integer dtype
     (its int8 codes). The first divergent layer is the first one, in the reference's order,
     with an element more than `tolerance_lsb` away.
     """
     tracing = isinstance(candidate, TracingRunner) and isinstance(reference, TracingRunner)
-    outputs: dict[str, _Counter] = {}
-    layers: dict[str, _Counter] = {}
+    outputs: dict[str, LsbHistogram] = {}
+    layers: dict[str, LsbHistogram] = {}
     layer_order: list[str] = []
-    for feed, real in _batches(arrays, inputs, count):
+    for feed, real in padded_batches(arrays, inputs, count):
         if tracing:
             got_trace = candidate.trace(feed)  # type: ignore[union-attr]
             want_trace = reference.trace(feed)  # type: ignore[union-attr]
@@ -176,11 +138,9 @@ def compare_runners(
                 if want.dtype.kind not in "iu" or np.asarray(got).dtype.kind not in "iu":
                     continue
                 if name not in layers:
-                    layers[name] = _Counter()
+                    layers[name] = LsbHistogram()
                     layer_order.append(name)
-                units = np.abs(np.asarray(got).astype(np.int64) - want.astype(np.int64))[:real]
-                layers[name].add_units(units)
-                layers[name].max_abs_diff = max(layers[name].max_abs_diff, float(units.max(initial=0)))
+                layers[name].add_units(np.abs(np.asarray(got).astype(np.int64) - want.astype(np.int64))[:real])
         got_outputs = candidate.run(feed)
         want_outputs = reference.run(feed)
         missing = sorted(set(want_outputs) - set(got_outputs))
@@ -191,15 +151,7 @@ def compare_runners(
             got = np.asarray(got_outputs[name])[:real]
             if got.shape != want.shape:
                 raise InvalidInput(f"output {name!r}: reference shape {list(want.shape)}, candidate {list(got.shape)}")
-            counter = outputs.setdefault(name, _Counter())
-            units, biggest = _units(want, got, lsb.get(name))
-            counter.add_units(units)
-            counter.max_abs_diff = max(counter.max_abs_diff, biggest)
-            if want.ndim >= 2 and want.shape[-1] > 1:
-                rows_want = want.reshape(-1, want.shape[-1]).argmax(axis=1)
-                rows_got = got.reshape(-1, want.shape[-1]).astype(np.float64).argmax(axis=1)
-                counter.top1_equal += int((rows_want == rows_got).sum())
-                counter.top1_rows += int(rows_want.size)
+            outputs.setdefault(name, LsbHistogram()).add(want, got, lsb.get(name))
     output_diffs = tuple(
         _finish(name, counter, lsb.get(name), "output DequantizeLinear scale" if name in lsb else "none: raw values")
         for name, counter in outputs.items()

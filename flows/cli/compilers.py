@@ -152,6 +152,8 @@ def infer_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from tapeout.compilers.measure import latency_summary, time_runs
+
     if args.iterations < 1 or args.warmup < 0:
         raise InvalidInput("--iterations must be at least 1 and --warmup at least 0")
     artifact, runner = _load_runner(args.artifact)
@@ -174,23 +176,14 @@ def bench_command(args: argparse.Namespace) -> int:
     first_start = time.perf_counter()
     runner.run(feed)
     first = time.perf_counter() - first_start
-    for _ in range(args.warmup):
-        runner.run(feed)
-    timings = np.empty(args.iterations)
-    for index in range(args.iterations):
-        start = time.perf_counter()
-        runner.run(feed)
-        timings[index] = time.perf_counter() - start
+    timings = time_runs(runner, feed, args.iterations, args.warmup)
     report = {
         "artifact_id": artifact.artifact_id,
         "batch": batch,
         "threads": threads,
         "iterations": args.iterations,
         "first_inference_ms": first * 1e3,
-        "latency_p50_ms": float(np.percentile(timings, 50) * 1e3),
-        "latency_p95_ms": float(np.percentile(timings, 95) * 1e3),
-        "latency_p99_ms": float(np.percentile(timings, 99) * 1e3),
-        "throughput_per_s": float(batch * args.iterations / timings.sum()),
+        **latency_summary(timings, batch),
     }
     if args.json:
         print(json.dumps(report, indent=2))
