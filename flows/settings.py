@@ -21,13 +21,15 @@ Progress = Callable[[str], None]
 class BuildSettings:
     """Where a build keeps its files and what signs it: `private_key` is the signer (one of
     tapeout.artifacts.signing_methods), `public_key` the material it shows (a public key, a
-    certificate, a trust config)."""
+    certificate, a trust config); `stage_store`: whether stage outputs are looked up in and
+    uploaded to the artifact store too (tapeout.artifacts.stage_store)."""
 
     home: Path
     tracking_uri: str
     private_key: Signer
     public_key: Path
     progress: Progress = field(default=lambda message: None)
+    stage_store: bool = False
 
 
 def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSettings:
@@ -52,4 +54,7 @@ def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSet
         if created:
             progress(f"created a signing key: {pair.private_key}")
         signer = KeySigner(pair.private_key, pair.public_key)
-    return BuildSettings(home, tracking_uri, signer, signer.shows, progress)
+    stage_store = pipeline.config.registry.stage_store
+    if stage_store is None:
+        stage_store = tracking_uri.startswith(("http://", "https://"))
+    return BuildSettings(home, tracking_uri, signer, signer.shows, progress, stage_store)
