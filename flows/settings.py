@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tapeout.artifacts.keyring import key_for_build
+from tapeout.artifacts.keyring import key_for_build, published_public_key
 from tapeout.artifacts.registry import Registry
 from tapeout.artifacts.signing import KeySigner, Signer
 from tapeout.artifacts.signing_methods import signer_types
+from tapeout.artifacts.worker_key import key_from_environment
 from tapeout.flows.config import Pipeline
 from tapeout.flows.environment import default_tracking_uri
 
@@ -34,7 +35,8 @@ class BuildSettings:
 
 def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSettings:
     """Where the build keeps its files and how it signs: the configured method's signer, or,
-    with no key configured, the home's own key, made on the home's first build.
+    with no key configured, the key the environment gives (tapeout.artifacts.worker_key), or
+    the home's own key, made on the home's first build.
 
     Raises:
         InvalidInput: the trust policy, a key or a certificate is unusable (named).
@@ -47,6 +49,9 @@ def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSet
         load_policy(pipeline.resolve(signing.policy))  # fail fast on a broken policy file
     tracking_uri = pipeline.config.registry.tracking_uri or default_tracking_uri(home)
     signer = signer_types()[signing.method].from_config(signing, pipeline.resolve, home / "keys")
+    if signer is None and (given := key_from_environment(home / "keys")) is not None:
+        # A worker's key from its environment (a mounted or Prefect secret), not its home.
+        signer = KeySigner(given, published_public_key(home / "keys", given))
     if signer is None:
         pair, created = key_for_build(
             home / "keys", lambda: Registry(tracking_uri, home / "artifacts"), tracking_uri == default_tracking_uri(home)
