@@ -163,7 +163,14 @@ class ContentStore:
                     f"({type(error).__name__}: {error})"
                 ) from error
             raise
-        self.registry.end_run(run_id, "FINISHED")
+        try:
+            self.registry.end_run(run_id, "FINISHED")
+        except Exception as error:
+            self.abandon(run_id)
+            raise RegistryUnavailable(
+                f"MLflow at {self.registry.tracking_uri}: cannot finish the upload of {self.what} {key} "
+                f"({type(error).__name__}: {error})"
+            ) from error
         winner = self.find(key)
         if winner is None:  # deleted between the two calls: nothing else can be said of it
             raise RegistryUnavailable(f"MLflow at {self.registry.tracking_uri}: {self.what} {key}: run {run_id} vanished")

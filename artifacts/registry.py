@@ -120,7 +120,14 @@ class Registry:
                 location = None
                 if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
                     location = (self.artifacts_root / experiment).resolve().as_uri()
-                experiment_id = self._client.create_experiment(experiment, artifact_location=location)
+                try:
+                    experiment_id = self._client.create_experiment(experiment, artifact_location=location)
+                except Exception:
+                    # Another process (a second worker) created it since the first look.
+                    found = self._client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+                    experiment_id = found.experiment_id
             else:
                 experiment_id = found.experiment_id
             run = self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
