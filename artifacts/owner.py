@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 OWNER_TAG = "tapeout.owner"
 WORKER_TAG = "tapeout.worker"
@@ -76,9 +76,6 @@ class Worker:
         """A short name, usable in an MLflow tag key: the Prefect worker, else host and pid."""
         short = self.prefect_worker or f"{self.host}-{self.process.split(':')[1]}"
         return re.sub(r"[^A-Za-z0-9_.-]", "_", short)
-
-    def as_dict(self) -> dict[str, str]:
-        return {key: value for key, value in asdict(self).items() if value}
 
 
 def current_worker() -> Worker:
