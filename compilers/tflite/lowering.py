@@ -25,6 +25,11 @@ SAME, VALID, NO_ACTIVATION = 0, 1, 0
 # them is NHWC in TFLite, any other keeps ONNX's order.
 IMAGE_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
 
+# TFLite int8 kernels that no choice of int8 parameters makes compute what ONNX Runtime
+# computes (docs/ethos-u.md, "Exactness per op"), and that the converter writes in float32
+# instead when asked (`convert(..., float_ops=...)`): exact to ONNX Runtime, but off the NPU.
+FLOAT_OPS = ("HARD_SWISH", "LOGISTIC", "SOFTMAX")
+
 # Edge layouts (EdgeTensor.layout) of a TFLite graph input or output against its ONNX tensor.
 SAME_ORDER = "same"          # identical shape and element order
 NHWC = "nhwc"                # ONNX NCHW, TFLite NHWC
@@ -69,8 +74,9 @@ def dequantize_constant(constant: Constant) -> np.ndarray:
 class Lowering:
     """One pass over the ONNX nodes in order, emitting TFLite tensors and operators."""
 
-    def __init__(self, qdq: QdqGraph) -> None:
+    def __init__(self, qdq: QdqGraph, float_ops: frozenset[str] = frozenset()) -> None:
         self.qdq = qdq
+        self.float_ops = frozenset(float_ops)                 # of FLOAT_OPS, written in float32
         self.fb = FbGraph()
         self.index: dict[str, int] = {}                       # activation -> its tensor
         self.perm: dict[str, tuple[int, ...]] = {}            # activation -> its layout
@@ -175,6 +181,24 @@ class Lowering:
         source_index = self.read(node, source, perm)
         output = self.define(result, perm)
         self.emit(opcode, (source_index,), (output,), options)
+
+    def in_float(self, name: str, opcode: str, source_index: int, output: int, options=None,
+                 factor: float = 1.0) -> None:
+        """`opcode` on float32 values between a DEQUANTIZE of `source_index` and a QUANTIZE
+        into `output`, as ONNX Runtime runs an op it leaves between DequantizeLinear and
+        QuantizeLinear; `factor`, when not 1, multiplies the float result first."""
+        shape = self.shape_of(source_index)
+        values = self.add(FbTensor(f"{name}_float", shape, "float32"))
+        self.emit("DEQUANTIZE", (source_index,), (values,))
+        result = self.add(FbTensor(f"{name}_{opcode.lower()}", self.shape_of(output), "float32"))
+        self.emit(opcode, (values,), (result,), options)
+        if factor != 1.0:
+            constant = np.array([factor], np.float32)
+            scale = self.add(FbTensor(f"{name}_factor", constant.shape, "float32", data=array_bytes(constant)))
+            scaled = self.add(FbTensor(f"{name}_scaled", self.shape_of(output), "float32"))
+            self.emit("MUL", (result, scale), (scaled,), ("MulOptions", {"FusedActivationFunction": NO_ACTIVATION}))
+            result = scaled
+        self.emit("QUANTIZE", (result,), (output,), ("QuantizeOptions", {}))
 
     def requantize(self, index: int, act: Activation) -> None:
         """QUANTIZE a temporary into `act` (defined in the temporary's layout by the caller)."""

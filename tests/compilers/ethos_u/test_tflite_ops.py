@@ -387,6 +387,35 @@ def test_op_matches_onnxruntime(case, operators, xnnpack_lsb, reference_lsb, tmp
     assert share < 0.3
 
 
+# The int8 kernels that cannot compute what ONNX Runtime does, written in float32 instead
+# (`float_ops`): exact with XNNPACK; with the reference kernels, as their int8 twins in CASES
+# (the convolution before rounds with a fixed-point multiplier).
+FLOAT_CASES = [
+    (case_softmax, {"SOFTMAX"}, ("DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
+    (case_softmax_inner_axis, {"SOFTMAX"}, ("CONV_2D", "DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
+    (case_silu, {"LOGISTIC"}, ("CONV_2D", "DEQUANTIZE", "LOGISTIC", "QUANTIZE", "MUL")),
+    (case_hardswish, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "HARD_SWISH", "QUANTIZE")),
+    # no HARD_SWISH pattern: HardSigmoid and Mul each on its own, both exact
+    (case_hardsigmoid_times_x, {"HARD_SWISH"}, ("CONV_2D", "ADD", "MUL", "MUL")),
+]
+
+
+@pytest.mark.parametrize(("case", "float_ops", "operators"), FLOAT_CASES,
+                         ids=[c[0].__name__[5:] for c in FLOAT_CASES])
+def test_float_ops_match_onnxruntime_exactly(case, float_ops, operators, tmp_path):
+    qdq = quantize_model(case(), tmp_path)
+    worst, _, conversion = lsb_differences(qdq, tmp_path, "xnnpack", float_ops=frozenset(float_ops))
+    assert conversion.operators == operators
+    assert worst == 0
+    reference_bound = dict((c[0], c[3]) for c in CASES)[case]
+    assert lsb_differences(qdq, tmp_path, "reference", float_ops=frozenset(float_ops))[0] <= reference_bound
+
+
+def test_float_ops_must_be_ones_the_converter_writes_in_float(tmp_path):
+    with pytest.raises(ValueError, match=r"float_ops: expected some of \['HARD_SWISH', 'LOGISTIC', 'SOFTMAX'\], found \['GELU'\]"):
+        convert(quantize_model(case_softmax(), tmp_path), tmp_path / "model.tflite", frozenset({"GELU"}))
+
+
 def test_average_pool_with_an_odd_zero_point_rounds_its_ties_as_onnxruntime(tmp_path):
     """ONNX Runtime rounds `mean / scale + zero point` half to even: with an odd zero point its
     ties go the other way from a kernel that adds the zero point after rounding. A 2x2 mean of
