@@ -182,23 +182,30 @@ class Lowering:
         output = self.define(result, perm)
         self.emit(opcode, (source_index,), (output,), options)
 
-    def in_float(self, name: str, opcode: str, source_index: int, output: int, options=None,
-                 factor: float = 1.0) -> None:
-        """`opcode` on float32 values between a DEQUANTIZE of `source_index` and a QUANTIZE
-        into `output`, as ONNX Runtime runs an op it leaves between DequantizeLinear and
-        QuantizeLinear; `factor`, when not 1, multiplies the float result first."""
-        shape = self.shape_of(source_index)
-        values = self.add(FbTensor(f"{name}_float", shape, "float32"))
+    def in_float(self, name: str, source_index: int, output: int, compute) -> None:
+        """Float32 ops between a DEQUANTIZE of `source_index` and a QUANTIZE into `output`, as
+        ONNX Runtime runs an op it leaves between DequantizeLinear and QuantizeLinear:
+        `compute(float_op, values)` emits them through `float_op(opcode, inputs, options)`
+        (inputs are tensor indices or Python floats, made float32 constants) and returns the
+        result's index."""
+        shape = self.shape_of(output)
+        names = iter(range(1000))
+
+        def float_op(opcode: str, inputs, options=None) -> int:
+            indices = []
+            for value in inputs:
+                if isinstance(value, float):
+                    constant = np.array([value], np.float32)
+                    value = self.add(FbTensor(f"{name}_constant{next(names)}", constant.shape, "float32",
+                                              data=array_bytes(constant)))
+                indices.append(value)
+            result = self.add(FbTensor(f"{name}_{opcode.lower()}{next(names)}", shape, "float32"))
+            self.emit(opcode, indices, (result,), options)
+            return result
+
+        values = self.add(FbTensor(f"{name}_float", self.shape_of(source_index), "float32"))
         self.emit("DEQUANTIZE", (source_index,), (values,))
-        result = self.add(FbTensor(f"{name}_{opcode.lower()}", self.shape_of(output), "float32"))
-        self.emit(opcode, (values,), (result,), options)
-        if factor != 1.0:
-            constant = np.array([factor], np.float32)
-            scale = self.add(FbTensor(f"{name}_factor", constant.shape, "float32", data=array_bytes(constant)))
-            scaled = self.add(FbTensor(f"{name}_scaled", self.shape_of(output), "float32"))
-            self.emit("MUL", (result, scale), (scaled,), ("MulOptions", {"FusedActivationFunction": NO_ACTIVATION}))
-            result = scaled
-        self.emit("QUANTIZE", (result,), (output,), ("QuantizeOptions", {}))
+        self.emit("QUANTIZE", (compute(float_op, values),), (output,), ("QuantizeOptions", {}))
 
     def requantize(self, index: int, act: Activation) -> None:
         """QUANTIZE a temporary into `act` (defined in the temporary's layout by the caller)."""

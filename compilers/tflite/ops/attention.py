@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tapeout.compilers.tflite import layout as layouts
-from tapeout.compilers.tflite.lowering import Lowering, refuse
+from tapeout.compilers.tflite.lowering import NO_ACTIVATION, Lowering, refuse
 from tapeout.compilers.tflite.qdq import Activation, attributes
 
 SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
@@ -64,7 +64,8 @@ def lower_softmax(lowering: Lowering, node) -> None:
     if "SOFTMAX" in lowering.float_ops:
         scale = np.float32(result.scale)
         factor = float(np.floor(np.float32(1.0) / scale) * scale)
-        lowering.in_float(node.name, "SOFTMAX", source_index, output, options, factor)
+        lowering.in_float(node.name, source_index, output, lambda op, x: op(
+            "MUL", (op("SOFTMAX", (x,), options), factor), ("MulOptions", {"FusedActivationFunction": NO_ACTIVATION})))
         return
     fixed = (SOFTMAX_SCALE, SOFTMAX_ZERO_POINT)
     target = output

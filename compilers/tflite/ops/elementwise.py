@@ -108,7 +108,8 @@ def lower_sigmoid(lowering: Lowering, node) -> None:
     perm = lowering.perm[source.name]
     source_index = lowering.read(node, source, perm)
     if "LOGISTIC" in lowering.float_ops:
-        lowering.in_float(node.name, "LOGISTIC", source_index, lowering.define(result, perm))
+        lowering.in_float(node.name, source_index, lowering.define(result, perm),
+                          lambda op, x: op("LOGISTIC", (x,)))
         return
     if (result.scale, result.zero_point) == fixed:
         lowering.emit("LOGISTIC", (source_index,), (lowering.define(result, perm),))
@@ -121,14 +122,23 @@ def lower_sigmoid(lowering: Lowering, node) -> None:
 
 def lower_hardswish(lowering: Lowering, node) -> None:
     """HARD_SWISH: TFLite's int8 kernel works in 16-bit fixed point, ONNX Runtime in float
-    between DequantizeLinear and QuantizeLinear (up to 3% of the values 1 LSB off); with
-    HARD_SWISH in `float_ops`, in float32 between DEQUANTIZE and QUANTIZE."""
+    between DequantizeLinear and QuantizeLinear (up to 3% of the values 1 LSB off). With
+    HARD_SWISH in `float_ops`, ONNX's definition x · max(0, min(1, x/6 + 1/2)) in float32 ops
+    between DEQUANTIZE and QUANTIZE (Vela refuses a float32 HARD_SWISH itself)."""
     source, result = lowering.input(node, 0), lowering.qdq.output_of(node)
-    if "HARD_SWISH" in lowering.float_ops:
-        perm = lowering.perm[source.name]
-        lowering.in_float(node.name, "HARD_SWISH", lowering.read(node, source, perm), lowering.define(result, perm))
+    if "HARD_SWISH" not in lowering.float_ops:
+        lowering.with_layout(node, source, result, "HARD_SWISH")
         return
-    lowering.with_layout(node, source, result, "HARD_SWISH")
+    none = ("MulOptions", {"FusedActivationFunction": NO_ACTIVATION})
+
+    def hard_swish(op, x):
+        gate = op("ADD", (op("MUL", (x, float(np.float32(1 / 6))), none), 0.5),
+                  ("AddOptions", {"FusedActivationFunction": NO_ACTIVATION}))
+        gate = op("MINIMUM", (op("MAXIMUM", (gate, 0.0)), 1.0))
+        return op("MUL", (x, gate), none)
+
+    perm = lowering.perm[source.name]
+    lowering.in_float(node.name, lowering.read(node, source, perm), lowering.define(result, perm), hard_swish)
 
 
 def lower_hardsigmoid(lowering: Lowering, node) -> None:

@@ -20,26 +20,27 @@ pytestmark = pytest.mark.real_models
 
 COLUMN = COLUMNS["ethos-u"]
 
-# LayerNormalization runs in float between int8 tensors (docs/ethos-u.md): the bound is ONNX
-# Runtime's top-1 on every test input, not LSB.
+# LayerNormalization runs in float between int8 tensors, and LiteRT's int8 ADD and BATCH_MATMUL
+# round a few values otherwise than ONNX Runtime (docs/ethos-u.md): the bound is ONNX Runtime's
+# top-1 on every test input, not LSB.
 LAYERNORM_HEAVY = ("convnext_tiny", "vit_tiny_d4")
 
-# Models whose output is further than 2 LSB from ONNX Runtime's, measured: each has an op whose
-# TFLite kernel rounds a tie differently from ONNX Runtime's (docs/ethos-u.md, "Exactness per
-# op") on a few values, and the difference grows layer by layer. ONNX Runtime's own unoptimized
-# session (float ops between DequantizeLinear and QuantizeLinear) differs from its optimized
-# one by as much on these models. Strict: a model that comes within 2 LSB fails here until
-# its entry goes.
+# Models whose output is further than 2 LSB from ONNX Runtime's, measured, with the first op
+# whose int8 TFLite kernel cannot compute what ONNX Runtime computes (docs/ethos-u.md, "The
+# real-model suite"). Strict: a model that comes within 2 LSB fails here until its entry goes.
 BEYOND_TWO_LSB = {
-    "mobilenet_v3_small": "8 LSB: HARD_SWISH's fixed point first (ONNX Runtime unoptimized vs optimized: 7)",
-    "efficientnet_b0": "31 LSB: LOGISTIC's 1/256 output requantized first (ONNX Runtime unoptimized vs optimized: 15)",
-    "regnet_x_400mf": "6 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
-    "mnasnet0_5": "4 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
-    "densenet121": "13 LSB: BatchNormalization's rounded offset first (ONNX Runtime unoptimized vs optimized: 8)",
+    "mobilenet_v3_small": "7 LSB: HARD_SWISH's 16-bit fixed point, up to 3% of a layer's values 1 LSB off "
+                          "(float_ops=HARD_SWISH: 1 LSB)",
+    "efficientnet_b0": "32 LSB: LOGISTIC's output fixed at 1/256 and requantized, 25-50% of every sigmoid's "
+                       "values 1 LSB off (float_ops=LOGISTIC: 0 LSB)",
+    "densenet121": "10 LSB: 4 BatchNormalization channels no int8 weight reproduces (one input code each) and "
+                   "9 float ties of an AveragePool; the concatenations carry them into every later layer",
 }
-# The ViT with a classifier head that depends on its input (the suite used to leave
-# torchvision's zero-initialised head): 17 LSB, top-1 on 2 of 4 test inputs; not yet explained.
-TOP1_DIFFERS = {"vit_tiny_d4": "17 LSB, top-1 agrees on 2 of 4 inputs"}
+TOP1_DIFFERS = {
+    "vit_tiny_d4": "17 LSB, top-1 on 2 of 4 inputs: BATCH_MATMUL rounds twice (1 LSB on 0.35% of the scores, "
+                   "1.6% of the attention output) and SOFTMAX writes round(256 p) where ONNX Runtime writes "
+                   "round(254 p); ONNX Runtime's own top-1 margins are 1-7 LSB (float_ops=SOFTMAX: 9 LSB, 3 of 4)",
+}
 
 
 def _cases():
@@ -51,7 +52,7 @@ def _cases():
         yield pytest.param(name, marks=marks, id=name)
 
 
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", list(_cases()))
 def test_converts_compiles_and_agrees_with_onnxruntime(name, real_model, tmp_path):
     model = real_model(name, COLUMN.activations)
     artifact = compile_model(model, COLUMN, tmp_path)
@@ -59,12 +60,55 @@ def test_converts_compiles_and_agrees_with_onnxruntime(name, real_model, tmp_pat
     assert report["macs_total"] > 0 and 0.99 <= report["npu_mac_share"] <= 1.0
     if ARCHITECTURES[name].factory_file == MLPERF_TINY:
         assert report["cpu_operators"] == [], "MLPerf Tiny runs every op on the U55-128's NPU"
-    agreement = compare_with_onnxruntime(model, load_runner(artifact))
+    runner = load_runner(artifact)
     if name in LAYERNORM_HEAVY:
-        assert agreement.top1_agreement == 1.0, agreement
+        assert top1_among_onnxruntime_top_classes(model, runner) == len(model.test_inputs)
         assert {op["op"] for op in report["cpu_operators"]} >= {"DEQUANTIZE", "RSQRT", "QUANTIZE"}
     else:
+        agreement = compare_with_onnxruntime(model, runner)
         assert agreement.max_lsb is not None and agreement.max_lsb <= 2, agreement
+
+
+def top1_among_onnxruntime_top_classes(model, runner) -> int:
+    """The test inputs on which the runner's top-1 class is one of ONNX Runtime's: a class at
+    ONNX Runtime's largest output code. Where ONNX Runtime's own output ties (ConvNeXt on one
+    input: two classes at the same code), its argmax names the first by index, and a model
+    1 LSB off on either class names the other; both are ONNX Runtime's top-1."""
+    import numpy as np
+
+    from real_models.measure import OnnxRuntimeReference, output_steps
+
+    reference = OnnxRuntimeReference(model.qdq_path)
+    step = output_steps(model.qdq_path)["output"]
+    agreed = 0
+    for feed in model.feeds():
+        expected = np.rint(reference.run(feed)["output"].reshape(-1) / step)
+        found = runner.run(feed)["output"].reshape(-1)
+        agreed += int(expected[int(np.argmax(found))] == expected.max())
+    return agreed
+
+
+# float_ops: the int8 kernels that cannot compute what ONNX Runtime computes, written in float32
+# (they run on the CPU; the NPU keeps every MAC), and the float ops Vela leaves on the CPU.
+FLOAT_OPS_CASES = {
+    "mobilenet_v3_small": ("HARD_SWISH", {"DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "QUANTIZE"}),
+    "efficientnet_b0": ("LOGISTIC", {"DEQUANTIZE", "LOGISTIC", "QUANTIZE"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FLOAT_OPS_CASES))
+def test_float_ops_bring_the_model_within_two_lsb(name, real_model, tmp_path):
+    import dataclasses
+
+    option, on_cpu = FLOAT_OPS_CASES[name]
+    column = dataclasses.replace(COLUMN, options={**COLUMN.options, "float_ops": option})
+    model = real_model(name, column.activations)
+    artifact = compile_model(model, column, tmp_path)
+    assert {o["op"] for o in artifact.report["cpu_operators"]} == on_cpu
+    assert artifact.report["npu_mac_share"] == 1.0
+    agreement = compare_with_onnxruntime(model, load_runner(artifact))
+    assert agreement.max_lsb is not None and agreement.max_lsb <= 2, agreement
 
 
 def test_uint8_and_int8_models_convert_to_the_same_arithmetic(real_model, tmp_path):

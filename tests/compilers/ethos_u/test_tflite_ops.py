@@ -394,7 +394,7 @@ FLOAT_CASES = [
     (case_softmax, {"SOFTMAX"}, ("DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
     (case_softmax_inner_axis, {"SOFTMAX"}, ("CONV_2D", "DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
     (case_silu, {"LOGISTIC"}, ("CONV_2D", "DEQUANTIZE", "LOGISTIC", "QUANTIZE", "MUL")),
-    (case_hardswish, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "HARD_SWISH", "QUANTIZE")),
+    (case_hardswish, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "MUL", "QUANTIZE")),
     # no HARD_SWISH pattern: HardSigmoid and Mul each on its own, both exact
     (case_hardsigmoid_times_x, {"HARD_SWISH"}, ("CONV_2D", "ADD", "MUL", "MUL")),
 ]
