@@ -12,7 +12,9 @@ TFLite's int8 rules (tensorflow.org/lite/performance/quantization_spec) are chec
 node; where a TFLite kernel fixes its output quantization (SOFTMAX, LOGISTIC) a QUANTIZE op
 requantizes to ONNX Runtime's, and where no TFLite op matches ONNX Runtime's computation
 (LayerNormalization, the exported GELU) the ops used are documented with their measured
-difference in docs/ethos-u.md. A node that cannot be converted is refused by name
+difference in docs/ethos-u.md. The int8 kernels no parameters make exact (FLOAT_OPS) are
+written in float32 when the caller asks (`float_ops`); BatchNormalization's parameters are
+fitted to the codes ONNX Runtime itself writes (compilers/tflite/affine_fit.py). A node that cannot be converted is refused by name
 (UnsupportedOperator). The ops, one module per kind, are in compilers/tflite/ops/.
 
 The graph's inputs and outputs are int8 in TFLite (as Vela wants them); `Conversion.inputs`

@@ -1,9 +1,13 @@
 """Attention's ops: MatMul of two activations (BATCH_MATMUL) and Softmax.
 
 BATCH_MATMUL reads its operands' last two axes in either order (adj_x / adj_y), so a key
-transposed by an ONNX Transpose (a layout change only) needs no TRANSPOSE op. SOFTMAX writes
-scale 1/256, zero point -128 (TFLite's quantization spec); ONNX Runtime fixes Softmax's output
-to [0, 1] (scale 1/255), so a QUANTIZE op requantizes.
+transposed by an ONNX Transpose (a layout change only) needs no TRANSPOSE op. LiteRT runs it
+with TFLite's builtin int8 kernel (XNNPACK takes no product of two activations), whose
+fixed-point requantization rounds twice: about 2^-(k+1) of the values 1 LSB off ONNX Runtime's
+QLinearMatMul for a multiplier 0.q × 2^-k, which the three scales fix (docs/ethos-u.md). SOFTMAX
+writes scale 1/256, zero point -128 (TFLite's quantization spec); ONNX Runtime fixes Softmax's
+output to [0, 1] (scale 1/255), so a QUANTIZE op requantizes, or, with SOFTMAX in `float_ops`,
+the softmax runs in float32 as ONNX Runtime's does.
 """
 
 from __future__ import annotations
