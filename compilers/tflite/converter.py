@@ -14,8 +14,8 @@ requantizes to ONNX Runtime's, and where no TFLite op matches ONNX Runtime's com
 (LayerNormalization, the exported GELU) the ops used are documented with their measured
 difference in docs/ethos-u.md. The int8 kernels no parameters make exact (FLOAT_OPS) are
 written in float32 when the caller asks (`float_ops`); BatchNormalization's parameters are
-fitted to the codes ONNX Runtime itself writes (compilers/tflite/affine_fit.py). A node that cannot be converted is refused by name
-(UnsupportedOperator). The ops, one module per kind, are in compilers/tflite/ops/.
+fitted to the codes ONNX Runtime itself writes (compilers/tflite/affine_fit.py). A node that
+cannot be converted is refused by name (UnsupportedOperator). The ops, one module per kind, are in compilers/tflite/ops/.
 
 The graph's inputs and outputs are int8 in TFLite (as Vela wants them); `Conversion.inputs`
 and `.outputs` record each edge's scale, zero point and layout so a runner can quantize and

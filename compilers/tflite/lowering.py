@@ -9,6 +9,7 @@ and `PATTERNS` are multi-node matches (GELU, hard swish) tried first.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,7 +190,7 @@ class Lowering:
         (inputs are tensor indices or Python floats, made float32 constants) and returns the
         result's index."""
         shape = self.shape_of(output)
-        names = iter(range(1000))
+        names = itertools.count()
 
         def float_op(opcode: str, inputs, options=None) -> int:
             indices = []
