@@ -33,7 +33,7 @@ BEYOND_TWO_LSB = {
                           "(float_ops=HARD_SWISH: 1 LSB)",
     "efficientnet_b0": "32 LSB: LOGISTIC's output fixed at 1/256 and requantized, 12-52% of every sigmoid's "
                        "values 1 LSB off (float_ops=LOGISTIC: 0 LSB)",
-    "densenet121": "10 LSB: 4 BatchNormalization channels no int8 weight reproduces (one input code each) and "
+    "densenet121": "9 LSB: 4 BatchNormalization channels no int8 weight reproduces (one input code each) and "
                    "10 ties ONNX Runtime's float AveragePool breaks its own way; the concatenations carry them "
                    "into every later layer",
 }
