@@ -1,4 +1,4 @@
-"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, keys.
+"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, gc, keys.
 
 `add_commands(subparsers, common)` adds them to the main parser (flows/cli.py). Each handler
 takes the parsed arguments (with `home_path` set by `main`) and returns the exit code; errors
@@ -74,10 +74,36 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     pull.add_argument("-o", "--output", type=Path, required=True, help="new or empty folder")
     pull.set_defaults(func=pull_command)
 
+    gc = subparsers.add_parser(
+        "gc", parents=[common],
+        help="clean up after killed builds; remove bundles, stored sets and cache nothing points to",
+    )
+    gc.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    gc.add_argument("--cache-limit", default="5G", metavar="SIZE", help="bound <home>/cache (e.g. 500M, 5G; default 5G)")
+    gc.add_argument(
+        "--keep-recent", type=float, default=24.0, metavar="HOURS",
+        help="never remove bundles or stored sets younger than this (default 24)",
+    )
+    gc.add_argument("--json", action="store_true")
+    gc.set_defaults(func=gc_command)
+
     keys = subparsers.add_parser("keys", parents=[common], help="signing keys")
     key_commands = keys.add_subparsers(metavar="ACTION")
-    init = key_commands.add_parser("init", parents=[common], help="create the signing key")
+    registry_option = argparse.ArgumentParser(add_help=False)
+    registry_option.add_argument(
+        "--tracking-uri", help="registry to name the versions an old key signed (default: the home's, if any)"
+    )
+    init = key_commands.add_parser(
+        "init", parents=[common, registry_option],
+        help="create the signing key (on purpose: also when a key earlier versions were signed with is gone)",
+    )
     init.set_defaults(func=keys_init_command)
+    rotate = key_commands.add_parser(
+        "rotate", parents=[common, registry_option],
+        help="replace the signing key; the trust policy keeps trusting the old one",
+    )
+    rotate.set_defaults(func=keys_rotate_command)
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -87,6 +113,36 @@ def _policy(args: argparse.Namespace):
     from tapeout.artifacts.policy import policy_for
 
     return policy_for(args.home_path, args.policy, args.public_key)
+
+
+def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False):
+    """A head may be signed by a key the policy admits for `model` or by the home's own key;
+    the home's key signs the heads a promotion or rollback (`signs`) writes."""
+    from tapeout.artifacts.audit import Anchor
+    from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+
+    keys = args.home_path / "keys"
+    trusted = tuple(dict.fromkeys(path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()))
+    signing = keys / PRIVATE_KEY_FILE
+    if not signs or not signing.exists():
+        if signs and trusted:  # an unsigned head would be flagged by every later read
+            raise InvalidInput(
+                f"{signing}: missing, and the audit head of {model} must be signed by one of "
+                f"{[str(path) for path in trusted]}; promote from the home that holds the key"
+            )
+        return Anchor(None, trusted)
+    public_key_for(signing)  # an unusable or shared key fails here, before anything is written
+    return Anchor(signing, trusted)
+
+
+def _check_audit(args: argparse.Namespace, registry, policy, version, bundle: Path) -> None:
+    """A read through the registry: refuse while the model's audit log is not whole."""
+    from tapeout.artifacts.audit import read_history
+    from tapeout.artifacts.signing import VerificationFailed
+
+    history = read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
+    if not history.chain_ok:
+        raise VerificationFailed(bundle, [f"the audit log of {version.name} is not whole: " + "; ".join(history.problems)])
 
 
 def _registry(args: argparse.Namespace):
@@ -118,20 +174,14 @@ def _bundle_for(args: argparse.Namespace):
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.digest import bundle_digest
-    from tapeout.artifacts.signing import VerificationFailed
+    from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
     with _bundle_for(args) as (bundle, version):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
-            digest = bundle_digest(bundle)
-            if digest != version.tags.get("bundle_digest"):
-                raise VerificationFailed(
-                    bundle,
-                    [f"bundle hashes to {digest} but {version.name} version {version.version} "
-                     f"is tagged bundle_digest={version.tags.get('bundle_digest')}"],
-                )
+            check_served_as(bundle, version)
+            _check_audit(args, _registry(args), policy, version, bundle)
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
         print(json.dumps({
@@ -161,7 +211,10 @@ def trace_command(args: argparse.Namespace) -> int:
         if version is None:
             registry, version = _version_of_folder(args, bundle)
         registry = registry or (_registry(args) if version is not None else None)
-        history = read_history(registry, version.name) if version is not None else None
+        history = (
+            read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
+            if version is not None else None
+        )
         record = trace_bundle(bundle, version, policy, history)
     if lookup is not None:
         record["lookup"] = lookup
@@ -175,7 +228,7 @@ def trace_command(args: argparse.Namespace) -> int:
         print(render_text(record))
         if args.html:
             print(f"report written to {args.html}")
-    registry_ok = record.get("registry", {}).get("bundle_digest_matches_tag", True)
+    registry_ok = not record.get("registry", {}).get("mismatches")
     history_ok = record.get("promotions", {}).get("chain_ok", True)
     return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
 
@@ -244,9 +297,12 @@ def _print_outcome(outcome, verb: str) -> None:
 def promote_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import promote
 
+    policy = _policy(args)
+    registry = _registry(args)
     outcome = promote(
-        _registry(args), args.reference, args.alias, _policy(args),
+        registry, args.reference, args.alias, policy,
         firmware=args.firmware, reason=args.reason, actor=args.actor,
+        anchor=_anchor(args, policy, registry.resolve(args.reference).name, signs=True),
     )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
@@ -258,7 +314,11 @@ def promote_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import rollback
 
-    outcome = rollback(_registry(args), args.name, args.alias, _policy(args), reason=args.reason, actor=args.actor)
+    policy = _policy(args)
+    outcome = rollback(
+        _registry(args), args.name, args.alias, policy,
+        reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name, signs=True),
+    )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
@@ -269,19 +329,92 @@ def rollback_command(args: argparse.Namespace) -> int:
 def pull_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import pull
 
-    version, output, signer = pull(_registry(args), args.reference, _policy(args), args.output)
+    policy = _policy(args)
+    registry = _registry(args)
+    anchor = _anchor(args, policy, registry.resolve(args.reference).name)
+    version, output, signer = pull(registry, args.reference, policy, args.output, anchor)
     print(f"pulled {version.name} version {version.version} into {output}, verified: signed by {signer}")
+    return 0
+
+
+# -- gc ------------------------------------------------------------------------------------------
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise InvalidInput(f"--cache-limit: expected a size like 500M or 5G, found {text!r}")
+    return int(float(match[1]) * units[match[2].upper()])
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.gc import collect
+
+    limit = _size(args.cache_limit)
+    if args.keep_recent < 0:
+        raise InvalidInput(f"--keep-recent: expected hours >= 0, found {args.keep_recent}")
+    collected = collect(
+        args.home_path, _registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
+    )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **asdict(collected)}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for title, items in (
+        (f"{verb} staging folder", collected.staging),
+        ("would mark KILLED" if args.dry_run else "marked KILLED", collected.killed_runs),
+        (f"{verb} bundle", collected.bundles),
+        (f"{verb} stored calibration set", collected.calibration_sets),
+        (f"{verb} cache entry", collected.cache_entries),
+    ):
+        for item in items:
+            print(f"{title}: {item}")
+    before, after = collected.cache_bytes
+    print(f"cache: {before / 1024**2:.1f} MiB, {after / 1024**2:.1f} MiB after (limit {limit / 1024**2:.0f} MiB)")
+    for item in collected.left_alone:
+        print(f"left alone: {item}")
     return 0
 
 
 # -- keys ----------------------------------------------------------------------------------------
 
 
-def keys_init_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.signing import init_keys, signer_identity
+def _home_registry(args: argparse.Namespace):
+    """The registry to name versions from: --tracking-uri, else the home's own if it exists
+    (never created just to look)."""
+    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
+        return None
+    return _registry(args)
 
-    pair, created = init_keys(args.home_path / "keys")
+
+def keys_init_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.keyring import init_on_purpose
+    from tapeout.artifacts.signing import signer_identity
+
+    key, created = init_on_purpose(args.home_path / "keys", _home_registry(args))
+    pair = key.pair
     state = "created" if created else "exists"
     print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
     print(f"signer identity: {signer_identity(pair.public_key)}")
+    if key.retired is not None:
+        print(f"the previous public key is kept as {key.retired}")
+        if key.signed_by_retired:
+            print(
+                f"these versions were signed with it and no longer verify against the home's key: "
+                f"{', '.join(key.signed_by_retired)} (trust it again with `--public-key {key.retired}` "
+                "or in a trust policy)"
+            )
+    return 0
+
+
+def keys_rotate_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.keyring import rotate
+    from tapeout.artifacts.signing import signer_identity
+
+    key = rotate(args.home_path, _home_registry(args))
+    print(f"created: {key.pair.private_key} (private, mode 0600)\n        {key.pair.public_key}")
+    print(f"signer identity: {signer_identity(key.pair.public_key)}")
+    print(f"retired: {key.retired}" + (f" (signed {', '.join(key.signed_by_retired)})" if key.signed_by_retired else ""))
+    print(f"trust policy {key.policy} trusts both")
     return 0

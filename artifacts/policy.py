@@ -26,14 +26,14 @@ Without a policy file the default policy trusts one key — the home's `keys/sig
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.signing import (
     PUBLIC_KEY_FILE,
     Verification,
@@ -58,6 +58,15 @@ class CertificateRule(_Strict):
     roots: list[str] = Field(min_length=1)
     subjects: list[str] = Field(default_factory=list)
     sans: list[str] = Field(default_factory=list)
+
+    @field_validator("subjects")
+    @classmethod
+    def _names(cls, subjects: list[str]) -> list[str]:
+        from tapeout.artifacts.certificates import parse_name
+
+        for subject in subjects:
+            parse_name(subject)  # ValueError names the subject
+        return subjects
 
     @model_validator(mode="after")
     def _pinned(self) -> "CertificateRule":
@@ -107,6 +116,10 @@ class TrustPolicy:
             if rule.match == "*" or (model is not None and fnmatch.fnmatchcase(model, rule.match))
         ]
 
+    def keys_for(self, model: str | None) -> list[Path]:
+        """The EC public keys the policy admits for `model`."""
+        return [self._path(key) for rule in self.rules_for(model) for key in rule.keys]
+
     def _path(self, text: str) -> Path:
         return (self.base / text).resolve()
 
@@ -124,7 +137,7 @@ class TrustPolicy:
         rules = self.rules_for(model)
         who = f"for {model}" if model else "for this bundle"
         if info.method == "key":
-            keys = [self._path(key) for rule in rules for key in rule.keys]
+            keys = self.keys_for(model)
             for key in keys:
                 if key_hint(key) == info.key_hint:
                     return verify_bundle(bundle, key)
@@ -135,17 +148,23 @@ class TrustPolicy:
                  f"the policy ({self.source}) allows {who}: {allowed or 'no keys'}"],
             )
         if info.method == "certificate":
+            from cryptography import x509
+
+            from tapeout.artifacts.certificates import order_hint, subject_matches
+
+            subject = x509.load_der_x509_certificate(info.certificates[0]).subject
             certificate_rules = [rule.certificates for rule in rules if rule.certificates]
             for rule in certificate_rules:
-                if _subject_in(info.subject, rule.subjects) or set(info.sans) & set(rule.sans):
+                if subject_matches(subject, rule.subjects) or set(info.sans) & set(rule.sans):
                     return verify_certificate(
                         bundle, [self._path(root) for root in rule.roots], subjects=rule.subjects, sans=rule.sans
                     )
             allowed = [{"subjects": rule.subjects, "sans": rule.sans} for rule in certificate_rules]
+            hint = order_hint(subject, [pin for rule in certificate_rules for pin in rule.subjects])
             raise VerificationFailed(
                 bundle,
                 [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-                 f"{who}: {allowed or 'no certificate signers'}"],
+                 f"{who}: {allowed or 'no certificate signers'}{hint}"],
             )
         keyless_rules = [rule.sigstore for rule in rules if rule.sigstore]
         for rule in keyless_rules:
@@ -201,15 +220,8 @@ def policy_for(home: Path, policy: Path | None = None, public_key: Path | None =
 def bundle_model_name(bundle: Path) -> str | None:
     """`<model>-<target>` from the bundle's provenance (its external parameters), if readable."""
     try:
-        provenance = json.loads((bundle / "provenance.json").read_text())
+        provenance = read_json_object(bundle / "provenance.json")
         parameters = provenance["predicate"]["buildDefinition"]["externalParameters"]
         return f"{parameters['pipeline']['model']['name']}-{parameters['target']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InvalidInput, KeyError, TypeError):
         return None
-
-
-def _subject_in(subject: str | None, pinned: list[str]) -> bool:
-    def normal(text: str) -> str:
-        return ",".join(part.strip() for part in text.split(","))
-
-    return subject is not None and normal(subject) in {normal(item) for item in pinned}

@@ -62,7 +62,11 @@ class Registry:
 
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
         """Create a run in the model's experiment (created with an explicit artifact root,
-        never MLflow's default `./mlruns` in the working directory)."""
+        never MLflow's default `./mlruns` in the working directory), tagged with the process
+        that owns it, so that `tapeout gc` can end the runs of a process that was killed."""
+        from tapeout.artifacts.owner import OWNER_TAG, current_owner
+
+        tags = {**tags, OWNER_TAG: current_owner()}
         try:
             found = self._client.get_experiment_by_name(experiment)
             if found is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tapeout.artifacts.digest import file_digest
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.registry import Registry, RegistryUnavailable
 from tapeout.compilers.errors import InvalidInput
 
@@ -148,13 +149,9 @@ def read_pointer(bundle: Path) -> dict[str, object] | None:
     path = bundle / "calibration" / POINTER_FILE
     if not path.is_file():
         return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"{path}: expected a JSON pointer document, found unreadable text ({error})") from error
-    if not isinstance(document, dict) or document.get("schema") != POINTER_SCHEMA:
-        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
-        raise InvalidInput(f"{path}: schema: expected {POINTER_SCHEMA!r}, found {found!r}")
+    document = read_json_object(path)
+    if document.get("schema") != POINTER_SCHEMA:
+        raise InvalidInput(f"{path}: schema: expected {POINTER_SCHEMA!r}, found {document.get('schema')!r}")
     for field in ("digest", "run_id", "files"):
         if field not in document:
             raise InvalidInput(f"{path}: {field}: expected a value, found none")

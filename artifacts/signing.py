@@ -23,13 +23,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tapeout.artifacts.digest import SIGNATURE_FILE
+from tapeout.artifacts.documents import read_json_object
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 PRIVATE_KEY_FILE = "signing-key.pem"
@@ -129,7 +129,7 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
     pair = KeyPair(keys_dir / PRIVATE_KEY_FILE, keys_dir / PUBLIC_KEY_FILE)
     if pair.private_key.exists():
         if not pair.public_key.exists():
-            _publish(pair.public_key, _public_pem(pair.private_key), 0o644, replace=True)
+            write_atomically(pair.public_key, _public_pem(pair.private_key), 0o644, replace=True)
         return pair, False
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -140,16 +140,16 @@ def init_keys(keys_dir: Path) -> tuple[KeyPair, bool]:
     )
     # Concurrent first runs race here: each key is written whole under a temporary name and
     # linked into place, so exactly one wins and nobody ever reads a half-written key.
-    if not _publish(pair.private_key, pem, 0o600, replace=False):
+    if not write_atomically(pair.private_key, pem, 0o600, replace=False):
         return init_keys(keys_dir)  # another process created it first: use theirs
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _publish(pair.public_key, public, 0o644, replace=True)
+    write_atomically(pair.public_key, public, 0o644, replace=True)
     return pair, True
 
 
-def _publish(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+def write_atomically(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
     """Write `data` to `path` atomically (temporary file, fsync, link or rename). With
     `replace` False an existing `path` is kept and False returned."""
     import tempfile
@@ -176,12 +176,13 @@ def _publish(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
 
 def signer_identity(public_key: Path) -> str:
     """'key:sha256:<fingerprint>' — sha256 of the DER SubjectPublicKeyInfo."""
+    return _identity(_load_public(public_key))
+
+
+def _identity(key) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    key = _load_public(public_key)
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"key:sha256:{hashlib.sha256(der).hexdigest()}"
 
 
@@ -198,6 +199,54 @@ def key_hint(public_key: Path) -> str:
 def public_key_for(private_key: Path) -> bytes:
     """The PEM public key of a private key file, after checking it is a usable EC key."""
     return _public_pem(private_key)
+
+
+def private_key_identity(private_key: Path) -> str:
+    """`signer_identity` of a private key's public half.
+
+    Raises:
+        InvalidInput: the key is unusable (see `public_key_for`).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    return _identity(serialization.load_pem_public_key(_public_pem(private_key)))
+
+
+def sign_statement(private_key: Path, data: bytes) -> str:
+    """Sign a short statement (an audit head) with an EC key: the base64 DER ECDSA-SHA256
+    signature.
+
+    Raises:
+        InvalidInput: the key is unusable (see `public_key_for`).
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _public_pem(private_key)  # the checks: readable, EC, unencrypted, not readable by others
+    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()  # type: ignore[union-attr]
+
+
+def check_statement(public_keys: Iterable[Path], signer: str, data: bytes, signature: str) -> str | None:
+    """None when `signature` over `data` was made by the key named `signer` among
+    `public_keys`; else why not."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = {}
+    for path in public_keys:
+        try:
+            keys[signer_identity(path)] = _load_public(path)
+        except InvalidInput:
+            continue  # an unreadable key trusts nothing
+    if signer not in keys:
+        return f"signed by {signer or 'nobody'}, not by a key trusted here ({sorted(keys) or 'none'})"
+    try:
+        keys[signer].verify(base64.b64decode(signature, validate=True), data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return f"the signature by {signer} does not match what it signs"
+    return None
 
 
 # -- signing ------------------------------------------------------------------------------
@@ -273,6 +322,8 @@ def _configure_keyless(config, signer: KeylessSigner) -> None:
 def _check_certificate_signer(signer: CertificateSigner) -> None:
     from cryptography.hazmat.primitives import serialization
 
+    from tapeout.artifacts.certificates import validity_problems
+
     public = _public_pem(signer.private_key)
     leaf = _read_certificates(signer.certificate)[0]
     leaf_public = leaf.public_key().public_bytes(
@@ -282,8 +333,11 @@ def _check_certificate_signer(signer: CertificateSigner) -> None:
         raise InvalidInput(
             f"{signer.certificate}: the certificate's public key does not match {signer.private_key}"
         )
-    for path in signer.chain:
-        _read_certificates(path)
+    chain = [certificate for path in signer.chain for certificate in _read_certificates(path)]
+    problems = validity_problems([leaf, *chain])
+    if problems:
+        # Verification would refuse it: a certificate signature carries no trusted time.
+        raise InvalidInput(f"{signer.certificate}: cannot sign now: " + "; ".join(problems))
 
 
 # -- reading what a signature claims -------------------------------------------------------
@@ -301,12 +355,11 @@ def read_signature(bundle: Path) -> SignatureInfo:
     if not path.is_file():
         raise VerificationFailed(bundle, [f"no signature file {SIGNATURE_FILE}"])
     try:
-        document = json.loads(path.read_text())
-        material = document["verificationMaterial"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise VerificationFailed(
-            bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle ({type(error).__name__}: {error})"]
-        ) from None
+        material = read_json_object(path)["verificationMaterial"]
+    except InvalidInput as error:
+        raise VerificationFailed(bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle ({error})"]) from None
+    except KeyError as error:
+        raise VerificationFailed(bundle, [f"{SIGNATURE_FILE} is not a Sigstore bundle (no {error} in it)"]) from None
     try:
         if "publicKey" in material:
             return SignatureInfo("key", key_hint=str(material["publicKey"].get("hint") or "") or None)
@@ -399,17 +452,27 @@ def verify_certificate(
             "certificate verification needs pinned subjects or SANs: any leaf under the root "
             "would pass otherwise"
         )
-    for root in roots:
-        _read_certificates(root)
+    from cryptography import x509
+
+    from tapeout.artifacts.certificates import order_hint, subject_matches, validity_problems
+
+    pinned_roots = [certificate for root in roots for certificate in _read_certificates(root)]
     _precheck(bundle)
     info = read_signature(bundle)
     if info.method != "certificate":
         raise VerificationFailed(bundle, [f"expected a certificate signature, found one by {info.describe()}"])
-    if not (_subject_pinned(info.subject, subjects) or set(info.sans) & set(sans)):
+    chain = [x509.load_der_x509_certificate(raw) for raw in info.certificates]
+    if not (subject_matches(chain[0].subject, subjects) or set(info.sans) & set(sans)):
         raise VerificationFailed(
             bundle,
             [f"signer outside the policy: certificate subject {info.subject!r}, SANs {list(info.sans)}; "
-             f"allowed subjects {list(subjects)}, SANs {list(sans)}"],
+             f"allowed subjects {list(subjects)}, SANs {list(sans)}" + order_hint(chain[0].subject, subjects)],
+        )
+    problems = validity_problems(chain, pinned_roots)
+    if problems:
+        raise VerificationFailed(
+            bundle,
+            problems + ["a certificate signature carries no trusted timestamp, so its chain must be valid when it is verified"],
         )
     _verify(
         bundle,
@@ -449,16 +512,6 @@ def verify_keyless(
 def certificate_identity(info: SignatureInfo) -> str:
     sans = f" SAN {','.join(info.sans)}" if info.sans else ""
     return f"x509:{info.subject}{sans}"
-
-
-def _subject_pinned(subject: str | None, pinned: Sequence[str]) -> bool:
-    if subject is None:
-        return False
-
-    def normal(text: str) -> str:
-        return ",".join(part.strip() for part in text.split(","))
-
-    return normal(subject) in {normal(item) for item in pinned}
 
 
 def _precheck(bundle: Path) -> None:
@@ -543,9 +596,23 @@ def _public_pem(private_key: Path) -> bytes:
         raise InvalidInput(
             f"{private_key}: expected an EC private key (P-256), found {type(key).__name__}"
         )
+    _refuse_shared_key(private_key)
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _refuse_shared_key(private_key: Path) -> None:
+    """A signing key others can read is not the signer's alone (as ssh refuses such keys)."""
+    import stat
+
+    mode = stat.S_IMODE(private_key.stat().st_mode)
+    if mode & 0o077:
+        who = " and ".join(name for name, bits in (("its group", 0o070), ("everyone", 0o007)) if mode & bits)
+        raise InvalidInput(
+            f"{private_key}: mode {mode:04o} gives {who} access to the signing key; "
+            f"a signing key must be private to its owner: chmod 600 {private_key}"
+        )
 
 
 def _load_public(public_key: Path):

@@ -14,8 +14,11 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tapeout.artifacts import identity
 from tapeout.artifacts.audit import History
+from tapeout.artifacts.compiled import file_digests
 from tapeout.artifacts.digest import bundle_digest, file_digest
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry
 from tapeout.artifacts.signing import VerificationFailed, read_signature
@@ -113,11 +116,7 @@ def trace_bundle(
             "version": compiler.get("compiler_version"),
             "artifact_id": compiler.get("artifact_id"),
             "options": compiler.get("options"),
-            "files": {
-                name: file_digest(bundle / "compiled" / name)
-                for name in compiler.get("files", [])
-                if (bundle / "compiled" / name).is_file()
-            },
+            "files": file_digests(bundle / "compiled", compiler.get("files", [])),
         },
         "firmware": {
             "revision": compiler.get("firmware_revision"),
@@ -138,6 +137,8 @@ def trace_bundle(
             "aliases": list(version.aliases),
             "tags": dict(version.tags),
             "bundle_digest_matches_tag": version.tags.get("bundle_digest") == record["bundle"]["digest"],
+            # Where the signed bundle is not what the registry serves it as (artifacts.identity).
+            "mismatches": [item.describe() for item in identity.mismatches(bundle, version)],
         }
     if history is not None:
         record["promotions"] = {
@@ -189,8 +190,8 @@ def render_text(record: dict) -> str:
         )
     else:
         lines.append("signature       FAILED: " + "; ".join(verification["reasons"]))
-    if registry and not registry["bundle_digest_matches_tag"]:
-        lines.append("registry        bundle digest differs from the version's tag")
+    for mismatch in registry.get("mismatches", []) if registry else []:
+        lines.append(f"registry        NOT THIS VERSION'S BUNDLE: {mismatch}")
     metadata = record["build"]["metadata"]
     lines.append(f"built           {metadata['startedOn']} .. {metadata['finishedOn']} (invocation {metadata['invocationId']})")
     promotions = record.get("promotions")
@@ -238,6 +239,7 @@ def render_html(record: dict) -> str:
         ("Identity", table([
             ("bundle digest", record["bundle"]["digest"]),
             ("registered", f"{registry['name']} v{registry['version']} (aliases: {', '.join(registry['aliases']) or 'none'}), run {registry['run_id']}" if registry else "not looked up"),
+            *[("NOT THIS VERSION'S BUNDLE", mismatch) for mismatch in (registry or {}).get("mismatches", [])],
             ("signer (claimed)", record["signature"]["claimed_signer"]),
             ("trust policy", verification["policy"]),
         ])),
@@ -307,12 +309,4 @@ def render_html(record: dict) -> str:
 
 
 def _json(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text())
-    except OSError as error:
-        raise InvalidInput(f"{path}: missing from the bundle ({error.strerror})") from error
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path}: not JSON ({error})") from error
-    if not isinstance(document, dict):
-        raise InvalidInput(f"{path}: expected a JSON object")
-    return document
+    return read_json_object(path)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, registered_name
-from tapeout.artifacts.signing import init_keys, public_key_for
+from tapeout.artifacts.keyring import key_for_build, published_public_key
+from tapeout.artifacts.signing import public_key_for
 from tapeout.compilers.errors import TapeoutError
 from tapeout.flows import preflight
 from tapeout.flows.config import Pipeline, load_pipeline
@@ -83,13 +84,14 @@ def settings_for(pipeline: Pipeline, home: Path, progress: Progress) -> BuildSet
     configured = signing.private_key
     if configured:
         private_key = pipeline.resolve(configured)
+        public_key_for(private_key)  # fail fast on an unusable or shared key
         public_key = private_key.with_suffix(".pub")
         if not public_key.exists():
-            public_key = home / "keys" / f"{private_key.stem}.pub"
-            public_key.parent.mkdir(parents=True, exist_ok=True)
-            public_key.write_bytes(public_key_for(private_key))
+            public_key = published_public_key(home / "keys", private_key)
     else:
-        pair, created = init_keys(home / "keys")
+        pair, created = key_for_build(
+            home / "keys", lambda: Registry(tracking_uri, home / "artifacts"), tracking_uri == default_tracking_uri(home)
+        )
         if created:
             progress(f"created a signing key: {pair.private_key}")
         private_key, public_key = pair.private_key, pair.public_key
@@ -174,9 +176,11 @@ def _build(files: Checkout, home: Path, progress: Progress) -> tuple[SourceRevis
             progress(message)
         return source, [done[target.name] for target in pipeline.config.targets]
     from tapeout.flows import pipeline as flow_module  # imports Prefect
+    from tapeout.flows.prefect_server import prefect_api
 
     flow_module._progress = progress
     try:
-        return source, flow_module.build_flow(str(files.pipeline_file), source, str(home))
+        with prefect_api():  # a temporary server dies with this process, even on SIGKILL
+            return source, flow_module.build_flow(str(files.pipeline_file), source, str(home))
     finally:
         flow_module._progress = lambda message: None

@@ -42,17 +42,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        full = _disk_full(error)
+        if full is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {full}", file=sys.stderr)
+        return 2
+
+
+def _disk_full(error: BaseException) -> str | None:
+    """One line for a full disk (or quota), wherever in the chain of causes it shows: an
+    OSError from a write, or SQLite's "database or disk is full" inside MLflow's errors."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A copy names its source first and its destination second (shutil's sendfile).
+            written = error.filename2 or error.filename
+            where = f" writing {written}" if written else ""
+            return f"no space left on the device{where} ({error.strerror}); free some space (see `tapeout gc`) and run again"
+        if "database or disk is full" in str(error):
+            return "no space left for the tracking database (SQLite: database or disk is full); free some space and run again"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--home and --debug, accepted before and after the subcommand. Only the top parser
+    holds the defaults: a subparser's default would overwrite a value given before the
+    subcommand (argparse copies the subcommand's namespace over the top one)."""
+    parser.add_argument(
+        "--home", default=None if defaults else argparse.SUPPRESS,
+        help="tapeout home (default: $TAPEOUT_HOME or ./.tapeout)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=False if defaults else argparse.SUPPRESS, help="show tracebacks"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="tapeout home (default: $TAPEOUT_HOME or ./.tapeout)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    _global_options(common, defaults=False)
     parser = argparse.ArgumentParser(
         prog="tapeout",
         description="Compile, gate, sign and version models for low-power inference chips.",
-        parents=[common],
     )
+    _global_options(parser, defaults=True)
     commands = parser.add_subparsers(metavar="COMMAND")
 
     run = commands.add_parser("run", parents=[common], help="one full pipeline run")
@@ -102,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from tapeout.artifacts.commands import add_commands as add_artifact_commands
 
-    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, keys
+    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, gc, keys
     from tapeout.calibration.commands import add_commands as add_calibration_commands
 
     add_calibration_commands(commands)  # calibrate, calib inspect|pack

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from tapeout.compilers.errors import InvalidInput
-from tapeout.compilers.frontends import OnnxSource, PyTorchSource, SklearnSource
+from tapeout.compilers.frontends import OnnxSource, PyTorchSource, SklearnSource, external_data_files
 from tapeout.compilers.interface import TargetProfile, TensorSpec
 from tapeout.compilers.versions import parse_version
 
@@ -269,6 +269,12 @@ class Pipeline:
         files = {"pipeline": self.path}
         if source.onnx is not None:
             files["model.source.onnx"] = self.resolve(source.onnx)
+            try:
+                weights = external_data_files(files["model.source.onnx"])
+            except InvalidInput:
+                weights = ()  # the export names the problem
+            for index, path in enumerate(weights):
+                files[f"model.source.onnx (external weights {index + 1})"] = path
         if source.pytorch is not None:
             files["model.source.pytorch.factory"] = self.resolve(source.pytorch.factory.rsplit(":", 1)[0])
             files["model.source.pytorch.weights"] = self.resolve(source.pytorch.weights)

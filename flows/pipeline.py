@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.compiled import read_record, write_record
+from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
@@ -149,6 +150,7 @@ def _run_cached(
             try:
                 result = load_finished(workdir)
                 if all(path.exists() for path in outputs(result)):
+                    finished.touch()  # a use: `tapeout gc` evicts the least recently used
                     say(f"{label} (cached)")
                     return result
             except (OSError, ValueError, KeyError, TypeError, TapeoutError):
@@ -254,7 +256,14 @@ _progress: Progress = lambda message: None  # set by tapeout.flows.build.build
 @flow(name="tapeout-build", log_prints=False)
 def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout") -> list[TargetOutcome]:
     """One build of every target of the pipeline at `pipeline_file` (checked by
-    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source)."""
+    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source). The
+    home is held in use meanwhile, so `tapeout gc` leaves its bundles, stored sets and cache
+    alone."""
+    with home_in_use(Path(home).resolve()):
+        return _build(pipeline_file, source, home)
+
+
+def _build(pipeline_file: str, source: SourceRevision, home: str) -> list[TargetOutcome]:
     progress = _progress
     pipeline = load_pipeline(Path(pipeline_file))
     settings = settings_for(pipeline, Path(home), progress)

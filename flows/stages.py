@@ -276,6 +276,7 @@ def bundle_stage(
         benchmark=benchmark_report(artifact, gated),
         config_text=yaml.safe_dump(resolved, sort_keys=False),
         resolved_config=resolved,
+        config_digest=pipeline.digest(target),
         source=source,
         invocation_id=invocation_id,
         started_on=started_on,

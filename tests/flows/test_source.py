@@ -112,3 +112,24 @@ def test_a_folder_outside_git_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(InvalidInput, match="not inside a git repository; tapeout builds commits"):
         with checkout(tmp_path / "pipeline.yaml", None, tmp_path / "home"):
             pass
+
+
+def test_external_weights_of_an_onnx_source_are_inputs_the_build_reads(project, exported_model):
+    """PyTorch's exporter writes weights beside the model: a change there makes the build dirty."""
+    import onnx
+
+    folder = project["folder"]
+    onnx.save(onnx.load(str(exported_model.path)), str(folder / "model.onnx"),
+              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    pipeline = project["pipeline"]
+    text = pipeline.read_text()
+    start, end = text.index("  source:\n"), text.index("  inputs:")
+    pipeline.write_text(text[:start] + "  source:\n    onnx: model.onnx\n" + text[end:])
+    git(folder, "add", "-A")
+    git(folder, "commit", "-qm", "the model as an ONNX file with its weights beside it")
+    assert dirty_files(project) == ()
+    weights = folder / "model.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 1
+    weights.write_bytes(bytes(data))
+    assert dirty_files(project) == ("model.onnx.data (modified)",)

@@ -45,7 +45,7 @@ def test_plugin_protocol_and_entry_point():
     assert {"Conv", "Gemm", "MatMul", "QLinearConv", "com.microsoft.QGemm"} <= caps.operators
     assert caps.options["requant"] == ("ort", "fixed-point")
     assert caps.firmware_range == ("1.0.0", None)
-    assert FIRMWARE_REVISION == "1.1.0"  # reads int16 artifacts (format 2)
+    assert FIRMWARE_REVISION == "1.2.0"  # int16 artifacts (format 2), the 1.2.0 op kinds
 
 
 def test_artifact_fields(artifact):
@@ -189,8 +189,8 @@ def test_memory_plan_reuses_the_arena(tmp_path):
 def _unsupported_model():
     b = M._Builder(0)
     x = b.conv("input", 1, 4)
-    x = b.op("Erf", [x])
-    x = b.op("HardSwish", [x])
+    x = b.op("Hardmax", [x])
+    x = b.op("LpNormalization", [x])
     x = b.op("Resize", [x, "", b.const(np.array([1, 1, 2, 2], np.float32), "s")], mode="linear")
     return b.model((1, 1, 8, 8), x)
 
@@ -201,7 +201,7 @@ def test_unsupported_ops_are_all_named(tmp_path):
     onnx.save(model, str(path))
     problems = compatibility_report(path)
     assert [(p.node, p.op_type) for p in problems] == [
-        ("erf4", "Erf"), ("hardswish5", "HardSwish"), ("resize7", "Resize")]
+        ("hardmax4", "Hardmax"), ("lpnormalization5", "LpNormalization"), ("resize7", "Resize")]
     assert problems[2].attribute == "mode" and "linear" in problems[2].reason
     from tapeout.compilers.interface import QuantizedModel, TargetProfile
 
@@ -209,7 +209,7 @@ def test_unsupported_ops_are_all_named(tmp_path):
     with pytest.raises(IncompatibleModel) as exc:
         Int8ReferenceCompiler().compile(qm, TargetProfile("t", "int8-ref", "1.0.0"), tmp_path)
     assert isinstance(exc.value, UnsupportedOperator)
-    for name in ("erf4", "hardswish5", "resize7"):
+    for name in ("hardmax4", "lpnormalization5", "resize7"):
         assert name in str(exc.value)
     assert exc.value.exit_code == 2
 
