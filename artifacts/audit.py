@@ -1,4 +1,4 @@
-"""Append-only audit records of promotions, refusals and rollbacks (DESIGN §7).
+"""Append-only audit records of promotions, refusals and rollbacks (docs/trust.md).
 
 MLflow keeps no alias history (mlflow/mlflow#2169), so every promotion, refused promotion and
 rollback writes one record: one run in the `tapeout-audit` experiment, its fields logged as
@@ -20,12 +20,13 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavailable
+from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavailable, RunRecord
+from tapeout.compilers.errors import InvalidInput
 
 AUDIT_EXPERIMENT = "tapeout-audit"
 ACTIONS = ("promote", "refuse", "rollback")
@@ -116,6 +117,43 @@ class History:
         return stack
 
 
+def home_anchor(keys: Path, admitted: Iterable[Path], model: str, *, signs: bool = False) -> Anchor:
+    """The anchor a command uses for `model`'s heads: a head may be signed by a key the trust
+    policy admits for the model (`admitted`) or by the home's own key (in `keys`); the home's
+    private key signs the heads a promotion or rollback (`signs`) writes.
+
+    Raises:
+        InvalidInput: `signs`, trusted keys exist, but the home holds no private key (an
+            unsigned head would be flagged by every later read); or the key is unusable.
+    """
+    from tapeout.artifacts.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+
+    trusted = tuple(dict.fromkeys(path for path in (*admitted, keys / PUBLIC_KEY_FILE) if path.is_file()))
+    signing = keys / PRIVATE_KEY_FILE
+    if not signs or not signing.exists():
+        if signs and trusted:
+            raise InvalidInput(
+                f"{signing}: missing, and the audit head of {model} must be signed by one of "
+                f"{[str(path) for path in trusted]}; promote from the home that holds the key"
+            )
+        return Anchor(None, trusted)
+    public_key_for(signing)  # an unusable or shared key fails here, before anything is written
+    return Anchor(signing, trusted)
+
+
+def require_whole(registry: Registry, model: str, anchor: Anchor, bundle: Path) -> None:
+    """A read through the registry: refuse while `model`'s audit log is not whole.
+
+    Raises:
+        VerificationFailed: naming what is wrong with the log.
+    """
+    from tapeout.artifacts.signature import VerificationFailed
+
+    history = read_history(registry, model, anchor=anchor)
+    if not history.chain_ok:
+        raise VerificationFailed(bundle, [f"the audit log of {model} is not whole: " + "; ".join(history.problems)])
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -191,19 +229,11 @@ def read_history(registry: Registry, model: str, alias: str | None = None, ancho
     against its head, and each alias (but `candidate`, which `tapeout run` sets) against
     the head and the last promotion recorded. Problems are reported, never repaired.
     """
-    client = registry._client
     query = f"tags.`{_TAG}.model` = '{model}' and attributes.status = 'FINISHED'"
     if alias is not None:
         query += f" and tags.`{_TAG}.alias` = '{alias}'"
-    runs, token = [], None
     try:
-        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-        while experiment is not None:
-            page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = registry.search_runs(AUDIT_EXPERIMENT, query)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot read the audit records ({type(error).__name__}: {error})"
@@ -259,7 +289,7 @@ def _anchor_problems(
         return []
     problems = []
     if anchor.trusted_keys:
-        from tapeout.artifacts.signing import check_statement
+        from tapeout.artifacts.keys import check_statement
 
         reason = (
             "it is not signed" if not head.signature
@@ -290,26 +320,19 @@ def _anchor_problems(
 
 def _registered_state(registry: Registry, model: str) -> tuple[dict[str, "Head | str"], dict[str, str]]:
     """The model's heads by alias (a Head, or why one is unreadable) and its aliases."""
-    from mlflow.exceptions import MlflowException
-
     try:
-        found = registry._client.get_registered_model(model)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}, {}
-        raise RegistryUnavailable(
-            f"MLflow at {registry.tracking_uri}: cannot read {model} ({type(error).__name__}: {error})"
-        ) from error
+        found = registry.registered_model(model)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot read {model} ({type(error).__name__}: {error})"
         ) from error
+    if found is None:
+        return {}, {}
     heads: dict[str, Head | str] = {}
-    for key, value in (found.tags or {}).items():
+    for key, value in found.tags.items():
         if key.startswith(HEAD_TAG):
             heads[key[len(HEAD_TAG):]] = _parse_head(model, key[len(HEAD_TAG):], value)
-    aliases = {str(name): str(version) for name, version in (found.aliases or {}).items()}
-    return heads, aliases
+    return heads, dict(found.aliases)
 
 
 def _parse_head(model: str, alias: str, text: str) -> "Head | str":
@@ -325,12 +348,12 @@ def _parse_head(model: str, alias: str, text: str) -> "Head | str":
 
 def _write_head(registry: Registry, head: Head, anchor: Anchor) -> None:
     if anchor.signing_key is not None:
-        from tapeout.artifacts.signing import private_key_identity, sign_statement
+        from tapeout.artifacts.keys import private_key_identity, sign_statement
 
         head = replace(head, signer=private_key_identity(anchor.signing_key))
         head = replace(head, signature=sign_statement(anchor.signing_key, head.signed_bytes()))
     try:
-        registry._client.set_registered_model_tag(head.model, HEAD_TAG + head.alias, json.dumps(asdict(head), sort_keys=True))
+        registry.set_model_tag(head.model, HEAD_TAG + head.alias, json.dumps(asdict(head), sort_keys=True))
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: the audit record #{head.sequence} of {head.model}@{head.alias} "
@@ -338,9 +361,9 @@ def _write_head(registry: Registry, head: Head, anchor: Anchor) -> None:
         ) from error
 
 
-def _record(run) -> AuditRecord:
-    params = run.data.params
+def _record(run: RunRecord) -> AuditRecord:
+    params = run.params
     values = {name: params.get(name, "") for name in AuditRecord.__dataclass_fields__}
     values["sequence"] = int(params.get("sequence", "0") or 0)
-    values["record_id"] = run.info.run_id
+    values["record_id"] = run.run_id
     return AuditRecord(**values)

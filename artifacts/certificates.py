@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
+
+from tapeout.compilers.errors import InvalidInput
 
 
 def parse_name(text: str):
@@ -127,3 +130,31 @@ def validity_problems(chain: Sequence, roots: Sequence = (), when: datetime | No
                 f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
             )
     return problems
+
+
+def read_certificates(path: Path) -> list:
+    """Every PEM certificate in `path`.
+
+    Raises:
+        InvalidInput: unreadable, or not PEM certificates.
+    """
+    from cryptography import x509
+
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as error:
+        raise InvalidInput(f"{path}: cannot read the certificate ({error.strerror})") from error
+    except ValueError as error:
+        raise InvalidInput(f"{path}: expected PEM certificates ({error})") from error
+    return certificates
+
+
+def subject_alternative_names(certificate) -> tuple[str, ...]:
+    """The certificate's SANs (e-mail, DNS, URI...), as text; none without the extension."""
+    from cryptography import x509
+
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(name.value) for name in names)

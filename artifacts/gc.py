@@ -116,23 +116,18 @@ def _staging(root: Path, collected: Collected, dry_run: bool) -> None:
 
 
 def _dead_runs(registry: Registry, collected: Collected, dry_run: bool) -> None:
-    client = registry._client
     try:
-        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-        runs = _all(lambda token: client.search_runs(
-            experiments, "attributes.status = 'RUNNING'", max_results=1000, page_token=token
-        )) if experiments else []
-        for run in runs:
-            owner = run.data.tags.get(OWNER_TAG)
+        for run in registry.search_runs(None, "attributes.status = 'RUNNING'"):
+            owner = run.tags.get(OWNER_TAG)
             alive = owner_alive(owner) if owner else None
-            what = f"run {run.info.run_id} ({run.info.run_name}, started by {owner or 'an unrecorded process'})"
+            what = f"run {run.run_id} ({run.name}, started by {owner or 'an unrecorded process'})"
             if alive is None:
                 collected.left_alone.append(f"RUNNING {what}: its owner cannot be checked from this host")
             elif not alive:
                 collected.killed_runs.append(what)
                 if not dry_run:
-                    client.set_tag(run.info.run_id, "tapeout.gc", "its process was gone: marked KILLED by tapeout gc")
-                    client.set_terminated(run.info.run_id, status="KILLED")
+                    registry.log(run.run_id, tags={"tapeout.gc": "its process was gone: marked KILLED by tapeout gc"})
+                    registry.end_run(run.run_id, "KILLED")
     except RegistryUnavailable:
         raise
     except Exception as error:
@@ -146,9 +141,8 @@ def _dead_runs(registry: Registry, collected: Collected, dry_run: bool) -> None:
 
 def _referenced(registry: Registry) -> tuple[set[str], set[str]]:
     """The bundle digests and calibration-set digests registered versions carry."""
-    client = registry._client
     try:
-        versions = _all(lambda token: client.search_model_versions(max_results=1000, page_token=token))
+        versions = registry.search_versions()
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot list the registered versions ({type(error).__name__}: {error})"
@@ -174,21 +168,16 @@ def _bundles(root: Path, digests: set[str], cutoff: float, collected: Collected,
 def _calibration_sets(registry: Registry, digests: set[str], cutoff: float, collected: Collected, dry_run: bool) -> None:
     from urllib.parse import unquote, urlparse
 
-    client = registry._client
     try:
-        experiment = client.get_experiment_by_name(STORE_EXPERIMENT)
-        runs = _all(lambda token: client.search_runs(
-            [experiment.experiment_id], "", max_results=1000, page_token=token
-        )) if experiment is not None else []
-        for run in runs:
-            digest = run.data.tags.get(DIGEST_TAG, "")
-            if digest in digests or run.info.status == "RUNNING" or run.info.start_time / 1000 > cutoff:
+        for run in registry.search_runs(STORE_EXPERIMENT):
+            digest = run.tags.get(DIGEST_TAG, "")
+            if digest in digests or run.status == "RUNNING" or run.start_time / 1000 > cutoff:
                 continue
-            collected.calibration_sets.append(f"sha256:{digest[:16]} (run {run.info.run_id})")
+            collected.calibration_sets.append(f"sha256:{digest[:16]} (run {run.run_id})")
             if dry_run:
                 continue
-            client.delete_run(run.info.run_id)
-            location = urlparse(run.info.artifact_uri)
+            registry.delete_run(run.run_id)
+            location = urlparse(run.artifact_uri)
             if location.scheme == "file":  # a local store: free the space now
                 files = Path(unquote(location.path))
                 shutil.rmtree(files, ignore_errors=True)
@@ -232,14 +221,3 @@ def _size(folder: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-def _all(page):
-    """Every item of a paged MLflow search."""
-    items, token = [], None
-    while True:
-        found = page(token)
-        items.extend(found)
-        token = found.token
-        if not token:
-            return items

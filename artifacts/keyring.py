@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tapeout.artifacts.registry import Registry, RegistryUnavailable
-from tapeout.artifacts.signing import (
+from tapeout.artifacts.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     KeyPair,
@@ -199,7 +199,7 @@ def _search(registry: Registry | None, query: str) -> list[str]:
     if registry is None:
         return []
     try:
-        found = registry._client.search_model_versions(query)
+        found = registry.search_versions(query)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot search the registered versions ({type(error).__name__}: {error})"

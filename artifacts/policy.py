@@ -1,4 +1,4 @@
-"""The trust policy: who may sign what (DESIGN §6).
+"""The trust policy: who may sign what (docs/trust.md).
 
 A YAML file lists, per registered model (`<model>-<target>`, shell-style patterns), the signers
 whose signatures `verify`, `trace`, `promote`, `rollback` and `pull` accept:
@@ -34,17 +34,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tapeout.artifacts.documents import read_json_object
-from tapeout.artifacts.signing import (
-    PUBLIC_KEY_FILE,
-    Verification,
-    VerificationFailed,
-    key_hint,
-    read_signature,
-    signer_identity,
-    verify_bundle,
-    verify_certificate,
-    verify_keyless,
-)
+from tapeout.artifacts.keys import PUBLIC_KEY_FILE
+from tapeout.artifacts.signature import Verification, read_signature
 from tapeout.compilers.errors import InvalidInput
 
 POLICY_FILE = "trust-policy.yaml"
@@ -133,54 +124,9 @@ class TrustPolicy:
             InvalidInput: a key, certificate or trust config the policy names is unreadable.
         """
         model = model or bundle_model_name(bundle)
-        info = read_signature(bundle)
-        rules = self.rules_for(model)
         who = f"for {model}" if model else "for this bundle"
-        if info.method == "key":
-            keys = self.keys_for(model)
-            for key in keys:
-                if key_hint(key) == info.key_hint:
-                    return verify_bundle(bundle, key)
-            allowed = [signer_identity(key) for key in keys]
-            raise VerificationFailed(
-                bundle,
-                [f"signer outside the policy: signed by an EC key with hint {info.key_hint}; "
-                 f"the policy ({self.source}) allows {who}: {allowed or 'no keys'}"],
-            )
-        if info.method == "certificate":
-            from cryptography import x509
-
-            from tapeout.artifacts.certificates import order_hint, subject_matches
-
-            subject = x509.load_der_x509_certificate(info.certificates[0]).subject
-            certificate_rules = [rule.certificates for rule in rules if rule.certificates]
-            for rule in certificate_rules:
-                if subject_matches(subject, rule.subjects) or set(info.sans) & set(rule.sans):
-                    return verify_certificate(
-                        bundle, [self._path(root) for root in rule.roots], subjects=rule.subjects, sans=rule.sans
-                    )
-            allowed = [{"subjects": rule.subjects, "sans": rule.sans} for rule in certificate_rules]
-            hint = order_hint(subject, [pin for rule in certificate_rules for pin in rule.subjects])
-            raise VerificationFailed(
-                bundle,
-                [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-                 f"{who}: {allowed or 'no certificate signers'}{hint}"],
-            )
-        keyless_rules = [rule.sigstore for rule in rules if rule.sigstore]
-        for rule in keyless_rules:
-            for allowed_identity in rule.identities:
-                if allowed_identity.identity in info.sans and allowed_identity.issuer == info.issuer:
-                    return verify_keyless(
-                        bundle,
-                        identity=allowed_identity.identity,
-                        issuer=allowed_identity.issuer,
-                        trust_config=self._path(rule.trust_config) if rule.trust_config else None,
-                    )
-        allowed = [f"{i.identity} ({i.issuer})" for rule in keyless_rules for i in rule.identities]
-        raise VerificationFailed(
-            bundle,
-            [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-             f"{who}: {allowed or 'no keyless identities'}"],
+        return read_signature(bundle).verify(
+            bundle, self.rules_for(model), self._path, f"the policy ({self.source}) allows {who}"
         )
 
 

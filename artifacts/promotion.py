@@ -25,7 +25,7 @@ from tapeout.artifacts.digest import bundle_digest
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry, RegistryUnavailable, ReferenceNotFound
-from tapeout.artifacts.signing import VerificationFailed
+from tapeout.artifacts.signature import VerificationFailed
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 from tapeout.compilers.versions import parse_version
 
@@ -295,10 +295,9 @@ def _append_refusal(registry: Registry, record: audit.AuditRecord, current: str 
 
 
 def _move_alias(registry, action, name, alias, current, checked: Checked, reason, actor, anchor) -> audit.AuditRecord:
-    client = registry._client
     target = checked.version.version
     try:
-        client.set_registered_model_alias(name, alias, target)
+        registry.set_alias(name, alias, target)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot point {name}@{alias} at version {target} "
@@ -310,9 +309,9 @@ def _move_alias(registry, action, name, alias, current, checked: Checked, reason
     except BaseException:
         # No change without its record: put the alias back where it was.
         if current is None:
-            client.delete_registered_model_alias(name, alias)
+            registry.delete_alias(name, alias)
         else:
-            client.set_registered_model_alias(name, alias, current)
+            registry.set_alias(name, alias, current)
         raise
 
 

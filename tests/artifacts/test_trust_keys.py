@@ -87,7 +87,7 @@ def test_keys_init_on_purpose_keeps_the_orphaned_public_key(world, capsys):
 
 
 def test_a_key_kept_elsewhere_never_overwrites_the_homes_public_key(tmp_path):
-    from tapeout.flows.build import settings_for
+    from tapeout.flows.settings import settings_for
     from tapeout.flows.config import load_pipeline
 
     home = tmp_path / "home"

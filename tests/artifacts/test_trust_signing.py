@@ -419,7 +419,7 @@ def test_signing_config_fields_must_fit_the_method(tmp_path, signing, message):
 
 
 def test_settings_for_builds_the_configured_signer(tmp_path, pki):
-    from tapeout.flows.pipeline import settings_for
+    from tapeout.flows.settings import settings_for
 
     keyless = settings_for(_pipeline(tmp_path, "signing: {method: sigstore}"), tmp_path / "home", print)
     assert isinstance(keyless.private_key, KeylessSigner) and keyless.private_key.trust_config is None

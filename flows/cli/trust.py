@@ -1,31 +1,20 @@
-"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, gc, keys.
+"""The trust commands: verify, trace, promote, rollback, pull, gc, keys (tapeout.artifacts).
 
-`add_commands(subparsers, common)` adds them to the main parser (flows/cli.py). Each handler
-takes the parsed arguments (with `home_path` set by `main`) and returns the exit code; errors
-are TapeoutError subclasses that `main` prints as one line: exit 1 for a failed verification
-or a refused promotion, 2 for bad input.
+Exit 1 for a failed verification or a refused promotion, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from tapeout.compilers.errors import InvalidInput, TapeoutError
+from tapeout.compilers.errors import InvalidInput
+from tapeout.flows.cli.common import bundle_for, existing_registry, open_registry
 
 _DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
-
-
-class NotRegistered(TapeoutError):
-    """A file or digest from the field that no registered version contains."""
-
-    exit_code = 1
 
 
 def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
@@ -116,72 +105,24 @@ def _policy(args: argparse.Namespace):
 
 
 def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False):
-    """A head may be signed by a key the policy admits for `model` or by the home's own key;
-    the home's key signs the heads a promotion or rollback (`signs`) writes."""
-    from tapeout.artifacts.audit import Anchor
-    from tapeout.artifacts.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, public_key_for
+    from tapeout.artifacts.audit import home_anchor
 
-    keys = args.home_path / "keys"
-    trusted = tuple(dict.fromkeys(path for path in (*policy.keys_for(model), keys / PUBLIC_KEY_FILE) if path.is_file()))
-    signing = keys / PRIVATE_KEY_FILE
-    if not signs or not signing.exists():
-        if signs and trusted:  # an unsigned head would be flagged by every later read
-            raise InvalidInput(
-                f"{signing}: missing, and the audit head of {model} must be signed by one of "
-                f"{[str(path) for path in trusted]}; promote from the home that holds the key"
-            )
-        return Anchor(None, trusted)
-    public_key_for(signing)  # an unusable or shared key fails here, before anything is written
-    return Anchor(signing, trusted)
-
-
-def _check_audit(args: argparse.Namespace, registry, policy, version, bundle: Path) -> None:
-    """A read through the registry: refuse while the model's audit log is not whole."""
-    from tapeout.artifacts.audit import read_history
-    from tapeout.artifacts.signing import VerificationFailed
-
-    history = read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
-    if not history.chain_ok:
-        raise VerificationFailed(bundle, [f"the audit log of {version.name} is not whole: " + "; ".join(history.problems)])
-
-
-def _registry(args: argparse.Namespace):
-    from tapeout.artifacts.registry import Registry
-    from tapeout.flows.environment import default_tracking_uri
-
-    # MLflow draws download progress bars on stdout, which would corrupt --json output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = args.tracking_uri or default_tracking_uri(args.home_path)
-    return Registry(uri, args.home_path / "artifacts")
-
-
-@contextlib.contextmanager
-def _bundle_for(args: argparse.Namespace):
-    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
-    candidate = Path(args.reference)
-    if candidate.is_dir():
-        yield candidate, None
-        return
-    if candidate.exists():
-        raise InvalidInput(f"{candidate}: expected a bundle folder or MODEL-TARGET@VERSION")
-    registry = _registry(args)
-    version = registry.resolve(args.reference)
-    with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
-        yield registry.download_bundle(version, Path(scratch)), version
+    return home_anchor(args.home_path / "keys", policy.keys_for(model), model, signs=signs)
 
 
 # -- verify ------------------------------------------------------------------------------------
 
 
 def verify_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.audit import require_whole
     from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
-    with _bundle_for(args) as (bundle, version):
+    with bundle_for(args) as (bundle, version):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
             check_served_as(bundle, version)
-            _check_audit(args, _registry(args), policy, version, bundle)
+            require_whole(open_registry(args), version.name, _anchor(args, policy, version.name), bundle)
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
         print(json.dumps({
@@ -198,19 +139,19 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def trace_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.audit import read_history
-    from tapeout.artifacts.trace import render_html, render_text, trace_bundle
+    from tapeout.artifacts.trace import look_up, render_html, render_text, trace_bundle
 
     policy = _policy(args)
     lookup = None
     reference = args.reference
     path = Path(reference)
     if path.is_file() or (not path.exists() and _DIGEST.match(reference)):
-        lookup, reference = _lookup(args, path if path.is_file() else None, reference)
+        lookup, reference = look_up(open_registry(args), path if path.is_file() else None, reference)
     registry = None
-    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version):
+    with bundle_for(args, reference) as (bundle, version):
         if version is None:
             registry, version = _version_of_folder(args, bundle)
-        registry = registry or (_registry(args) if version is not None else None)
+        registry = registry or (open_registry(args) if version is not None else None)
         history = (
             read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
             if version is not None else None
@@ -233,35 +174,19 @@ def trace_command(args: argparse.Namespace) -> int:
     return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
 
 
-def _lookup(args: argparse.Namespace, path: Path | None, reference: str) -> tuple[dict, str]:
-    from tapeout.artifacts.digest import file_digest
-    from tapeout.artifacts.trace import versions_for_digest
-
-    digest = file_digest(path) if path is not None else reference.removeprefix("sha256:")
-    versions = versions_for_digest(_registry(args), digest)
-    if not versions:
-        raise NotRegistered(
-            f"{path or 'digest'}: sha256 {digest} is not a compiled file of any registered version "
-            "(versions are searched by their artifact_sha256 tag)"
-        )
-    matches = [f"{v.name}@{v.version}" for v in versions]
-    newest = max(versions, key=lambda v: int(v.version))
-    return {"file": str(path) if path else None, "sha256": digest, "matches": matches}, f"{newest.name}@{newest.version}"
-
-
 def _version_of_folder(args: argparse.Namespace, bundle: Path):
-    """A bundle folder's registered version, found by its model name and bundle digest."""
-    from tapeout.artifacts.digest import bundle_digest
+    """(registry, the bundle folder's registered version), or (None, None) where there is no
+    registry to ask (none is created just to look) or it does not answer."""
     from tapeout.artifacts.policy import bundle_model_name
+    from tapeout.artifacts.trace import version_of_bundle
 
-    name = bundle_model_name(bundle)
-    if name is None:
+    if bundle_model_name(bundle) is None:
         return None, None
-    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
-        return None, None  # no local registry: do not create one just to look
     try:
-        registry = _registry(args)
-        return registry, registry.find_version(name, {"bundle_digest": bundle_digest(bundle)})
+        registry = existing_registry(args)
+        if registry is None:
+            return None, None
+        return registry, version_of_bundle(registry, bundle)
     except Exception:  # no registry here: the folder is traced on its own
         return None, None
 
@@ -298,7 +223,7 @@ def promote_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import promote
 
     policy = _policy(args)
-    registry = _registry(args)
+    registry = open_registry(args)
     outcome = promote(
         registry, args.reference, args.alias, policy,
         firmware=args.firmware, reason=args.reason, actor=args.actor,
@@ -316,7 +241,7 @@ def rollback_command(args: argparse.Namespace) -> int:
 
     policy = _policy(args)
     outcome = rollback(
-        _registry(args), args.name, args.alias, policy,
+        open_registry(args), args.name, args.alias, policy,
         reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name, signs=True),
     )
     if args.json:
@@ -330,7 +255,7 @@ def pull_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import pull
 
     policy = _policy(args)
-    registry = _registry(args)
+    registry = open_registry(args)
     anchor = _anchor(args, policy, registry.resolve(args.reference).name)
     version, output, signer = pull(registry, args.reference, policy, args.output, anchor)
     print(f"pulled {version.name} version {version.version} into {output}, verified: signed by {signer}")
@@ -355,7 +280,7 @@ def gc_command(args: argparse.Namespace) -> int:
     if args.keep_recent < 0:
         raise InvalidInput(f"--keep-recent: expected hours >= 0, found {args.keep_recent}")
     collected = collect(
-        args.home_path, _registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
+        args.home_path, open_registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
     )
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, **asdict(collected)}, indent=2))
@@ -380,19 +305,11 @@ def gc_command(args: argparse.Namespace) -> int:
 # -- keys ----------------------------------------------------------------------------------------
 
 
-def _home_registry(args: argparse.Namespace):
-    """The registry to name versions from: --tracking-uri, else the home's own if it exists
-    (never created just to look)."""
-    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
-        return None
-    return _registry(args)
-
-
 def keys_init_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.keyring import init_on_purpose
     from tapeout.artifacts.signing import signer_identity
 
-    key, created = init_on_purpose(args.home_path / "keys", _home_registry(args))
+    key, created = init_on_purpose(args.home_path / "keys", existing_registry(args))
     pair = key.pair
     state = "created" if created else "exists"
     print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
@@ -412,7 +329,7 @@ def keys_rotate_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.keyring import rotate
     from tapeout.artifacts.signing import signer_identity
 
-    key = rotate(args.home_path, _home_registry(args))
+    key = rotate(args.home_path, existing_registry(args))
     print(f"created: {key.pair.private_key} (private, mode 0600)\n        {key.pair.public_key}")
     print(f"signer identity: {signer_identity(key.pair.public_key)}")
     print(f"retired: {key.retired}" + (f" (signed {', '.join(key.signed_by_retired)})" if key.signed_by_retired else ""))
