@@ -51,8 +51,10 @@ def key_from_environment(keys_dir: Path, environment: Mapping[str, str] = os.env
         return _written(keys_dir, given, f"${KEY_VARIABLE}")
     path = Path(given).expanduser()
     if not path.is_file():
+        # Not echoed: a key pasted without its PEM header is still a secret.
         raise InvalidInput(
-            f"${KEY_VARIABLE}={given}: expected a PEM private key or the path of one, found no such file"
+            f"${KEY_VARIABLE}: expected a PEM private key (-----BEGIN ...) or the path of a key file, "
+            f"found neither: no file at that path (the value, {len(given)} characters, is not shown)"
         )
     public_key_for(path)  # fail fast: unusable, or others can read it
     return path
