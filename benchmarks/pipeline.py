@@ -141,6 +141,7 @@ def pool_build(scratch: Path, workers: int, commits: int) -> dict[str, float]:
                 f"worker-{index}", scratch / f"home-{index}",
                 {**environment, KEY_VARIABLE: key.private_key.read_text()}, scratch / f"worker-{index}.log",
             ))
+        work_pool.wait_online(environment["PREFECT_API_URL"], pool, seconds=300)
         start = time.perf_counter()
         work_pool.emit(pipeline.parent, "pipeline.yaml", shas, environment)
         runs = work_pool.wait_for_runs(environment["PREFECT_API_URL"], shas, pool, seconds=3600)

@@ -7,6 +7,7 @@ integration test (tests/integration/test_workers.py) and the worker benchmark
   the test asked for);
 - `start_worker`: `prefect worker start` with its own `TAPEOUT_HOME` and `PREFECT_HOME`, in a
   session of its own so that `stop_workers` ends it with every flow run it started;
+- `wait_online`: until every worker has reported to the server;
 - `emit`: `model.committed` for several commits at once, as concurrent git hooks would;
 - `wait_for_runs`: until every commit's flow run has ended.
 """
@@ -91,6 +92,30 @@ def _signal(process: subprocess.Popen, number: int) -> None:
         os.killpg(process.pid, number)
     except ProcessLookupError:
         pass
+
+
+def wait_online(api: str, workers: Sequence[Worker], seconds: float) -> None:
+    """Until every worker has reported to the server (its first heartbeat): commits emitted
+    before then could all go to the worker that started first.
+
+    Raises:
+        RuntimeError: a worker exited, or `seconds` passed.
+    """
+    deadline = time.monotonic() + seconds
+    wanted = {worker.name for worker in workers}
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"{api}/work_pools/{POOL}/workers/filter", data=b"{}", headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            online = {found["name"] for found in json.loads(response.read()) if found.get("status") == "ONLINE"}
+        if wanted <= online:
+            return
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker {worker.name} exited ({worker.process.returncode}): {_tail(worker.log)}")
+        time.sleep(2)
+    raise RuntimeError(f"timed out after {seconds}s waiting for workers {sorted(wanted)} to come online")
 
 
 def emit(project: Path, pipeline: str, shas: Sequence[str], environment: Mapping[str, str]) -> None:

@@ -88,6 +88,7 @@ def test_two_workers_without_a_shared_disk_build_commits_once_and_share_stages(s
         workers.append(work_pool.start_worker(
             "worker-b", tmp_path / "home-b", {**environment, SECRET_VARIABLE: SECRET_BLOCK}, tmp_path / "worker-b.log",
         ))
+        work_pool.wait_online(api, workers, seconds=300)
         work_pool.emit(project, "pipeline.yaml", shas, environment)
         runs = work_pool.wait_for_runs(api, shas, workers, seconds=1500)
     finally:
