@@ -73,8 +73,10 @@ class Worker:
         return ", ".join(parts)
 
     def name(self) -> str:
-        """A short name, usable in an MLflow tag key: the Prefect worker, else host and pid."""
-        short = self.prefect_worker or f"{self.host}-{self.process.split(':')[1]}"
+        """A short name, usable in an MLflow tag key: the Prefect worker and its host (the
+        pods of one Kubernetes worker share its name, each with a disk of its own), else host
+        and pid."""
+        short = f"{self.prefect_worker}.{self.host}" if self.prefect_worker else f"{self.host}-{self.process.split(':')[1]}"
         return re.sub(r"[^A-Za-z0-9_.-]", "_", short)
 
 
