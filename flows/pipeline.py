@@ -37,7 +37,7 @@ from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
 from tapeout.flows.outcome import TargetOutcome, already_registered
 from tapeout.flows.settings import BuildSettings, Progress, settings_for
-from tapeout.flows.evaluate import Evaluation
+from tapeout.flows.evaluate import Evaluation, load_predictions
 from tapeout.flows.gates import GateResult
 
 
@@ -99,7 +99,7 @@ def _load_evaluation(workdir: Path) -> Evaluation:
 
 compile_task = _cached(_compile, "compile")
 evaluate_task = _cached(_evaluate, "evaluate")
-reference_task = task(stages.validation_stage, name="fp32-reference", cache_policy=NO_CACHE)
+reference_task = _cached(stages.reference_stage, "fp32-reference")
 bundle_task = task(stages.bundle_stage, name="bundle-and-sign", cache_policy=NO_CACHE)
 # The registry is the one stage that talks to a server: retry it. It is idempotent.
 register_task = task(
@@ -288,7 +288,13 @@ def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Prog
             quantize_task, cache / "quantize" / cache_keys.quantize_key(model.digest, calibrated.table_path),
             lambda q: [q.path], label="quantize", say=progress, model=model, calibrated=calibrated,
         )
-        validation, reference = reference_task(pipeline, model)
+        validation = stages.validation_set(pipeline, model)
+        reference = _run_cached(
+            reference_task, cache / "reference" / cache_keys.reference_key(model.digest, validation.digest),
+            lambda p: [p.outputs], load_predictions,
+            label=f"fp32 reference on {validation.count} validation samples", say=progress,
+            model=model, samples=validation,
+        )
         pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)
         if pointer is not None:
             progress(f"calibration set {samples.digest[:12]} ({pointer['size_bytes']} bytes) stored once at {pointer['uri']}")

@@ -120,12 +120,17 @@ def quantize_stage(model: ExportedModel, calibrated: Calibrated, workdir: Path) 
     )
 
 
-def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSet, Predictions]:
-    """Open the validation set and compute the fp32 model's predictions once for all targets."""
+def validation_set(pipeline: Pipeline, model: ExportedModel) -> SampleSet:
+    """Open and validate the validation set against the model, before any model runs."""
+    settings = pipeline.config.validation
+    return load_sample_set(pipeline.resolve(settings.set), model.inputs, label_key=settings.labels)
+
+
+def reference_stage(model: ExportedModel, samples: SampleSet, workdir: Path) -> Predictions:
+    """The fp32 model's predictions on the validation set, computed once for all targets: its
+    top-1 and, in `workdir`, its outputs (flows/evaluate.py)."""
     import onnxruntime
 
-    settings = pipeline.config.validation
-    samples = load_sample_set(pipeline.resolve(settings.set), model.inputs, label_key=settings.labels)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
@@ -135,7 +140,7 @@ def validation_stage(pipeline: Pipeline, model: ExportedModel) -> tuple[SampleSe
             names = [output.name for output in session.get_outputs()]
             return dict(zip(names, session.run(names, dict(inputs))))
 
-    return samples, predict(_Float(), samples, model.inputs)
+    return predict(_Float(), samples, model.inputs, workdir)
 
 
 def predictions_digest(predictions: Predictions) -> str:
