@@ -31,7 +31,7 @@ from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, fallback, stages
+from tapeout.flows import cache_keys, fallback, runners, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
@@ -183,13 +183,31 @@ def build_target(
     settings: BuildSettings,
     registry: Registry,
 ) -> TargetOutcome:
-    """Compile, evaluate, gate, bundle, sign and register one target."""
+    """Compile, evaluate, gate, bundle, sign and register one target, in the build's home, or
+    on a Dask worker in the worker's own (tapeout.flows.runners)."""
+    home = runners.target_home(settings.home)
+    if home == settings.home:
+        return _build_target(pipeline, target, shared, settings, registry, home)
+    with home_in_use(home):  # `tapeout gc` on the worker leaves this target's files alone
+        return _build_target(pipeline, target, shared, settings, registry, home)
+
+
+def _build_target(
+    pipeline: Pipeline,
+    target: TargetConfig,
+    shared: stages.SharedStages,
+    settings: BuildSettings,
+    registry: Registry,
+    home: Path,
+) -> TargetOutcome:
     name = registered_name(pipeline.config.model.name, target.name)
     progress = settings.progress
-    cache = settings.home / "cache"
+    cache = home / "cache"
     source = shared.source
     started_on = _now()
     try:
+        if home != settings.home:  # a worker's home: the shared stages' files must reach it
+            runners.require_readable(shared.files())
         profile = pipeline.target_profile(target)
         compiler_version = load_compiler(profile.compiler).version
         key = cache_keys.compile_key(shared.quantized.digest, profile, compiler_version)
@@ -229,7 +247,7 @@ def build_target(
             pipeline=pipeline, target=target, model=shared.model, quantized=quantized,
             calibrated=shared.calibrated, artifact=artifact, gated=gated, source=source,
             invocation_id=shared.invocation_id, started_on=started_on, finished_on=_now(),
-            bundles_root=settings.home / "bundles", private_key=settings.private_key, extra_reports=reports,
+            bundles_root=home / "bundles", private_key=settings.private_key, extra_reports=reports,
             calibration_pointer=shared.calibration_pointer,
         )
         tags = stages.version_tags(

@@ -73,6 +73,17 @@ class SharedStages:
     calibration_pointer: Mapping[str, object] | None
     sensitivity: Mapping[str, object] | None
 
+    def files(self) -> dict[str, Path]:
+        """The files a target reads from these stages, by what they are."""
+        files = {
+            "fp32 model": self.model.path, "quantized model": self.quantized.path,
+            "calibration table": self.calibrated.table_path, "calibration set": self.calibrated.samples.path,
+            "validation set": self.validation.path,
+        }
+        if self.reference.outputs is not None:
+            files["fp32 reference outputs"] = self.reference.outputs
+        return files
+
 
 def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
     return export_model(
