@@ -239,15 +239,27 @@ def render_text(record: dict) -> str:
             lines.append(("promotions      " if index == 0 else " " * 16) + _history_line(item))
         for problem in promotions["problems"]:
             lines.append(f"audit log       BROKEN: {problem}")
+    for index, item in enumerate(record.get("approvals", [])):
+        verdict = "counts" if item["counts"] else f"DOES NOT COUNT: {item['refused']}"
+        used = f", counted by promotion #{item['promotion']}" if item["promotion"] is not None else ""
+        reason = f" \"{item['reason']}\"" if item["reason"] else ""
+        lines.append(
+            ("approvals       " if index == 0 else " " * 16)
+            + f"{item['alias']} by {item['approver']} at {item['when']}{reason}: {verdict}{used}"
+        )
     return "\n".join(lines)
 
 
 def _history_line(item: dict) -> str:
     who = item["user"] + (f" as {item['actor']}" if item["actor"] else "")
-    moved = f"{item['from_version'] or '—'} → {item['to_version']}"
     reason = f" \"{item['reason']}\"" if item["reason"] else ""
     outcome = "" if item["outcome"] == "done" else f" [{item['outcome']}]"
-    return f"{item['when']} {item['action']:<8} {item['alias']}: {moved} by {who}{reason}{outcome}"
+    if item["action"] == "approve":
+        return f"{item['when']} approve  {item['alias']}: version {item['to_version']} by {item['signer']} ({who}){reason}{outcome}"
+    moved = f"{item['from_version'] or '—'} → {item['to_version']}"
+    approvers = [entry["approver"] for entry in json.loads(item.get("approvals") or "[]")]
+    approved = f", approved by {', '.join(approvers)}" if approvers else ""
+    return f"{item['when']} {item['action']:<8} {item['alias']}: {moved} by {who}{approved}{reason}{outcome}"
 
 
 def render_html(record: dict) -> str:
