@@ -14,6 +14,8 @@ different onnxruntime installed, a compiler missing) is named beside the compari
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +26,15 @@ import yaml
 from tapeout.artifacts.digest import directory_manifest
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.provenance import environment_versions
+from tapeout.artifacts.set_store import POINTER_FILE
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 from tapeout.flows.settings import Progress
 from tapeout.flows.source import git, resolve_commit
 
 COMPARED = ("model", "calibration", "compiled")
+# A set pointer's fields that name the store the set is in (tapeout.artifacts.set_store):
+# a rebuild stores the set in its own scratch store.
+_STORE_PLACE = frozenset({"run_id", "uri", "artifact_uri"})
 # The rebuild's pipeline file, beside the commit's (its relative paths mean the same there).
 REBUILD_PIPELINE = ".tapeout-reproduce.yaml"
 _COMPILER_URN = "urn:tapeout:compiler:"
@@ -62,6 +68,7 @@ class FileComparison:
     path: str
     recorded: str | None
     rebuilt: str | None
+    compared_as: str = ""  # how, when not by the file's bytes
 
     @property
     def identical(self) -> bool:
@@ -69,7 +76,7 @@ class FileComparison:
 
     def describe(self) -> str:
         if self.identical:
-            return f"identical  {self.path}"
+            return f"identical  {self.path}" + (f" ({self.compared_as})" if self.compared_as else "")
         if self.rebuilt is None:
             return f"different  {self.path}: the rebuild has no such file (bundle {self.recorded})"
         if self.recorded is None:
@@ -166,7 +173,9 @@ def reproduce(bundle: Path, scratch: Path, repository: Path | None = None, progr
 
 
 def compare(bundle: Path, rebuilt: Path) -> tuple[FileComparison, ...]:
-    """Every file of the compared folders of `bundle` and `rebuilt`, by path."""
+    """Every file of the compared folders of `bundle` and `rebuilt`, by path. A calibration set
+    stored outside the bundles is compared by what its pointer says the set is (digest, count,
+    size, each file's sha256), not by where the pointer says it is stored."""
     comparisons = []
     for folder in COMPARED:
         ours = _manifest(bundle / folder, folder)
@@ -174,7 +183,21 @@ def compare(bundle: Path, rebuilt: Path) -> tuple[FileComparison, ...]:
         comparisons += [
             FileComparison(path, ours.get(path), theirs.get(path)) for path in sorted(ours.keys() | theirs.keys())
         ]
+    pointer = f"calibration/{POINTER_FILE}"
+    if (bundle / pointer).is_file() and (rebuilt / pointer).is_file():
+        by_content = FileComparison(
+            pointer, _pointed_set(bundle / pointer), _pointed_set(rebuilt / pointer),
+            "the stored set it points to; where it is stored is not compared",
+        )
+        comparisons = [by_content if item.path == pointer else item for item in comparisons]
     return tuple(comparisons)
+
+
+def _pointed_set(path: Path) -> str:
+    """sha256 of a set pointer without the fields that say where the set is stored."""
+    document = read_json_object(path)
+    content = {key: value for key, value in document.items() if key not in _STORE_PLACE}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _manifest(folder: Path, prefix: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 its own repository, real signatures (the builder home's key) and real rebuilds in scratch
 homes: a clean build is reproduced file by file; a bundle whose compiled file is not what its
 commit builds (a poisoned stage cache, signed all the same) is refused naming the file; a dirty
-build and a commit the repository lacks are refused with the reason."""
+build and a commit the repository lacks are refused with the reason; a calibration set stored
+outside the bundle is compared by what it is, not where it is stored."""
 
 from __future__ import annotations
 
@@ -90,8 +91,12 @@ def test_a_clean_build_is_reproduced_and_a_changed_one_is_refused_naming_the_fil
     assert document["recorded"]["commit"] == git(pipeline.parent, "rev-parse", "HEAD")
 
 
-def test_a_dirty_build_or_a_missing_commit_is_not_rebuilt_and_says_why(tmp_path, capsys):
+def test_a_dirty_build_or_a_missing_commit_is_not_rebuilt_and_a_stored_set_is_compared_by_content(tmp_path, capsys):
     pipeline = project(tmp_path, CPU)
+    # Every calibration set stored once outside the bundles: a bundle holds a pointer to it.
+    text = pipeline.read_text()
+    pipeline.write_text(text.replace("  samples: 300\n", "  samples: 300\n  embed_max_bytes: 0\n", 1))
+    git(pipeline.parent, "commit", "-qam", "store the calibration set")
     home = tmp_path / "builder-home"
     validation = pipeline.parent / "data" / "validation.npz"
     with np.load(validation) as archive:
@@ -113,3 +118,11 @@ def test_a_dirty_build_or_a_missing_commit_is_not_rebuilt_and_says_why(tmp_path,
     code, _, error = reproduce(capsys, home, f"{NAME}@{clean['version']}", "--repository", str(elsewhere))
     assert code == 1
     assert f"{elsewhere}: commit {git(pipeline.parent, 'rev-parse', 'HEAD')} (recorded as the source) is not in this repository" in error
+
+    # The clean version, rebuilt: its pointer names the builder's store, the rebuild's its own;
+    # the set they point to is the same.
+    code, out, progress = reproduce(capsys, home, f"{NAME}@{clean['version']}")
+    assert code == 0, out + progress
+    assert "identical  calibration/pointer.json (the stored set it points to; where it is stored is not compared)" in out
+    assert "calibration/calibration.npz" not in out
+
