@@ -343,6 +343,16 @@ def render_html(record: dict) -> str:
         header = "".join(f"<th>{name}</th>" for name in ("when", "action", "alias", "from", "to", "user", "actor", "reason", "outcome", "verification", "record digest"))
         broken = "".join(f"<p class=bad>Audit log broken: {e(problem)}</p>" for problem in promotions["problems"])
         sections.append(("Promotion history", broken + (f"<table class=history><tr>{header}</tr>{rows}</table>" if rows else "<p>No promotions recorded.</p>")))
+    approvals = record.get("approvals")
+    if approvals:
+        rows = "".join(
+            f"<tr><td>{e(item['when'])}</td><td>{e(item['alias'])}</td><td>{e(item['approver'])}</td>"
+            f"<td>{e(item['reason'])}</td><td>{e('counts' if item['counts'] else 'DOES NOT COUNT: ' + item['refused'])}</td>"
+            f"<td>{e('' if item['promotion'] is None else '#' + str(item['promotion']))}</td><td>{e(item['digest'])}</td></tr>"
+            for item in approvals
+        )
+        header = "".join(f"<th>{name}</th>" for name in ("when", "alias", "approver", "reason", "verdict today", "counted by promotion", "approval digest"))
+        sections.append(("Approvals", f"<table class=history><tr>{header}</tr>{rows}</table>"))
     body = "".join(f"<h2>{e(name)}</h2>{content}" for name, content in sections)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"

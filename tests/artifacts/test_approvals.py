@@ -144,6 +144,10 @@ def test_promotion_waits_for_distinct_approvers_and_names_what_is_missing(world,
     assert f"approve  production: version {one} by {alice}" in text
     assert f"approved by {alice}, {carol}" in text
     assert f"production by {builder}" in text and "DOES NOT COUNT: the approver is the builder" in text
+    report = world["home"] / "trace.html"
+    assert cli(world, "trace", f"{NAME}@{one}", "--html", str(report)) == 0
+    page = report.read_text()
+    assert "<h2>Approvals</h2>" in page and alice in page and carol in page and f"#{first_promotion}" in page
 
 
 def test_a_builder_the_policy_allows_counts_and_one_approval_can_be_enough(world, capsys):
