@@ -29,7 +29,7 @@ from tapeout.artifacts.provenance import environment_versions
 from tapeout.artifacts.set_store import POINTER_FILE
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 from tapeout.flows.settings import Progress
-from tapeout.flows.source import git, resolve_commit
+from tapeout.flows.source import git, repository_root, resolve_commit
 
 COMPARED = ("model", "calibration", "compiled")
 # A set pointer's fields that name the store the set is in (tapeout.artifacts.set_store):
@@ -117,10 +117,11 @@ def recorded_build(bundle: Path) -> RecordedBuild:
         )
         name, _, version = compiler.partition("@")
         uri = str(source["uri"]).removeprefix("git+")
+        annotations = source.get("annotations", {})
         return RecordedBuild(
             repository=uri.rsplit("@", 1)[0],
             commit=str(source["digest"]["gitCommit"]),
-            dirty_files=tuple(source.get("annotations", {}).get("dirtyFiles", ())),
+            dirty_files=tuple(annotations.get("dirtyFiles", ())) or (("(files it does not name)",) if annotations.get("dirty") else ()),
             target=str(parameters["target"]),
             config_digest=str(parameters["config_digest"]),
             compiler=name,
@@ -144,7 +145,8 @@ def reproduce(bundle: Path, scratch: Path, repository: Path | None = None, progr
             pipeline file with the recorded config, is not in the repository; the rebuild
             of the target failed (each with the reason).
         InvalidInput: the provenance is unreadable; the repository is not a local git
-            repository (a remote one must be cloned and named with `repository`).
+            repository (a remote one must be cloned and named with `repository`), or the
+            folder named is not in one.
     """
     recorded = recorded_build(bundle)
     if recorded.dirty_files:
@@ -152,7 +154,7 @@ def reproduce(bundle: Path, scratch: Path, repository: Path | None = None, progr
             f"the build read files that differ from commit {recorded.commit[:12]}: "
             f"{', '.join(recorded.dirty_files)}; what it read is in no commit, so it cannot be rebuilt"
         )
-    root = _repository(recorded, repository)
+    root = repository_root(_repository(recorded, repository))
     try:
         resolve_commit(root, recorded.commit)
     except InvalidInput:
