@@ -13,10 +13,10 @@ from conftest import git, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
-CACHED_STAGES = ("export", "calibrate", "quantize", "compile", "evaluate")
+CACHED_STAGES = ("export", "calibrate", "quantize", "reference", "compile", "evaluate")
 # The progress line of each (flows/pipeline.py): the label, then "(cached)", "(from the stage
 # store, built by worker ...)" or nothing when the stage runs.
-STAGE_LABELS = ("· export ", "· calibrate (", "· quantize", "· [cpu] compile ", "· [cpu] evaluate ")
+STAGE_LABELS = ("· export ", "· calibrate (", "· quantize", "· fp32 reference ", "· [cpu] compile ", "· [cpu] evaluate ")
 
 
 def one_target_project(root, registry: dict) -> tuple:
