@@ -3,13 +3,22 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# Portable flags only (no -march=native): the artifact's numbers must not depend on the
-# build machine. OpenMP is not used.
+# Portable flags only (no -march=native): one build runs on any x86-64 (or other) CPU; the
+# int8 kernels compile their SSE4.1 / AVX2 / AVX-512 VNNI paths with per-function target
+# attributes and choose at run time (compilers/int8_ref/kernels/i8r_isa.h). No FMA
+# contraction: float32 requantization must round exactly as written. OpenMP is not used.
+FLAGS = ["-O3", "-ffp-contract=off"]
 extensions = [
     Extension(
         "tapeout.compilers.int8_ref._kernels",
         ["compilers/int8_ref/_kernels.pyx"],
-        extra_compile_args=["-O3"],
+        extra_compile_args=FLAGS,
+    ),
+    Extension(
+        "tapeout.compilers.int8_ref._qgemm",
+        ["compilers/int8_ref/_qgemm.pyx"],
+        include_dirs=["compilers/int8_ref"],
+        extra_compile_args=FLAGS,
     ),
 ]
 

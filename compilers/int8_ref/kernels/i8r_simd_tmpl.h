@@ -1,0 +1,407 @@
+/* One vector path of the int8 kernels, included by i8r_qgemm.h once per instruction set with
+   these macros defined (i8r_simd_undef.h undefines them after each inclusion):
+
+     SFX(name)      the name with the path's suffix
+     TGT            the per-function target attribute
+     VW             int32 lanes per vector (4, 8 or 16); a panel of 16 columns is NV vectors
+     V, VF          integer and float vector types
+     vzero(), vload(p), vstore(p, v), vset1(x), vadd, vsub, vmullo, vmin, vmax, vand,
+     vsllv, vsrav, vsrai, vsrli, vcmpgt, vcmpeq (all-ones lanes), vblend(a, b, mask),
+     vany(mask)     whether any lane of a vcmp mask is set
+     vdpbusd(acc, a, b)  acc + the sum of the four u8(a) x s8(b) products of each int32 lane
+     vload_i16(p)   VW int16 values sign-extended to int32 lanes
+     vmadd_lo(x, w) per int32 lane: the low int16 of x times the low int16 of w, plus the
+                    high halves' product (w's high halves are 0 wherever it is used)
+     vgather2(p)    VW dwords at p, p + 8, p + 16, ... bytes (every other dword)
+     vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
+     vput16(p, b, n) store the first n of those bytes at p
+     VEC_REQUANT    1 when the vector requantization is compiled (it needs per-lane variable
+                    shifts, AVX2 and up); otherwise i8r_store1 requantizes each element
+
+   Nothing here rounds or saturates differently from i8r_requant.h: vdpbusd is the exact sum
+   of four products added with int32 wrap-around (VPDPBUSD, not VPDPBUSDS; emulated with
+   VPMADDWD on 16-bit halves, not VPMADDUBSW, whose int16 pair sums saturate: 255*127*2 >
+   32767), and the requantization reproduces i8r_f2q / i8r_mbqm step for step. */
+
+#define NV (16 / VW)
+
+#if VEC_REQUANT
+/* One channel's (or one panel's, per lane) requantization constants. */
+typedef struct {
+    VF scale, lo, hi;
+    V zp, qmin, qmax, mult, shift, rs, mask, thr;
+    int mode, general;
+} SFX(rqc_t);
+
+/* `general`: a left shift or an INT32_MIN multiplier somewhere, so rq_fixed must take the
+   saturating steps; requantize.py never writes either, a crafted artifact may. */
+TGT static inline void SFX(rqc_finish)(SFX(rqc_t) * c, const i8r_requant_t* q) {
+    V zero = vzero(), one = vset1(1);
+    c->mode = q->mode;
+    c->zp = vset1(q->zp);
+    c->qmin = vset1(q->qmin);
+    c->qmax = vset1(q->qmax);
+    c->lo = vf_set1((float)(q->qmin - q->zp));
+    c->hi = vf_set1((float)(q->qmax - q->zp));
+    c->rs = vmax(vsub(zero, c->shift), zero);
+    c->mask = vsub(vsllv(one, c->rs), one);
+    c->thr = vsrai(c->mask, 1);
+    c->general = vany(vcmpgt(c->shift, zero)) || vany(vcmpeq(c->mult, vset1(INT32_MIN)));
+}
+
+/* Constants broadcast from channel `ch` (Conv). */
+TGT static inline void SFX(rqc_channel)(SFX(rqc_t) * c, const i8r_requant_t* q, int64_t ch) {
+    c->scale = vf_set1(q->mode == 0 ? q->scale[ch] : 0.0f);
+    c->mult = vset1(q->mode == 1 ? q->mult[ch] : 0);
+    c->shift = vset1(q->mode == 1 ? q->shift[ch] : 0);
+    SFX(rqc_finish)(c, q);
+}
+
+/* Constants per lane from channels n.. (Gemm; the arrays are padded to whole panels). */
+TGT static inline void SFX(rqc_lanes)(SFX(rqc_t) * c, const i8r_requant_t* q, int64_t n) {
+    c->scale = q->mode == 0 ? vf_load(q->scale + n) : vf_set1(0.0f);
+    c->mult = q->mode == 1 ? vload(q->mult + n) : vzero();
+    c->shift = q->mode == 1 ? vload(q->shift + n) : vzero();
+    SFX(rqc_finish)(c, q);
+}
+
+/* i8r_f2q on VW lanes: multiply, clamp keeping a NaN (MAXPS/MINPS return the second operand
+   when either is NaN), NaN to 0, convert half to even (the default MXCSR), add zp. */
+TGT static inline V SFX(rq_ort)(const SFX(rqc_t) * c, V acc) {
+    VF v = vf_mul(vf_cvt(acc), c->scale);
+    v = vf_min(c->hi, vf_max(c->lo, v));
+    return vadd(vf_round(vf_zero_nan(v)), c->zp);
+}
+
+/* i8r_mbqm on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
+   which equals TFLite's nudge-and-truncate for both signs (for a negative product p,
+   trunc((p + 1 - 2^30) / 2^31) = ceil(...) = floor((p + 2^30) / 2^31)); only the low 32 bits
+   of each 64-bit quotient are kept, so a logical 64-bit shift serves (vmulhi31). Then
+   RoundingDivideByPOT: (h >> rs) + 1 when the remainder exceeds half (half plus one when h is
+   negative). The general form first shifts left with saturation and saturates
+   INT32_MIN * INT32_MIN. */
+TGT static inline V SFX(rq_fixed)(const SFX(rqc_t) * c, V x) {
+    V h;
+    if (c->general) {
+        V zero = vzero(), imax = vset1(INT32_MAX), imin = vset1(INT32_MIN);
+        V ls = vmax(c->shift, zero);
+        V xs = vsllv(x, ls);
+        xs = vblend(xs, imax, vcmpgt(x, vsrav(imax, ls)));
+        xs = vblend(xs, imin, vcmpgt(vsrav(imin, ls), x));
+        h = vmulhi31(xs, c->mult);
+        h = vblend(h, imax, vand(vcmpeq(xs, imin), vcmpeq(c->mult, imin)));
+    } else {
+        h = vmulhi31(x, c->mult);
+    }
+    V thr = vadd(c->thr, vsrli(h, 31));
+    V up = vcmpgt(vand(h, c->mask), thr); /* all ones: -1 */
+    return vadd(vsub(vsrav(h, c->rs), up), c->zp);
+}
+
+TGT static inline V SFX(rq_apply)(const SFX(rqc_t) * c, V acc) {
+    V r = c->mode == 0 ? SFX(rq_ort)(c, acc) : SFX(rq_fixed)(c, acc);
+    return vmin(vmax(r, c->qmin), c->qmax);
+}
+#endif
+
+/* Requantize one panel of channel `ch` and store it: 16 bytes through the panel table when
+   they land contiguously, else element by element through the map. */
+TGT static void SFX(conv_put)(const i8r_cplan_t* cp, int64_t ml, int64_t p, V* acc
+#if VEC_REQUANT
+                              , const SFX(rqc_t) * c
+#endif
+) {
+    const i8r_requant_t* q = cp->rq;
+    int64_t ch = cp->ch0 + ml;
+    uint8_t* ych = cp->y + ml * cp->map.plane * cp->esz;
+    const int64_t* pan = cp->pan + 4 * p;
+#if VEC_REQUANT
+    if (q->mode != 2 && q->out_code != 2) {
+        V r[NV];
+        int v;
+        for (v = 0; v < NV; v++) r[v] = SFX(rq_apply)(c, acc[v]);
+        if (pan[1] > 0) {
+            vput16(ych + pan[0], vpack16(r), pan[1]);
+        } else {
+            uint8_t out[16];
+            vput16(out, vpack16(r), 16);
+            i8r_map_store(&cp->map, ych, 1, out, 16 * p, pan[2], pan[3]);
+        }
+        return;
+    }
+#endif
+    {
+        int32_t tmp[16];
+        uint8_t out[16 * 4];
+        int i, v;
+        for (v = 0; v < NV; v++) vstore(tmp + v * VW, acc[v]);
+        for (i = 0; i < 16; i++) i8r_store1(q, ch, tmp[i], out, i);
+        i8r_map_store(&cp->map, ych, cp->esz, out, 16 * p, pan[2], pan[3]);
+    }
+}
+
+/* Conv (orientation b, vectors along the columns): an R-channel x T-panel tile of
+   acc[m][j] = sum over k groups of B(kg, j) . W(m, kg). B(kg, j) is the dword at
+   b + koff[kg] + 4j (four u8); W(m, kg) the dword at w + 64 kg + 4 m of the channel block
+   (four s8). Channels from block lane m0 (group channel ml0), panels from p. */
+#if VEC_REQUANT
+#define CONV_RQC_DECL SFX(rqc_t) rqc;
+#define CONV_RQC_PREP SFX(rqc_channel)(&rqc, cp->rq, ch);
+#define CONV_RQC_ARG , &rqc
+#else
+#define CONV_RQC_DECL
+#define CONV_RQC_PREP
+#define CONV_RQC_ARG
+#endif
+#define CONV_TILE(R, T)                                                                     \
+    TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const int8_t* w,        \
+                                             int64_t ml0, int64_t m0, int64_t p) {          \
+        V acc[R * T * NV];                                                                  \
+        const uint8_t* b = cp->b + 64 * p;                                                  \
+        int r, t, v;                                                                        \
+        int64_t kg;                                                                         \
+        for (r = 0; r < R * T * NV; r++) acc[r] = vzero();                                  \
+        w += 4 * m0;                                                                        \
+        for (kg = 0; kg < cp->Kq; kg++) {                                                   \
+            const uint8_t* bk = b + cp->koff[kg];                                           \
+            V bv[T * NV];                                                                   \
+            for (t = 0; t < T * NV; t++) bv[t] = vload(bk + 4 * VW * t);                    \
+            for (r = 0; r < R; r++) {                                                       \
+                V wv = vset1(i8r_ld32(w + 64 * kg + 4 * r));                                \
+                for (t = 0; t < T * NV; t++)                                                \
+                    acc[r * T * NV + t] = vdpbusd(acc[r * T * NV + t], bv[t], wv);          \
+            }                                                                               \
+        }                                                                                   \
+        for (r = 0; r < R && ml0 + r < cp->Mg; r++) {                                       \
+            int64_t ch = cp->ch0 + ml0 + r;                                                 \
+            V add = vset1(cp->bias[ch]), zb = vset1(cp->zb[ch]);                            \
+            CONV_RQC_DECL                                                                   \
+            CONV_RQC_PREP                                                                   \
+            for (t = 0; t < T && 16 * (p + t) < cp->map.J; t++) {                           \
+                V* a = acc + (r * T + t) * NV;                                              \
+                for (v = 0; v < NV; v++) {                                                  \
+                    a[v] = vadd(a[v], add);                                                 \
+                    if (cp->colsum)                                                         \
+                        a[v] = vsub(a[v], vmullo(zb, vload(cp->colsum + 16 * (p + t) + VW * v))); \
+                }                                                                           \
+                SFX(conv_put)(cp, ml0 + r, p + t, a CONV_RQC_ARG);                          \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+#define CONV_TILE_X(R, T) CONV_TILE(R, T)
+CONV_TILE_X(CONV_R, 1)
+CONV_TILE_X(CONV_R, 2)
+CONV_TILE_X(CONV_R, 3)
+CONV_TILE_X(CONV_R, 4)
+#define CONV_CALL2(R, T) SFX(conv_tile_##R##x##T)
+#define CONV_CALL(R, T) CONV_CALL2(R, T)
+
+/* Channel blocks [mb0, mb1) of one plan, every panel. */
+TGT static void SFX(conv_run)(const i8r_cplan_t* cp, int64_t mb0, int64_t mb1) {
+    int64_t np = (cp->map.J + 15) / 16, mb, p, m0;
+    for (mb = mb0; mb < mb1; mb++) {
+        const int8_t* w = cp->w + mb * cp->Kq * 64;
+        for (p = 0; p < np; p += CONV_TMAX) {
+            int64_t left = np - p < CONV_TMAX ? np - p : CONV_TMAX;
+            for (m0 = 0; m0 < 16 && mb * 16 + m0 < cp->Mg; m0 += CONV_R) {
+                int64_t ml0 = mb * 16 + m0;
+                if (left >= 4)
+                    CONV_CALL(CONV_R, 4)(cp, w, ml0, m0, p);
+                else if (left == 3)
+                    CONV_CALL(CONV_R, 3)(cp, w, ml0, m0, p);
+                else if (left == 2)
+                    CONV_CALL(CONV_R, 2)(cp, w, ml0, m0, p);
+                else
+                    CONV_CALL(CONV_R, 1)(cp, w, ml0, m0, p);
+            }
+        }
+    }
+}
+
+/* Gemm output: channels n0.. of row `row`: folded bias, row-sum correction, requantization. */
+TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V* acc) {
+    const i8r_requant_t* q = gp->rq;
+    int64_t count = gp->N - n0 < 16 ? gp->N - n0 : 16;
+    int es = i8r_out_size(q), v, i;
+    uint8_t* y = gp->y + (row * gp->N + n0) * es;
+    for (v = 0; v < NV; v++) {
+        acc[v] = vadd(acc[v], vload(gp->bias + n0 + VW * v));
+        if (gp->rowsum)
+            acc[v] = vsub(acc[v], vmullo(vload(gp->zb + n0 + VW * v), vset1(gp->rowsum[row])));
+    }
+#if VEC_REQUANT
+    if (q->mode != 2 && q->out_code != 2) {
+        V r[NV];
+        for (v = 0; v < NV; v++) {
+            SFX(rqc_t) c;
+            SFX(rqc_lanes)(&c, q, n0 + VW * v);
+            r[v] = SFX(rq_apply)(&c, acc[v]);
+        }
+        vput16(y, vpack16(r), count);
+        return;
+    }
+#endif
+    {
+        int32_t tmp[16];
+        for (v = 0; v < NV; v++) vstore(tmp + v * VW, acc[v]);
+        for (i = 0; i < count; i++) i8r_store1(q, n0 + i, tmp[i], y, i);
+    }
+}
+
+/* Gemm (orientation a, vectors along the output channels): an R-row x T-panel tile of
+   acc[r][n] = sum over k groups of X(r, kg) . W(kg, n); X(r, kg) is the dword at
+   x + r*K + 4 kg, read in place; W the packed [Nb][Kq][16][4]. S: x is int8 and the weights
+   are stored as u8 (the u8 operand of vdpbusd must be the vector one). */
+#define GEMM_TILE(R, T, S)                                                                  \
+    TGT static void SFX(gemm_tile_##R##x##T##_##S)(const i8r_gplan_t* gp, int64_t r0,       \
+                                                   int64_t p0) {                           \
+        V acc[R * T * NV];                                                                  \
+        const uint8_t* x = gp->x + r0 * gp->K;                                              \
+        const uint8_t* w = gp->w + p0 * gp->Kq * 64;                                        \
+        int r, t;                                                                           \
+        int64_t kg;                                                                         \
+        for (r = 0; r < R * T * NV; r++) acc[r] = vzero();                                  \
+        for (kg = 0; kg < gp->Kq; kg++) {                                                   \
+            V wv[T * NV];                                                                   \
+            for (t = 0; t < T * NV; t++)                                                    \
+                wv[t] = vload(w + (t / NV) * gp->Kq * 64 + 64 * kg + 4 * VW * (t % NV));    \
+            for (r = 0; r < R; r++) {                                                       \
+                V xv = vset1(i8r_ld32(x + r * gp->K + 4 * kg));                             \
+                for (t = 0; t < T * NV; t++)                                                \
+                    acc[r * T * NV + t] = S ? vdpbusd(acc[r * T * NV + t], wv[t], xv)       \
+                                            : vdpbusd(acc[r * T * NV + t], xv, wv[t]);      \
+            }                                                                               \
+        }                                                                                   \
+        for (r = 0; r < R; r++)                                                             \
+            for (t = 0; t < T; t++)                                                         \
+                SFX(gemm_put)(gp, r0 + r, 16 * (p0 + t), acc + (r * T + t) * NV);           \
+    }
+
+#define GEMM_ROWS(T, S)                                                                     \
+    GEMM_TILE(1, T, S) GEMM_TILE(2, T, S) GEMM_TILE(3, T, S) GEMM_TILE(4, T, S)
+GEMM_ROWS(1, 0)
+GEMM_ROWS(2, 0)
+GEMM_ROWS(4, 0)
+GEMM_ROWS(1, 1)
+GEMM_ROWS(2, 1)
+GEMM_ROWS(4, 1)
+
+typedef void (*SFX(gemm_tile_fn))(const i8r_gplan_t*, int64_t, int64_t);
+#define GEMM_FNS(S)                                                                         \
+    {{SFX(gemm_tile_1x1_##S), SFX(gemm_tile_2x1_##S), SFX(gemm_tile_3x1_##S),               \
+      SFX(gemm_tile_4x1_##S)},                                                              \
+     {SFX(gemm_tile_1x2_##S), SFX(gemm_tile_2x2_##S), SFX(gemm_tile_3x2_##S),               \
+      SFX(gemm_tile_4x2_##S)},                                                              \
+     {SFX(gemm_tile_1x4_##S), SFX(gemm_tile_2x4_##S), SFX(gemm_tile_3x4_##S),               \
+      SFX(gemm_tile_4x4_##S)}}
+
+/* Panels [p0, p1) of every row, in tiles of up to GEMM_RMAX rows x GEMM_TMAX panels. */
+TGT static void SFX(gemm_run)(const i8r_gplan_t* gp, int64_t p0, int64_t p1) {
+    static SFX(gemm_tile_fn) const fns[2][3][4] = {GEMM_FNS(0), GEMM_FNS(1)};
+    int s = gp->x_signed ? 1 : 0;
+    int64_t p, r;
+    for (p = p0; p < p1;) {
+        int64_t tp = p1 - p >= 4 && GEMM_TMAX >= 4 ? 4 : (p1 - p >= 2 && GEMM_TMAX >= 2 ? 2 : 1);
+        int ti = tp == 4 ? 2 : (tp == 2 ? 1 : 0);
+        for (r = 0; r < gp->Mr;) {
+            int64_t rr = gp->Mr - r < GEMM_RMAX ? gp->Mr - r : GEMM_RMAX;
+            fns[s][ti][rr - 1](gp, r, p);
+            r += rr;
+        }
+        p += tp;
+    }
+}
+
+/* Strided Conv: the im2col columns of output rows [oy0, oy1) from the packed input: column
+   (oy, ox) of k group (cq, ky, kx) is the dword at x4 + koff[kg] + 4 (oy sh Wp + ox sw), so
+   each k group's row is a strided dword copy. */
+TGT static void SFX(im2col)(const i8r_cplan_t* cp, const uint8_t* x4, const int64_t* koff,
+                            int64_t sh, int64_t sw, int64_t Wp, int64_t OW, int64_t oy0,
+                            int64_t oy1, uint8_t* dst, int64_t QS) {
+    int64_t kg, oy, ox;
+    for (kg = 0; kg < cp->Kq; kg++) {
+        uint8_t* row = dst + kg * QS * 4;
+        for (oy = oy0; oy < oy1; oy++, row += 4 * OW) {
+            const uint8_t* src = x4 + koff[kg] + 4 * oy * sh * Wp;
+            ox = 0;
+            if (sw == 2)
+                for (; ox + VW <= OW; ox += VW) vstore(row + 4 * ox, vgather2(src + 8 * ox));
+            for (; ox < OW; ox++) memcpy(row + 4 * ox, src + 4 * ox * sw, 4);
+        }
+    }
+}
+
+/* Depthwise (one input channel per output channel), stride 1: columns run over the padded
+   width, acc[j] = bias + sum over taps t of plane[j + off[t]] * w[t], the int16 plane holding
+   x - zp (padding 0) and w = w - wzp, so each product is exact in int32 and no zero-point term
+   is left. Two panels per step. */
+TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
+                             const int16_t* w) {
+    int64_t j0, t;
+    int v;
+#if VEC_REQUANT
+    SFX(rqc_t) c;
+    SFX(rqc_channel)(&c, dp->rq, ch);
+#endif
+    for (j0 = 0; j0 < dp->cp.map.J; j0 += 32) {
+        V acc[2 * NV];
+        for (v = 0; v < 2 * NV; v++) acc[v] = vset1(dp->bias[ch]);
+        for (t = 0; t < dp->taps; t++) {
+            V wv = vset1((int32_t)(uint16_t)w[t]);
+            const int16_t* src = plane + j0 + dp->off[t];
+            for (v = 0; v < 2 * NV; v++)
+                acc[v] = vadd(acc[v], vmadd_lo(vload_i16(src + VW * v), wv));
+        }
+        for (v = 0; v < 2 && j0 + 16 * v < dp->cp.map.J; v++)
+            SFX(conv_put)(&dp->cp, 0, j0 / 16 + v, acc + NV * v
+#if VEC_REQUANT
+                          , &c
+#endif
+            );
+    }
+}
+
+/* Depthwise with a horizontal stride of 2, one output row at a time: the even int16 of each
+   pair is the low half of an int32 lane, which is all vmadd_lo reads. */
+TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
+                                const int16_t* w) {
+    int64_t oy, j0, t;
+    int v;
+    i8r_cplan_t cp = dp->cp;
+#if VEC_REQUANT
+    SFX(rqc_t) c;
+    SFX(rqc_channel)(&c, dp->rq, ch);
+#endif
+    for (oy = 0; oy < dp->OH; oy++) {
+        const int16_t* row = plane + oy * dp->sh * dp->Wp;
+        cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
+        for (j0 = 0; j0 < dp->OW; j0 += 16) {
+            V acc[NV];
+            for (v = 0; v < NV; v++) acc[v] = vset1(dp->bias[ch]);
+            for (t = 0; t < dp->taps; t++) {
+                V wv = vset1((int32_t)(uint16_t)w[t]);
+                const int16_t* src = row + 2 * j0 + dp->off[t];
+                for (v = 0; v < NV; v++)
+                    acc[v] = vadd(acc[v], vmadd_lo(vload(src + 2 * VW * v), wv));
+            }
+            SFX(conv_put)(&cp, 0, j0 / 16, acc
+#if VEC_REQUANT
+                          , &c
+#endif
+            );
+        }
+    }
+}
+
+#undef CONV_RQC_DECL
+#undef CONV_RQC_PREP
+#undef CONV_RQC_ARG
+#undef CONV_TILE
+#undef CONV_TILE_X
+#undef CONV_CALL
+#undef CONV_CALL2
+#undef GEMM_TILE
+#undef GEMM_ROWS
+#undef GEMM_FNS
+#undef NV
