@@ -23,15 +23,18 @@ cdef extern from "kernels/i8r_qgemm.h":
     ctypedef struct i8r_gemm_t:
         int64_t Mr, K, N
         int32_t x_signed
-    ctypedef void (*i8r_parallel_fn)(void*, void*, void*, int64_t)
+    ctypedef struct i8r_pool_t:
+        pass
+    i8r_pool_t* i8r_pool_new(int threads) nogil
+    void i8r_pool_free(i8r_pool_t* pool) nogil
     int64_t i8r_conv_scratch(const i8r_conv_t* c) nogil
     int64_t i8r_gemm_scratch(const i8r_gemm_t* g) nogil
     void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const int32_t* bias,
                   const int32_t* zb, const i8r_requant_t* rq, uint8_t* y, uint8_t* scratch,
-                  int isa, i8r_parallel_fn par, void* pool) nogil
+                  int isa, i8r_pool_t* pool) nogil
     void i8r_gemm(const i8r_gemm_t* g, const uint8_t* x, const uint8_t* w,
                   const int32_t* bias, const int32_t* zb, const i8r_requant_t* rq, uint8_t* y,
-                  uint8_t* scratch, int isa, i8r_parallel_fn par, void* pool) nogil
+                  uint8_t* scratch, int isa, i8r_pool_t* pool) nogil
 
 ISA_NAMES = tuple(I8R_ISA_NAMES[i].decode() for i in range(I8R_N_ISA))
 OUT_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16}
@@ -72,8 +75,25 @@ def _out(q: dict, shape) -> np.ndarray:
     return np.zeros(shape, dtype)
 
 
+cdef class Pool:
+    """Worker threads for `threads` > 1 (a deterministic split: same results as one)."""
+    cdef i8r_pool_t* pool
+
+    def __cinit__(self, int threads):
+        self.pool = i8r_pool_new(threads)
+        if self.pool == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        i8r_pool_free(self.pool)
+
+
+cdef i8r_pool_t* _pool(object pool):
+    return NULL if pool is None else (<Pool>pool).pool
+
+
 def conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, zb: np.ndarray, geometry: dict,
-         requant: dict, isa: str) -> np.ndarray:
+         requant: dict, isa: str, pool=None) -> np.ndarray:
     """One Conv: x [N, C, H, W] int8/uint8, packed weights (qgemm_pack.conv/depthwise),
     geometry keys as i8r_conv_t, requant keys as i8r_requant_t with per-channel arrays."""
     cdef i8r_conv_t c
@@ -91,15 +111,16 @@ def conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, zb: np.ndarray, g
     cdef uint8_t[::1] yb = y.reshape(-1).view(np.uint8)
     cdef uint8_t[::1] scratch = np.zeros(i8r_conv_scratch(&c) + 64, np.uint8)
     cdef int i = isa_index(isa)
+    cdef i8r_pool_t* p = _pool(pool)
     if xb.shape[0] != c.N * c.C * c.H * c.W or bb.shape[0] < c.M or zbb.shape[0] < c.M:
         raise ValueError("conv: input, bias or zb has the wrong size")
     with nogil:
-        i8r_conv(&c, &xb[0], &wb[0], &bb[0], &zbb[0], &r, &yb[0], &scratch[0], i, NULL, NULL)
+        i8r_conv(&c, &xb[0], &wb[0], &bb[0], &zbb[0], &r, &yb[0], &scratch[0], i, p)
     return y
 
 
 def gemm(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, zb: np.ndarray, N: int,
-         requant: dict, isa: str) -> np.ndarray:
+         requant: dict, isa: str, pool=None) -> np.ndarray:
     """One Gemm: x [Mr, K] int8/uint8 times packed weights (qgemm_pack.gemm) -> [Mr, N]."""
     cdef i8r_gemm_t g
     cdef i8r_requant_t r
@@ -118,6 +139,7 @@ def gemm(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, zb: np.ndarray, N
     cdef uint8_t[::1] yb = y.reshape(-1).view(np.uint8)
     cdef uint8_t[::1] scratch = np.zeros(i8r_gemm_scratch(&g) + 64, np.uint8)
     cdef int i = isa_index(isa)
+    cdef i8r_pool_t* p = _pool(pool)
     with nogil:
-        i8r_gemm(&g, &xb[0], &wb[0], &bb[0], &zbb[0], &r, &yb[0], &scratch[0], i, NULL, NULL)
+        i8r_gemm(&g, &xb[0], &wb[0], &bb[0], &zbb[0], &r, &yb[0], &scratch[0], i, p)
     return y

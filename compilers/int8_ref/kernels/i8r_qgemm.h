@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "i8r_isa.h"
+#include "i8r_pool.h"
 #include "i8r_requant.h"
 
 static inline int32_t i8r_ld32(const void* p) {
@@ -531,7 +532,7 @@ typedef struct {
 /* Sizes derived from the geometry. The packed input covers rows and columns
    [-pt, Hp - pt) x [-pl, Wp - pl): every tap of every output. */
 typedef struct {
-    int64_t Cg, Mg, Cq, taps, K, Kq, Mb, Hp, Wp, direct, cols, QS;
+    int64_t Cg, Mg, Cq, taps, K, Kq, Mb, Hp, Wp, direct, cols, QS, plane;
 } i8r_conv_dims_t;
 
 static i8r_conv_dims_t i8r_conv_dims(const i8r_conv_t* c) {
@@ -551,6 +552,8 @@ static i8r_conv_dims_t i8r_conv_dims(const i8r_conv_t* c) {
     else
         d.cols = d.direct ? c->OH * d.Wp : c->rows * c->OW;
     d.QS = (d.cols + 15) / 16 * 16 + 16; /* im2col row stride: +16 keeps it off powers of 2 */
+    /* depthwise: one int16 plane per input channel + the widest over-read of a vector step */
+    d.plane = (d.Hp * d.Wp + 128 + (c->kw - 1) * c->dw + 31) / 32 * 32;
     return d;
 }
 
@@ -566,8 +569,8 @@ static i8r_conv_scratch_t i8r_conv_scratch_layout(const i8r_conv_t* c) {
     i8r_conv_scratch_t s;
     int64_t np = (d.cols + 15) / 16, off = 0;
     s.x4 = off;
-    if (c->depthwise) /* the int16 plane + the widest over-read of a vector step */
-        off += i8r_align64((d.Hp * d.Wp + 128 + (c->kw - 1) * c->dw) * 2);
+    if (c->depthwise)
+        off += i8r_align64(c->C * d.plane * 2);
     else /* the packed input + a column's tap window past the last plane, + one panel */
         off += i8r_align64((d.Cq * d.Hp * d.Wp + 32 + (c->kw - 1) * c->dw) * 4);
     s.cols = off;
@@ -696,14 +699,9 @@ static int i8r_any_nonzero(const int32_t* v, int64_t n) {
     return 0;
 }
 
-/* A split of work items [0, n) over threads: fn(ctx, begin, end) once per part. */
-typedef void (*i8r_range_fn)(void* ctx, int64_t begin, int64_t end);
-typedef void (*i8r_parallel_fn)(void* pool, i8r_range_fn fn, void* ctx, int64_t n);
-
-static void i8r_serial(void* pool, i8r_range_fn fn, void* ctx, int64_t n) {
-    (void)pool;
-    fn(ctx, 0, n);
-}
+/* Below this many multiply-accumulates per call an op runs on the caller alone: waking the
+   workers would cost more than it saves. */
+#define I8R_POOL_MIN_MACS (1 << 20)
 
 typedef struct {
     int isa;
@@ -719,22 +717,22 @@ typedef struct {
     int isa;
     const i8r_conv_t* c;
     const i8r_conv_dims_t* d;
-    i8r_dwplan_t* dp;
-    const int16_t* plane;
+    const i8r_dwplan_t* dp;
+    const int16_t* planes; /* the image's, one per input channel, `stride` apart */
+    int64_t stride;
     const int16_t* w;
     uint8_t* y; /* the image's output */
-    int64_t ci;
 } i8r_dw_job_t;
 
 static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
     const i8r_dw_job_t* j = (const i8r_dw_job_t*)ctx;
     i8r_dwplan_t dp = *j->dp;
-    int64_t mi;
-    for (mi = b; mi < e; mi++) {
-        int64_t ch = j->ci * j->d->Mg + mi;
+    int64_t ch;
+    for (ch = b; ch < e; ch++) {
         dp.cp.ch0 = ch;
         dp.cp.y = j->y + ch * dp.cp.map.plane * dp.cp.esz;
-        i8r_dw_run(j->isa, &dp, j->plane, ch, j->w + ch * j->d->taps, j->c->sw);
+        i8r_dw_run(j->isa, &dp, j->planes + (ch / j->d->Mg) * j->stride, ch,
+                   j->w + ch * j->d->taps, j->c->sw);
     }
 }
 
@@ -742,7 +740,7 @@ static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
    [M][taps] (w - wzp); `bias`, `zb`: [M] folded (depthwise: the plain bias, zb unused). */
 static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const int32_t* bias,
                      const int32_t* zb, const i8r_requant_t* rq, uint8_t* y, uint8_t* scratch,
-                     int isa, i8r_parallel_fn par, void* pool) {
+                     int isa, i8r_pool_t* pool) {
     i8r_conv_dims_t d = i8r_conv_dims(c);
     i8r_conv_scratch_t sl = i8r_conv_scratch_layout(c);
     int64_t* koff = (int64_t*)(scratch + sl.koff);
@@ -754,12 +752,12 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
     uint8_t flip = c->x_signed ? 0x80 : 0, xzpu = (uint8_t)(c->xzp ^ flip);
     i8r_cplan_t cp;
     memset(&cp, 0, sizeof cp);
-    if (!par) par = i8r_serial;
     cp.rq = rq;
     cp.esz = esz;
     cp.pan = pan;
     cp.map.jofs = 0;
     cp.map.plane = P;
+    if (c->N * c->M * P * d.K < I8R_POOL_MIN_MACS) pool = NULL;
 
     if (c->depthwise) {
         i8r_dwplan_t dp;
@@ -785,15 +783,15 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         job.c = c;
         job.d = &d;
         job.dp = &dp;
-        job.plane = plane;
+        job.planes = plane;
+        job.stride = d.plane;
         job.w = (const int16_t*)w;
-        for (n = 0; n < c->N; n++)
-            for (ci = 0; ci < c->C; ci++) {
-                i8r_pack_plane(isa, c, &d, x + (n * c->C + ci) * HW, plane);
-                job.y = y + n * c->M * P * esz;
-                job.ci = ci;
-                par(pool, i8r_dw_job, &job, d.Mg);
-            }
+        for (n = 0; n < c->N; n++) {
+            for (ci = 0; ci < c->C; ci++)
+                i8r_pack_plane(isa, c, &d, x + (n * c->C + ci) * HW, plane + ci * d.plane);
+            job.y = y + n * c->M * P * esz;
+            i8r_pool_run(pool, i8r_dw_job, &job, c->M);
+        }
         return;
     }
 
@@ -820,7 +818,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
                 cp.w = (const int8_t*)w + g * d.Mb * d.Kq * 64;
                 cp.ch0 = g * d.Mg;
                 cp.y = y + (n * c->M + g * d.Mg) * P * esz;
-                par(pool, i8r_conv_job, &job, d.Mb);
+                i8r_pool_run(pool, i8r_conv_job, &job, d.Mb);
             }
         return;
     }
@@ -849,7 +847,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
                                d.QS);
                     if (need_colsum) i8r_colsum(cols, bkoff, d.Kq, (ncols + 15) / 16 * 16, colsum);
                     cp.y = y + ((n * c->M + g * d.Mg) * P + oy0 * c->OW) * esz;
-                    par(pool, i8r_conv_job, &job, d.Mb);
+                    i8r_pool_run(pool, i8r_conv_job, &job, d.Mb);
                 }
             }
     }
@@ -879,12 +877,11 @@ static void i8r_gemm_job(void* ctx, int64_t b, int64_t e) {
    row (their weights are 0; the arena has slack after its last tensor). */
 static void i8r_gemm(const i8r_gemm_t* g, const uint8_t* x, const uint8_t* w,
                      const int32_t* bias, const int32_t* zb, const i8r_requant_t* rq,
-                     uint8_t* y, uint8_t* scratch, int isa, i8r_parallel_fn par, void* pool) {
+                     uint8_t* y, uint8_t* scratch, int isa, i8r_pool_t* pool) {
     i8r_gplan_t gp;
     i8r_gemm_job_t job = {isa, &gp};
     int64_t Nb = (g->N + 15) / 16, r, k;
     int32_t* rowsum = (int32_t*)scratch;
-    if (!par) par = i8r_serial;
     gp.Mr = g->Mr;
     gp.K = g->K;
     gp.N = g->N;
@@ -897,6 +894,7 @@ static void i8r_gemm(const i8r_gemm_t* g, const uint8_t* x, const uint8_t* w,
     gp.rq = rq;
     gp.y = y;
     gp.rowsum = NULL;
+    if (g->Mr * g->K * g->N < I8R_POOL_MIN_MACS) pool = NULL;
     if (g->x_signed || i8r_any_nonzero(zb, g->N)) {
         for (r = 0; r < g->Mr; r++) {
             int32_t s = 0;
@@ -909,7 +907,7 @@ static void i8r_gemm(const i8r_gemm_t* g, const uint8_t* x, const uint8_t* w,
         }
         gp.rowsum = rowsum;
     }
-    par(pool, i8r_gemm_job, &job, Nb);
+    i8r_pool_run(pool, i8r_gemm_job, &job, Nb);
 }
 
 #endif

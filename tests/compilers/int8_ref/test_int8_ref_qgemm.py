@@ -238,3 +238,32 @@ def test_saturation_prone_values_are_exact_on_every_path(x_signed):
     for isa in _qgemm.supported_isas():
         got = _qgemm.conv(xc, packed.weights, packed.bias, packed.zb, conv, rq, isa)
         assert np.array_equal(got, want), isa
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_the_same_bytes(threads):
+    """Output-channel blocks split over threads: identical to one thread, on every path (the
+    shapes are large enough that the pool is used)."""
+    rng = np.random.default_rng(11)
+    pool = _qgemm.Pool(threads)
+    isas = _qgemm.supported_isas()
+    for depthwise, C, M, hw in ((False, 64, 70, 28), (True, 64, 64, 56)):
+        x = rng.integers(-128, 128, (2, C, hw, hw)).astype(np.int8)
+        w = rng.integers(-128, 128, (M, 1 if depthwise else C, 3, 3)).astype(np.int8)
+        bias, wzp = rng.integers(-5000, 5000, M).astype(np.int32), np.zeros(M, np.int64)
+        g = dict(N=2, C=C, H=hw, W=hw, M=M, kh=3, kw=3, sh=1, sw=1, pt=1, pl=1, dh=1, dw=1,
+                 G=C if depthwise else 1, OH=hw, OW=hw, xzp=-3, depthwise=int(depthwise),
+                 rows=4)
+        p = (qgemm_pack.depthwise(w, wzp, bias) if depthwise
+             else qgemm_pack.conv(w, wzp, bias, 1, -3, True))
+        rq = requant_params(rng, M, 1, 1)
+        for isa in isas:
+            one = _qgemm.conv(x, p.weights, p.bias, p.zb, g, rq, isa)
+            assert _qgemm.conv(x, p.weights, p.bias, p.zb, g, rq, isa, pool).tobytes() == one.tobytes()
+    case = random_gemm(rng, shape=(64, 512, 300))
+    rq = requant_params(rng, 300, 0, int(case[0].dtype == np.int8))
+    for isa in isas:
+        one = run_gemm(case, rq, isa)
+        x, w, _, _, _, p = case
+        many = _qgemm.gemm(x, p.weights, p.bias, p.zb, w.shape[0], rq, isa, pool)
+        assert many.tobytes() == one.tobytes()
