@@ -36,6 +36,24 @@ cdef extern from "kernels/i8r_qgemm.h":
                   const int32_t* bias, const int32_t* zb, const i8r_requant_t* rq, uint8_t* y,
                   uint8_t* scratch, int isa, i8r_pool_t* pool) nogil
 
+cdef extern from "kernels/i8r_eltwise.h":
+    ctypedef struct i8r_quantize_t:
+        int64_t n
+        float scale
+        int32_t zp, qmin, qmax, out_code
+    ctypedef struct i8r_add_t:
+        int32_t mode, x_signed, off, left_shift, azp, bzp, yzp, qmin, qmax
+        float rac, rbc, fixed
+        int32_t mult_a, shift_a, mult_b, shift_b, mult_y, shift_y
+    ctypedef struct i8r_maxpool_t:
+        int64_t N, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW
+        int32_t x_signed
+    void i8r_quantize(int isa, const i8r_quantize_t* q, const float* x, uint8_t* y) nogil
+    void i8r_add(int isa, const i8r_add_t* p, const uint8_t* A, int64_t asi, const uint8_t* B,
+                 int64_t bsi, uint8_t* y, int64_t n) nogil
+    int64_t i8r_maxpool_scratch(const i8r_maxpool_t* p) nogil
+    int i8r_maxpool(const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y, uint8_t* row) nogil
+
 ISA_NAMES = tuple(I8R_ISA_NAMES[i].decode() for i in range(I8R_N_ISA))
 OUT_DTYPES = {0: np.uint8, 1: np.int8, 2: np.int16}
 
@@ -143,3 +161,47 @@ def gemm(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, zb: np.ndarray, N
     with nogil:
         i8r_gemm(&g, &xb[0], &wb[0], &bb[0], &zbb[0], &r, &yb[0], &scratch[0], i, p)
     return y
+
+
+def quantize(x: np.ndarray, scale: float, zp: int, qmin: int, qmax: int, out_code: int,
+             isa: str) -> np.ndarray:
+    """QuantizeLinear of float32 x (i8r_eltwise.h)."""
+    cdef i8r_quantize_t q
+    q.n, q.scale, q.zp, q.qmin, q.qmax, q.out_code = x.size, scale, zp, qmin, qmax, out_code
+    cdef const float[::1] xb = np.ascontiguousarray(x, np.float32).reshape(-1)
+    y = np.zeros(x.shape, OUT_DTYPES[out_code])
+    cdef uint8_t[::1] yb = y.reshape(-1).view(np.uint8)
+    cdef int i = isa_index(isa)
+    with nogil:
+        i8r_quantize(i, &q, &xb[0], &yb[0])
+    return y
+
+
+def add(a: np.ndarray, b: np.ndarray, params: dict, isa: str) -> np.ndarray:
+    """One Add span: a and b 1-D int8/uint8 of the output's length, or of length 1 (a scalar
+    side, stride 0)."""
+    cdef i8r_add_t p = {**params, "x_signed": int(a.dtype == np.int8)}
+    cdef int64_t n = max(a.size, b.size)
+    cdef const uint8_t[::1] ab = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    cdef const uint8_t[::1] bb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    y = np.zeros(n, a.dtype)
+    cdef uint8_t[::1] yb = y.view(np.uint8)
+    cdef int64_t asi = 1 if a.size == n else 0, bsi = 1 if b.size == n else 0
+    cdef int i = isa_index(isa)
+    with nogil:
+        i8r_add(i, &p, &ab[0], asi, &bb[0], bsi, &yb[0], n)
+    return y
+
+
+def maxpool(x: np.ndarray, geometry: dict):
+    """MaxPool of x [N, C, H, W] int8/uint8, or None where the scalar form must run."""
+    cdef i8r_maxpool_t p = {**{k: int(v) for k, v in geometry.items()},
+                            "x_signed": int(x.dtype == np.int8)}
+    cdef const uint8_t[::1] xb = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+    y = np.zeros((p.N, p.C, p.OH, p.OW), x.dtype)
+    cdef uint8_t[::1] yb = y.reshape(-1).view(np.uint8)
+    cdef uint8_t[::1] row = np.zeros(i8r_maxpool_scratch(&p), np.uint8)
+    cdef int done
+    with nogil:
+        done = i8r_maxpool(&p, &xb[0], &yb[0], &row[0])
+    return y if done else None

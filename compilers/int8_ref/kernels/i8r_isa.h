@@ -34,8 +34,8 @@ static int i8r_isa_supported(int isa) {
     switch (isa) {
     case I8R_SSE41:
         return __builtin_cpu_supports("sse4.1") != 0;
-    case I8R_AVX2:
-        return __builtin_cpu_supports("avx2") != 0;
+    case I8R_AVX2: /* every AVX2 kernel may use FMA3 (Add's fused multiply-adds) */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case I8R_AVX512VNNI:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
                && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kernel_reference import f2q, mbqm, wrap32
 from tapeout.compilers.int8_ref import _qgemm, qgemm_pack
 
 VECTOR_ISAS = [isa for isa in _qgemm.supported_isas() if isa != "portable"]
-I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def test_paths_and_default():
@@ -48,23 +48,6 @@ def conv_acc(x, w, wzp, bias, xzp, g):
     return acc
 
 
-def wrap32(v):
-    return ((np.asarray(v, np.int64) - I32_MIN) % (1 << 32) + I32_MIN).astype(np.int64)
-
-
-def mbqm(x, m, shift):
-    """TFLite MultiplyByQuantizedMultiplier, elementwise, in int64."""
-    x, m, shift = (np.asarray(a, np.int64) for a in np.broadcast_arrays(x, m, shift))
-    ls, rs = np.maximum(shift, 0), np.maximum(-shift, 0)
-    xs = np.clip(x * (1 << ls), I32_MIN, I32_MAX)
-    ab = xs * m
-    t = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    hi = np.where(t >= 0, t >> 31, -((-t) >> 31))
-    hi = np.where((xs == I32_MIN) & (m == I32_MIN), I32_MAX, hi)
-    mask = (1 << rs) - 1
-    return (hi >> rs) + ((hi & mask) > (mask >> 1) + (hi < 0))
-
-
 def requantize(acc, rq, channel_axis):
     """Expected 8-bit outputs of int32 accumulators (modes 0 and 1)."""
     shape = [1] * acc.ndim
@@ -72,8 +55,7 @@ def requantize(acc, rq, channel_axis):
     n = acc.shape[channel_axis]
     if rq["mode"] == 0:
         v = acc.astype(np.float32) * np.asarray(rq["scale"][:n], np.float32).reshape(shape)
-        v = np.clip(v, np.float32(rq["qmin"] - rq["zp"]), np.float32(rq["qmax"] - rq["zp"]))
-        return (np.rint(v).astype(np.int64) + rq["zp"])
+        return f2q(v, rq["zp"], rq["qmin"], rq["qmax"])
     r = mbqm(acc, rq["mult"][:n].reshape(shape), rq["shift"][:n].reshape(shape))
     return np.clip(r + rq["zp"], rq["qmin"], rq["qmax"])
 
