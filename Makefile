@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.tapeout-installed
-BUILD_INPUTS := pyproject.toml setup.py examples/vendor-plugin/pyproject.toml $(wildcard compilers/*/*.pyx compilers/*/*.pxd)
+BUILD_INPUTS := pyproject.toml setup.py examples/vendor-plugin/pyproject.toml $(wildcard compilers/*/*.pyx compilers/*/*.pxd compilers/*/kernels/*)
 
 .PHONY: run test test-quick clean
 

@@ -4,11 +4,14 @@
     python fuzz/run_atheris.py config  fuzz/corpus/config  -max_total_time=3600
     python fuzz/run_atheris.py record  fuzz/corpus/record  -max_total_time=3600
     python fuzz/run_atheris.py bundle  fuzz/corpus/bundle  -max_total_time=3600 -timeout=30
+    python fuzz/run_atheris.py int8-image fuzz/corpus/int8 -max_total_time=3600 -timeout=10
     python fuzz/run_atheris.py config crash-<sha1>           # replay one finding
 
 Everything after the target name goes to libFuzzer (corpus folders, -runs=N,
--max_total_time=S, -jobs=N). A finding is written as crash-<sha1> in the working directory;
-turn it into a regression case in tests/hardening/test_hardening_fuzz.py.
+-max_total_time=S, -jobs=N). A finding is written as crash-<sha1> in the working directory
+(timeout-<sha1> for an input that ran longer than -timeout: `int8-image` loads and runs the
+image in this process, and libFuzzer's timer sees a kernel that never returns); turn it into
+a regression case in tests/hardening/test_hardening_fuzz.py.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ with atheris.instrument_imports():
     import tapeout.artifacts.compiled  # noqa: F401
     import tapeout.artifacts.policy  # noqa: F401
     import tapeout.artifacts.signing  # noqa: F401
+    import tapeout.compilers.int8_ref.artifact_format  # noqa: F401
+    import tapeout.compilers.int8_ref.validate  # noqa: F401
     import tapeout.flows.config  # noqa: F401
 
 import targets  # noqa: E402
@@ -59,7 +64,21 @@ def bundle(data: bytes) -> None:
     targets.bundle_verifier(_SIGNED[0], mutations, WORKDIR)
 
 
-TARGETS = {"config": config, "record": record, "bundle": bundle}
+_SEED: list[tuple[bytes, list[targets.ImageField]]] = []
+
+
+def int8_image(data: bytes) -> None:
+    if not _SEED:
+        seed = targets.int8_seed_image(WORKDIR / "int8")
+        _SEED.append((seed, targets.image_fields(seed)))
+    seed, fields = _SEED[0]
+    provider = atheris.FuzzedDataProvider(data)
+    changes = [(fields[provider.ConsumeIntInRange(0, len(fields) - 1)], provider.ConsumeInt(8))
+               for _ in range(provider.ConsumeIntInRange(1, 3))]
+    targets.load_and_run(targets.forge(seed, changes))
+
+
+TARGETS = {"config": config, "record": record, "bundle": bundle, "int8-image": int8_image}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

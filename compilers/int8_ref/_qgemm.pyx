@@ -6,7 +6,7 @@ plain integer reference. The firmware engine calls the same C functions."""
 from libc.stdint cimport int8_t, uint8_t, int16_t, int32_t, int64_t
 import numpy as np
 
-cdef extern from "kernels/i8r_qgemm.h":
+cdef extern from "i8r_qgemm.h":
     int I8R_N_ISA
     const char* I8R_ISA_NAMES[]
     int i8r_isa_supported(int isa) nogil
@@ -36,7 +36,7 @@ cdef extern from "kernels/i8r_qgemm.h":
                   const int32_t* bias, const int32_t* zb, const i8r_requant_t* rq, uint8_t* y,
                   uint8_t* scratch, int isa, i8r_pool_t* pool) nogil
 
-cdef extern from "kernels/i8r_eltwise.h":
+cdef extern from "i8r_eltwise.h":
     ctypedef struct i8r_quantize_t:
         int64_t n
         float scale

@@ -53,7 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .exceptions import ArtifactRejected, FirmwareTooOld
-from .opset import MAX_FLOATS, MAX_INTS, N_CONSTS, N_INPUTS, PARAMS, Kind
+from .kernel_abi import MAX_FLOATS, MAX_INTS
+from .opset import N_CONSTS, N_INPUTS, PARAMS, Kind
 
 MAGIC = b"INT8REF\0"
 FORMAT_VERSION = 2  # the newest version this module writes and reads

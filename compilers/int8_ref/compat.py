@@ -12,64 +12,22 @@ from pathlib import Path
 import onnx
 
 from .exceptions import Incompatibility
-from .lowering import SUPPORTED_OPS, Lowering, LoweringError
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+from .lowering import DOMAINS, Lowering
+from .opset import ONNX_OPS
+from .program import LoweringError
 
 
 def _static_checks(node) -> list[Incompatibility]:
-    """Attribute rules that do not need shapes: every violation, not just the first."""
-    out = []
+    """Attribute rules that do not need shapes (each op module's OnnxOp.rules): every
+    violation, not just the first."""
     name, op = node.name or (node.output[0] if node.output else "?"), node.op_type
-
-    def bad(attr, why):
-        out.append(Incompatibility(name, op, attr, why))
-
-    if node.domain not in ("", "ai.onnx", "com.microsoft") or op not in SUPPORTED_OPS:
+    entry = ONNX_OPS.get(op)
+    if node.domain not in DOMAINS or entry is None:
         dom = f"{node.domain}." if node.domain else ""
-        bad("", f"operator {dom}{op} is not supported by int8-ref")
-        return out
-    if op in ("Conv", "QLinearConv", "ConvInteger", "MaxPool", "AveragePool"):
-        ks = _attr(node, "kernel_shape")
-        if ks is not None and len(ks) != 2:
-            bad("kernel_shape", f"{len(ks)}-D kernels are not supported (2-D only)")
-        ap = _attr(node, "auto_pad", b"NOTSET")
-        ap = ap.decode() if isinstance(ap, bytes) else ap
-        if ap not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER", ""):
-            bad("auto_pad", f"auto_pad {ap} is not supported")
-    if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
-        bad("Indices", "the Indices output is not supported")
-    if op == "AveragePool":
-        d = _attr(node, "dilations")
-        if d is not None and any(v != 1 for v in d):
-            bad("dilations", "dilated average pooling is not supported")
-    if op == "Gemm":
-        if _attr(node, "transA", 0):
-            bad("transA", "transA=1 is not supported")
-        if float(_attr(node, "alpha", 1.0)) != 1.0:
-            bad("alpha", "alpha must be 1")
-        if float(_attr(node, "beta", 1.0)) != 1.0:
-            bad("beta", "beta must be 1")
-    if op == "Pad":
-        m = _attr(node, "mode", b"constant")
-        m = m.decode() if isinstance(m, bytes) else m
-        if m != "constant":
-            bad("mode", f"mode {m} is not supported (constant only)")
-    if op == "Resize":
-        m = _attr(node, "mode", b"nearest")
-        m = m.decode() if isinstance(m, bytes) else m
-        if m != "nearest":
-            bad("mode", f"mode {m} is not supported (nearest only)")
-    if op == "Dropout" and len(node.output) > 1 and node.output[1]:
-        bad("mask", "the mask output is not supported")
-    if op == "Softmax" and _attr(node, "axis", -1) not in (-1,):
-        pass  # checked with shapes during lowering
-    return out
+        return [Incompatibility(name, op, "",
+                                f"operator {dom}{op} is not supported by int8-ref")]
+    return [Incompatibility(name, op, attribute, reason)
+            for attribute, reason in entry.rules(node)]
 
 
 def report_for_model(model: onnx.ModelProto, input_shapes=None,
@@ -98,8 +56,6 @@ def report_for_model(model: onnx.ModelProto, input_shapes=None,
         problems.extend(low.problems)
     except LoweringError as exc:  # graph-level (inputs / outputs)
         problems.append(exc.problem)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        problems.append(Incompatibility("<graph>", "", "", f"cannot be lowered: {exc}"))
     return problems
 
 

@@ -1,4 +1,4 @@
-"""The int8-ref compiler plugin: capabilities(), compile(), load() (DESIGN §4, §5)."""
+"""The int8-ref compiler plugin: capabilities(), compile(), load()."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from .artifact_format import INT16_VERSION, format_version_for, parse_revision, 
 from .compat import ort_float_nodes, report_for_model
 from .cost import program_cost
 from .exceptions import ArtifactRejected, IncompatibleModel
-from .lowering import ONNX_DTYPES, SUPPORTED_OPS, LoweringError, lower
+from .lowering import lower
 from .memory_plan import plan_memory
-from .opset import Kind
+from .opset import KERNELS, ONNX_OPS, Kind
+from .program import ONNX_DTYPES, LoweringError
 from .runtime import FIRMWARE_REVISION, Int8Runner, load_image
 
 __version__ = "0.1.0"
@@ -26,8 +27,6 @@ MIN_FIRMWARE = "1.0.0"  # the oldest firmware that runs what this compiler write
 INT16_FIRMWARE = "1.1.0"  # the first firmware that reads format version 2 (int16 tensors)
 DEFAULT_REQUANT = "fixed-point"
 OPTIONS = {"requant": ("ort", "fixed-point")}
-MS_OPS = {"QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
-          "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
 
 
 class Int8ReferenceCompiler:
@@ -37,7 +36,8 @@ class Int8ReferenceCompiler:
     version = __version__
 
     def capabilities(self) -> Capabilities:
-        ops = frozenset(f"com.microsoft.{o}" if o in MS_OPS else o for o in SUPPORTED_OPS)
+        ops = frozenset(f"{entry.domain}.{op}" if entry.domain else op
+                        for op, entry in ONNX_OPS.items())
         return Capabilities(
             operators=ops,
             input_formats=frozenset({"qdq", "qoperator"}),
@@ -74,7 +74,8 @@ class Int8ReferenceCompiler:
           requantization multipliers and tables excluded) and `batch`, all ints (divide by
           `batch` for one sample); `source` says what was counted.
         - The artifact needs firmware 1.0.0 (format 1), or 1.1.0 when it has int16 tensors
-          (format 2); a target on older firmware is refused at compile time.
+          (format 2), or the revision an op kind it uses was added in (KernelSpec.firmware)
+          when that is newer; a target on older firmware is refused at compile time.
 
         Raises:
             InvalidInput: bad options or an unreadable model.
@@ -120,6 +121,15 @@ class Int8ReferenceCompiler:
             raise CompilationFailed(
                 f"target {target.name!r} runs firmware {target.firmware_revision}; this program has "
                 f"int16 tensors (artifact format {format_version}), which need firmware {needed} or newer")
+        for op in prog.ops:  # a kind newer than the format needs a newer firmware too
+            kernel = KERNELS[op.kind]
+            if parse_revision(kernel.firmware) > parse_revision(needed):
+                needed = kernel.firmware
+            if fw < parse_revision(kernel.firmware):
+                raise CompilationFailed(
+                    f"target {target.name!r} runs firmware {target.firmware_revision}; node "
+                    f"{op.node!r} compiles to a {kernel.name} op, which needs firmware "
+                    f"{kernel.firmware} or newer")
         plan = plan_memory(prog, target.memory_budget_bytes)
         image = write_image(
             compiler=self.name, compiler_version=self.version, requant=opts["requant"],

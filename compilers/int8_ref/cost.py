@@ -16,33 +16,24 @@ counts.
                    and constant 8-bit operands (LOAD_CONST); per-channel requantization
                    multipliers and lookup tables are not counted
     batch          the batch the program was compiled for (first dimension of the first input)
+
+Each op kind counts its own MACs and weight bytes (KernelSpec.cost in ops/<op>.py).
 """
 
 from __future__ import annotations
 
-from .lowering import Program
-from .opset import PARAMS, Kind
-
-WEIGHT_ITEMSIZE = 1  # Conv/Gemm weights are int8/uint8 (lowering refuses anything else)
-BIAS_ITEMSIZE = 4  # int32 bias
+from .opset import KERNELS
+from .program import Program
 
 
 def program_cost(prog: Program) -> dict[str, int]:
     """{"macs", "bytes_read", "bytes_written", "weight_bytes", "batch"} for one run."""
     macs = activation_read = written = weights = 0
     for op in prog.ops:
-        p = {k: int(op.ints[k]) for k in PARAMS[op.kind]}
-        if op.kind == Kind.CONV:
-            k = p["C"] // p["groups"] * p["kh"] * p["kw"]
-            macs += p["N"] * p["M"] * p["OH"] * p["OW"] * k
-            weights += p["M"] * k * WEIGHT_ITEMSIZE + p["M"] * BIAS_ITEMSIZE
-        elif op.kind == Kind.GEMM:
-            macs += p["M"] * p["K"] * p["N"]
-            weights += p["N"] * p["K"] * WEIGHT_ITEMSIZE + p["N"] * BIAS_ITEMSIZE
-        elif op.kind == Kind.MATMUL:
-            macs += p["B"] * p["M"] * p["K"] * p["N"]
-        elif op.kind == Kind.LOAD_CONST:
-            weights += p["nbytes"]
+        kernel = KERNELS[op.kind]
+        op_macs, op_weights = kernel.cost({k: int(op.ints[k]) for k in kernel.params})
+        macs += op_macs
+        weights += op_weights
         activation_read += sum(prog.tensors[t].nbytes for t in op.inputs)
         written += prog.tensors[op.output].nbytes
     batch = 1
@@ -55,4 +46,3 @@ def program_cost(prog: Program) -> dict[str, int]:
         "weight_bytes": int(weights),
         "batch": batch,
     }
-

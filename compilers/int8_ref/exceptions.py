@@ -1,4 +1,4 @@
-"""The errors int8-ref raises, each carrying its subject (STYLE §10)."""
+"""The errors int8-ref raises, each carrying its subject."""
 
 from __future__ import annotations
 

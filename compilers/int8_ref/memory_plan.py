@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .exceptions import MemoryBudgetExceeded
-from .lowering import Program
+from .program import Program
 
 ALIGN = 16
 

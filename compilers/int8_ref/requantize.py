@@ -1,6 +1,6 @@
-"""Requantization parameters, computed once at compile time ("prepare", STYLE §2).
+"""Requantization parameters, computed once at compile time (the ops' "prepare" step).
 
-Two named modes (STYLE §4), recorded in every artifact header:
+Two named modes, recorded in every artifact header:
 
 ``ort``
     ONNX Runtime's CPU kernels (MLAS): the int32 accumulator (bias included) is converted to
@@ -119,3 +119,25 @@ def add_params(a_scale: float, b_scale: float, y_scale: float, a_zp: int, b_zp: 
         "mult_a": ma, "shift_a": sha, "mult_b": mb, "shift_b": shb,
         "mult_y": my, "shift_y": shy, "left_shift": left_shift,
     }
+
+
+def multiply_by_quantized_multiplier(x: int, m: int, shift: int) -> int:
+    """Python model of TFLite's MultiplyByQuantizedMultiplier (double rounding), as the
+    kernels apply it (kernels/fixed_point.h, i8r_mbqm): for tables built at compile time and
+    for tests."""
+    ls, rs = (shift, 0) if shift > 0 else (0, -shift)
+    x = max(-(1 << 31), min((1 << 31) - 1, x * (1 << ls)))
+    if x == m == -(1 << 31):
+        hi = (1 << 31) - 1
+    else:
+        ab = x * m
+        nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+        v = ab + nudge
+        hi = abs(v) >> 31
+        hi = hi if v >= 0 else -hi
+    if rs == 0:
+        return hi
+    mask = (1 << rs) - 1
+    rem = hi & mask
+    thr = (mask >> 1) + (1 if hi < 0 else 0)
+    return (hi >> rs) + (1 if rem > thr else 0)

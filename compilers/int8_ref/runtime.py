@@ -17,7 +17,7 @@ from ..errors import InvalidInput
 from . import _kernels
 from .artifact_format import Image, read_image
 from .exceptions import ArtifactRejected
-from .opset import MAX_INTS
+from .kernel_abi import MAX_CONSTS, MAX_FLOATS, MAX_INPUTS, MAX_INTS
 
 FIRMWARE_REVISION = _kernels.FIRMWARE_REVISION
 
@@ -39,10 +39,10 @@ class Int8Runner:
         n = len(image.ops)
         kinds = np.zeros(n, np.int32)
         ints = np.zeros((n, MAX_INTS), np.int64)
-        floats = np.zeros((n, 4), np.float32)
-        inp = np.zeros((n, 2), np.int64)
+        floats = np.zeros((n, MAX_FLOATS), np.float32)
+        inp = np.zeros((n, MAX_INPUTS), np.int64)
         out = np.zeros(n, np.int64)
-        cofs = np.zeros((n, 4), np.int64)
+        cofs = np.zeros((n, MAX_CONSTS), np.int64)
         for i, op in enumerate(image.ops):
             kinds[i] = int(op.kind)
             ints[i, :len(op.ints)] = op.ints

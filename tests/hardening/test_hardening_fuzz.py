@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,62 @@ def test_untouched_and_rewritten_identically_bundles_verify(signed, tmp_path):
     data = (signed.path / "compiled" / "model.bin").read_bytes()
     index = signed.files.index("compiled/model.bin")
     targets.bundle_verifier(signed, [("overwrite", index, 0, data)], tmp_path)
+
+
+# -- int8-ref image loader --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_seed(tmp_path_factory):
+    """A real int8-ref image (most kernel kinds) and its mutable fields."""
+    image = targets.int8_seed_image(tmp_path_factory.mktemp("int8-seed"))
+    return image, targets.image_fields(image)
+
+
+@pytest.fixture(scope="module")
+def image_worker():
+    worker = targets.ImageWorker(timeout=10.0)
+    yield worker
+    worker.close()
+
+
+# Around the limits the loader checks: signs, type codes, the window bound, int32 and int64.
+EXTREMES = (-1, 0, 1 << 20, (1 << 31) - 1)
+field_value = st.sampled_from(EXTREMES + (1, 2, 3, 255, 40000, 1 << 31, -(1 << 31), 1 << 62)) \
+    | st.integers(-(1 << 63), (1 << 63) - 1)
+
+
+@FUZZ
+@given(mutations=st.lists(st.tuples(st.integers(0, 10_000), field_value), min_size=1,
+                          max_size=3))
+def test_fuzz_int8_image_fields(int8_seed, image_worker, mutations):
+    image, fields = int8_seed
+    targets.int8_image(image_worker, image, fields, mutations)
+
+
+def test_every_int8_image_field_at_its_extremes(int8_seed, image_worker):
+    """Every op parameter and tensor dtype of the seed image, alone, at each extreme (digest
+    recomputed): refused, or loaded and run to the end within the time limit. A loop whose
+    extent the loader does not bound shows up here as a timeout."""
+    image, fields = int8_seed
+    outcomes = Counter(targets.int8_image(image_worker, image, fields, [(i, value)])
+                       for i in range(len(fields)) for value in EXTREMES)
+    assert outcomes["rejected"] > 0 and outcomes["ran"] > 0
+
+
+def test_a_forged_maxpool_window_is_refused_at_load(int8_seed, image_worker):
+    """Regression: MAXPOOL's kh and kw had no bound, and kh = 2^31 - 1 kept the runtime in a
+    loop with the GIL released and SIGINT unseen. The loader refuses the window by name."""
+    from tapeout.compilers.int8_ref.artifact_format import read_image
+    from tapeout.compilers.int8_ref.exceptions import ArtifactRejected
+
+    image, fields = int8_seed
+    for name in ("kh", "kw"):
+        field = next(f for f in fields if f.where.endswith(f"MAXPOOL {name}"))
+        forged = targets.forge(image, [(field, (1 << 31) - 1)])
+        with pytest.raises(ArtifactRejected) as refused:
+            read_image(forged, "forged.i8r")
+        message = str(refused.value)
+        assert "forged.i8r" in message and "MAXPOOL" in message
+        assert f"{name}=2147483647" in message and "window" in message
+        assert image_worker.check(forged, field.where) == "rejected"

@@ -221,6 +221,34 @@ def test_float_model_is_reported(tmp_path):
     assert problems and problems[0].op_type == "Conv" and "float" in problems[0].reason
 
 
+def test_loader_counts_every_kernels_loops_against_the_work_bounds(artifact, monkeypatch):
+    """Each op's loop iterations (its kernel's `work`) are counted at load: an op over the
+    per-op bound, or an image over the per-image bound, is refused naming it. The bounds are
+    lowered here to the example network's own work, so both sides of each are tested."""
+    from tapeout.compilers.int8_ref import validate
+    from tapeout.compilers.int8_ref.opset import KERNELS
+
+    raw = (artifact.directory / ARTIFACT_FILE).read_bytes()
+    img = read_image(raw)
+    works = []
+    for op in img.ops:
+        kernel = KERNELS[op.kind]
+        params = dict(zip(kernel.params, op.ints))
+        works.append(kernel.work(params))
+        assert works[-1] >= kernel.cost(params)[0]  # the loops include every MAC
+    heaviest = works.index(max(works))
+    monkeypatch.setattr(validate, "MAX_OP_WORK", max(works) - 1)
+    with pytest.raises(ArtifactRejected,
+                       match=rf"op {heaviest} .*loops would run {max(works)} iterations"):
+        read_image(raw, "x.i8r")
+    monkeypatch.setattr(validate, "MAX_OP_WORK", max(works))
+    monkeypatch.setattr(validate, "MAX_IMAGE_WORK", sum(works) - 1)
+    with pytest.raises(ArtifactRejected, match=rf"would run {sum(works)} iterations in all"):
+        read_image(raw, "x.i8r")
+    monkeypatch.setattr(validate, "MAX_IMAGE_WORK", sum(works))
+    assert read_image(raw).ops == img.ops
+
+
 FUZZ = textwrap.dedent('''
     import sys, hashlib, random
     import numpy as np

@@ -25,7 +25,7 @@ from tapeout.compilers.interface import TensorSpec
 from tapeout.compilers.int8_ref import IncompatibleModel, compatibility_report
 from tapeout.compilers.int8_ref.artifact_format import HEADER, image_digest, read_image
 from tapeout.compilers.int8_ref.exceptions import ArtifactRejected
-from tapeout.compilers.int8_ref.lowering import MAX_REDUCTION
+from tapeout.compilers.int8_ref.kernel_abi import MAX_REDUCTION
 from test_int8_ref_artifact import FUZZ
 
 MODES = ("ort", "fixed-point")

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import int8_ref_models as M
 from tapeout.compilers.int8_ref import diff_outputs
-from tapeout.compilers.int8_ref.lowering import _mbqm
+from tapeout.compilers.int8_ref.requantize import multiply_by_quantized_multiplier as _mbqm
 from tapeout.compilers.int8_ref.requantize import conv_params, ort_multiplier, quantize_multiplier
 
 

@@ -1,0 +1,185 @@
+"""CONV: 2-D convolution with groups, dilations and pads, accumulated in int32 (int64 for
+int16 inputs) and requantized per output channel (ONNX Conv in a QDQ island, QLinearConv,
+ConvInteger with its int32 output).
+
+Prepare (compile time): the weights minus their zero point as int16 [M, C/groups * kh * kw]
+(`prepare_weights`), the int32 bias, and the per-channel requantization arrays
+(requantize.conv_params: float32 multipliers for `ort`, Q31 mantissas and shifts for
+`fixed-point`). Eval (kernels/conv.pxi): im2col, then four output channels at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import requantize as rq
+from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
+from ..program import I16, Q, attr
+from ._window import pads, window_rules
+
+PARAMS = ("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw", "groups",
+          "OH", "OW", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
+CONSTS = ("weights", "bias", "multipliers", "shifts")
+
+
+def conv_scratch(chw: int, K: int, P: int, wide: bool) -> int:
+    """Scratch bytes, as kernels/conv.pxi lays it out: the `x - zp` image, the im2col
+    columns, then accumulators. 8-bit inputs: int16 image and columns, four rows of int32
+    accumulators. int16 inputs (`wide`): |x - zp| <= 65535 needs int32 image and columns, and
+    one row of int64 accumulators."""
+    if wide:
+        return align16(chw * 4) + align16(K * P * 4) + P * 8
+    return align16(chw * 2) + align16(K * P * 2) + 4 * P * 4
+
+
+def prepare_weights(w: np.ndarray, wzp: np.ndarray) -> np.ndarray:
+    """[M, K] int16 `w - zero point` (|w - zp| <= 255), the layout the kernel reads."""
+    M = w.shape[0]
+    return (w.astype(np.int32).reshape(M, -1) - wzp[:, None]).astype(np.int16)
+
+
+def lower_conv(low, node) -> None:
+    xq = low.act(node, node.input[0])
+    w, ws, wzp = low.weight(node, low.input_name(node, 1, "W"), 0)
+    conv(low, node, xq, xq.scale, xq.zp, w, ws, wzp, low.optional_input(node, 2))
+
+
+def lower_qlinear_conv(low, node) -> None:
+    xq = low.act(node, node.input[0])
+    xs, xzp, xsg = low.qparams(node, low.input_name(node, 1, "x_scale"),
+                               low.optional_input(node, 2))
+    if low.input_name(node, 3, "w") not in low.init:
+        low.fail(node, "weight must be a constant initializer", "w")
+    w = low.init[node.input[3]]
+    ws = np.asarray(low.const_input(node, 4, "w_scale"), np.float32).reshape(-1)
+    wzp = np.asarray(low.const_input(node, 5, "w_zero_point")).reshape(-1).astype(np.int32)
+    ys, yzp, ysg = low.qparams(node, low.input_name(node, 6, "y_scale"),
+                               low.optional_input(node, 7))
+    b = low.const_input(node, 8, "B") if low.optional_input(node, 8) else None
+    conv(low, node, Q(xq.tid, xs, xzp, xsg), xs, xzp, w, ws, wzp, None, bias_arr=b,
+         out_params=(node.output[0], ys, yzp, ysg))
+
+
+def lower_conv_integer(low, node) -> None:
+    xq = low.act(node, node.input[0])
+    if low.input_name(node, 1, "w") not in low.init:
+        low.fail(node, "weight must be a constant initializer", "w")
+    w = low.init[node.input[1]]
+    x_zp = low.optional_input(node, 2)
+    xzp = int(low.scalar(node, x_zp, "x_zero_point")) if x_zp else 0
+    wzp = (np.asarray(low.const_input(node, 3, "w_zero_point")).reshape(-1).astype(np.int32)
+           if low.optional_input(node, 3) else np.zeros(1, np.int32))
+    conv(low, node, xq, 1.0, xzp, w, np.ones(1, np.float32), wzp, None, int32_out=True)
+
+
+def conv(low, node, xq: Q, xs, xzp, w, ws, wzp, bias_name, bias_arr=None, out_params=None,
+         int32_out=False) -> None:
+    """Geometry from the node's attributes, prepare, emit one CONV."""
+    xshape = low.shape(xq.tid)
+    if len(xshape) != 4 or w.ndim != 4:
+        low.fail(node, f"only 2-D convolution (4-D tensors) is supported, input is "
+                       f"{len(xshape)}-D", "kernel_shape")
+    N, C, H, W = xshape
+    M, Cg, kh, kw = w.shape
+    G = int(attr(node, "group", 1))
+    if C % G or M % G or Cg != C // G:
+        low.fail(node, f"group={G} does not divide channels C={C}, M={M}", "group")
+    ks = attr(node, "kernel_shape")
+    if ks is not None and tuple(ks) != (kh, kw):
+        low.fail(node, f"kernel_shape {ks} differs from weight {w.shape}", "kernel_shape")
+    sh, sw = attr(node, "strides", [1, 1])
+    dh, dw = attr(node, "dilations", [1, 1])
+    explicit = attr(node, "pads", [0, 0, 0, 0])
+    pt, pl, pb, pr, ekh, ekw = pads(low, node, H, W, kh, kw, sh, sw, dh, dw,
+                                    (explicit[0], explicit[1], explicit[2], explicit[3]))
+    OH = (H + pt + pb - ekh) // sh + 1
+    OW = (W + pl + pr - ekw) // sw + 1
+    if OH <= 0 or OW <= 0:
+        low.fail(node, "output would be empty", "pads")
+    K = Cg * kh * kw
+    if K > MAX_REDUCTION:
+        low.fail(node, f"reduction of {K} terms can overflow int32", "kernel_shape")
+    wzp = np.broadcast_to(wzp, (M,)).astype(np.int32)
+    w16 = prepare_weights(w, wzp)
+    wsb = np.broadcast_to(ws, (M,)).astype(np.float32)
+    if int32_out:
+        out_name = node.output[0]
+        tid = low.new_tensor(out_name, "int32", (N, M, OH, OW))
+        low.qname[out_name] = Q(tid, None, None, True)
+        b = np.zeros(M, np.int32)
+        c2, c3 = low.const(np.zeros(M, np.float32)), low.const(np.zeros(M, np.int32))
+        mode, yzp, lo, hi, ysg = MODE_INT32, 0, 0, 0, True
+    else:
+        if out_params is None:
+            name, ys, yzp, ysg, lo, hi = low.output_q(node, node.output[0])
+        else:
+            name, ys, yzp, ysg = out_params
+            lo, hi = rq.qrange(ysg)
+        if bias_arr is not None:
+            b = np.asarray(bias_arr).astype(np.int32).reshape(-1)
+        else:
+            b = low.bias(node, bias_name, M, xs, wsb)
+        low.same_family(node, xq.code, ysg)
+        tid = low.define_q(name, ysg, (N, M, OH, OW), ys, yzp).tid
+        c2, c3 = low.requant_consts(node, xs, wsb, ys, M)
+        mode = low.mode
+    scratch = conv_scratch(C * H * W, K, OH * OW, xq.code == I16)
+    low.emit(node, KERNEL, [xq.tid], tid,
+             consts=[low.const(w16), low.const(b.astype(np.int32)), c2, c3],
+             scratch=scratch, N=N, C=C, H=H, W=W, M=M, kh=kh, kw=kw, sh=sh, sw=sw,
+             pt=pt, pl=pl, dh=dh, dw=dw, groups=G, OH=OH, OW=OW, xzp=xzp, yzp=yzp,
+             qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
+
+
+def validate(c) -> None:
+    p = c.p
+    c.positive("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "dh", "dw", "groups", "OH",
+               "OW")
+    c.type_codes("sg_in", "sg_out")
+    c.flag("mode", hi=2)
+    if p["C"] % p["groups"] or p["M"] % p["groups"]:
+        c.fail("groups does not divide the channels")
+    kk = p["C"] // p["groups"] * p["kh"] * p["kw"]
+    P = p["OH"] * p["OW"]
+    if kk > MAX_REDUCTION:
+        c.fail(f"reduction of {kk} terms can overflow int32")
+    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
+        c.fail("an int16 input has no int32-output form")
+    c.qtype(c.ins[0], "sg_in", "input")
+    c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
+    c.size(c.out, p["N"] * p["M"] * P * c.out_itemsize(), "output")
+    c.const("weights", "int16", p["M"] * kk * 2)
+    c.const("bias", "int32", p["M"] * 4)
+    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", p["M"] * 4)
+    c.const("shifts", "int32", p["M"] * 4)
+    c.scratch(conv_scratch(p["C"] * p["H"] * p["W"], kk, P, p["sg_in"] == I16))
+    c.qrange("xzp", "yzp", "qmin", "qmax")
+    if p["mode"] == 1:
+        sh = c.const_values("shifts", np.int32, p["M"])
+        if sh.min() < -31 or sh.max() > 30:
+            c.fail("a per-channel shift is outside [-31, 30]")
+
+
+def work(p) -> int:
+    """Per image: `x - zp` (C*H*W), im2col (C*kh*kw*OH*OW), then per output channel the bias,
+    the K-term sums and the store (OH*OW*(K + 2))."""
+    K = p["C"] // p["groups"] * p["kh"] * p["kw"]
+    P = p["OH"] * p["OW"]
+    return p["N"] * (p["C"] * p["H"] * p["W"] + p["C"] * p["kh"] * p["kw"] * P
+                     + p["M"] * P * (K + 2))
+
+
+def cost(p) -> tuple[int, int]:
+    """MACs N*M*OH*OW*K; weights at 1 byte (the model's int8/uint8; the int16 `w - zp` is a
+    layout choice, not an accelerator's traffic) and int32 biases."""
+    k = p["C"] // p["groups"] * p["kh"] * p["kw"]
+    return p["N"] * p["M"] * p["OH"] * p["OW"] * k, p["M"] * k + p["M"] * 4
+
+
+KERNEL = KernelSpec(kind=4, name="CONV", params=PARAMS, consts=CONSTS, int16=True,
+                    validate=validate, work=work, cost=cost)
+ONNX = {
+    "Conv": OnnxOp(lower_conv, window_rules, int16=True, reads_dequantized=True),
+    "QLinearConv": OnnxOp(lower_qlinear_conv, window_rules),
+    "ConvInteger": OnnxOp(lower_conv_integer, window_rules),
+}

@@ -1,0 +1,151 @@
+"""GEMM: x[M, K] . W[N, K]^T + bias with a constant W, requantized per output channel (ONNX
+Gemm, MatMul with a constant B, QGemm, QLinearMatMul / MatMulInteger with a constant 2-D B;
+leading dimensions of x are flattened into M).
+
+Prepare (compile time): the weights minus their zero point as int16 [N, K], the int32 bias,
+the per-channel requantization arrays (requantize.conv_params). Eval: kernels/gemm.pxi.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import requantize as rq
+from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
+from ..program import I16, Q, attr
+
+PARAMS = ("M", "K", "N", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
+CONSTS = ("weights", "bias", "multipliers", "shifts")
+
+
+def gemm_scratch(K: int, N: int, wide: bool) -> int:
+    """Scratch bytes: one `x - zp` row (int16; int32 for int16 inputs) and N accumulators
+    (int32; int64 for int16 inputs)."""
+    if wide:
+        return align16(K * 4) + N * 8
+    return align16(K * 2) + N * 4
+
+
+def gemm_rules(node):
+    if attr(node, "transA", 0):
+        yield "transA", "transA=1 is not supported"
+    if float(attr(node, "alpha", 1.0)) != 1.0:
+        yield "alpha", "alpha must be 1"
+    if float(attr(node, "beta", 1.0)) != 1.0:
+        yield "beta", "beta must be 1"
+
+
+def lower_gemm(low, node) -> None:
+    if attr(node, "transA", 0):
+        low.fail(node, "transA=1 is not supported", "transA")
+    if float(attr(node, "alpha", 1.0)) != 1.0 or float(attr(node, "beta", 1.0)) != 1.0:
+        low.fail(node, "alpha and beta must be 1", "alpha")
+    xq = low.act(node, node.input[0])
+    if len(low.shape(xq.tid)) != 2:
+        low.fail(node, "Gemm input must be 2-D", "A")
+    tb = attr(node, "transB", 0)
+    w, ws, wzp = low.weight(node, low.input_name(node, 1, "B"), 0 if tb else 1, "B")
+    wT = w if tb else w.T
+    outp = low.output_q(node, node.output[0])
+    b = low.bias(node, low.optional_input(node, 2), wT.shape[0], xq.scale,
+                 np.broadcast_to(ws, (wT.shape[0],)))
+    if b.size == 1:
+        b = np.broadcast_to(b, (wT.shape[0],))
+    fully_connected(low, node, xq, xq.scale, xq.zp, wT, ws, wzp, b, outp)
+
+
+def lower_qgemm(low, node) -> None:
+    if attr(node, "transA", 0) or float(attr(node, "alpha", 1.0)) != 1.0:
+        low.fail(node, "transA=1 / alpha != 1 are not supported", "alpha")
+    aq = low.act(node, node.input[0])
+    as_, azp, asg = low.qparams(node, low.input_name(node, 1, "a_scale"),
+                                low.optional_input(node, 2))
+    w = low.init.get(low.input_name(node, 3, "B"))
+    if w is None:
+        low.fail(node, "B must be a constant", "B")
+    ws = np.asarray(low.const_input(node, 4, "b_scale"), np.float32).reshape(-1)
+    wzp = np.asarray(low.const_input(node, 5, "b_zero_point")).reshape(-1)
+    wT = w if attr(node, "transB", 0) else w.T
+    b = (np.asarray(low.const_input(node, 6, "C")).reshape(-1) if low.optional_input(node, 6)
+         else np.zeros(wT.shape[0], np.int32))
+    if not low.optional_input(node, 7):
+        low.fail(node, "float output (no y_scale) is not supported", "y_scale")
+    ys, yzp, ysg = low.qparams(node, node.input[7], low.optional_input(node, 8))
+    lo, hi = rq.qrange(ysg)
+    fully_connected(low, node, Q(aq.tid, as_, azp, asg), as_, azp, wT, ws,
+                    wzp.astype(np.int32), np.broadcast_to(b, (wT.shape[0],)),
+                    (node.output[0], ys, yzp, ysg, lo, hi))
+
+
+def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_params,
+                    int32_out=False) -> None:
+    """x[..., K] . wT[N, K]^T + bias -> [..., N] (weights constant): prepare and emit."""
+    xshape = low.shape(xq.tid)
+    K = xshape[-1]
+    Nn = wT.shape[0]
+    if wT.shape[1] != K:
+        low.fail(node, f"inner dimensions differ: {xshape} vs weight {wT.shape}", "B")
+    if K > MAX_REDUCTION:
+        low.fail(node, f"reduction of {K} terms can overflow int32", "B")
+    M = int(np.prod(xshape[:-1]))
+    wzp = np.broadcast_to(wzp, (Nn,)).astype(np.int32)
+    w16 = (wT.astype(np.int32) - wzp[:, None]).astype(np.int16)
+    wsb = np.broadcast_to(ws, (Nn,)).astype(np.float32)
+    oshape = tuple(xshape[:-1]) + (Nn,)
+    if int32_out:
+        tid = low.new_tensor(node.output[0], "int32", oshape)
+        low.qname[node.output[0]] = Q(tid, None, None, True)
+        c2, c3 = low.const(np.zeros(Nn, np.float32)), low.const(np.zeros(Nn, np.int32))
+        mode, yzp, lo, hi, ysg = MODE_INT32, 0, 0, 0, True
+    else:
+        name, ys, yzp, ysg, lo, hi = out_name_params
+        low.same_family(node, xq.code, ysg)
+        tid = low.define_q(name, ysg, oshape, ys, yzp).tid
+        c2, c3 = low.requant_consts(node, xs, wsb, ys, Nn)
+        mode = low.mode
+    low.emit(node, KERNEL, [xq.tid], tid,
+             consts=[low.const(w16), low.const(np.asarray(bias, np.int32)), c2, c3],
+             scratch=gemm_scratch(K, Nn, xq.code == I16), M=M, K=K, N=Nn, xzp=xzp,
+             yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
+
+
+def validate(c) -> None:
+    p = c.p
+    c.positive("M", "K", "N")
+    c.type_codes("sg_in", "sg_out")
+    c.flag("mode", hi=2)
+    if p["K"] > MAX_REDUCTION:
+        c.fail("reduction can overflow int32")
+    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
+        c.fail("an int16 input has no int32-output form")
+    c.qtype(c.ins[0], "sg_in", "input")
+    c.size(c.ins[0], p["M"] * p["K"] * c.itemsize("sg_in"), "input")
+    c.size(c.out, p["M"] * p["N"] * c.out_itemsize(), "output")
+    c.const("weights", "int16", p["N"] * p["K"] * 2)
+    c.const("bias", "int32", p["N"] * 4)
+    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", p["N"] * 4)
+    c.const("shifts", "int32", p["N"] * 4)
+    c.scratch(gemm_scratch(p["K"], p["N"], p["sg_in"] == I16))
+    c.qrange("xzp", "yzp", "qmin", "qmax")
+    if p["mode"] == 1:
+        sh = c.const_values("shifts", np.int32, p["N"])
+        if sh.min() < -31 or sh.max() > 30:
+            c.fail("a per-channel shift is outside [-31, 30]")
+
+
+def work(p) -> int:
+    """Per row: `x - zp` (K), N sums of K terms, N stores."""
+    return p["M"] * (p["K"] + p["N"] * (p["K"] + 2))
+
+
+def cost(p) -> tuple[int, int]:
+    """MACs M*K*N; weights at 1 byte, int32 biases."""
+    return p["M"] * p["K"] * p["N"], p["N"] * p["K"] + p["N"] * 4
+
+
+KERNEL = KernelSpec(kind=5, name="GEMM", params=PARAMS, consts=CONSTS, int16=True,
+                    validate=validate, work=work, cost=cost)
+ONNX = {
+    "Gemm": OnnxOp(lower_gemm, gemm_rules, int16=True, reads_dequantized=True),
+    "QGemm": OnnxOp(lower_qgemm, domain="com.microsoft"),
+}

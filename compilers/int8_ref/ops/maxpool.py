@@ -1,0 +1,52 @@
+"""MAXPOOL: 2-D max pooling on the integers (ONNX MaxPool in a QDQ island: the DQ and Q
+around it carry the same parameters, so the maximum of the integers is the quantized maximum);
+pads, strides, dilations, ceil_mode. Eval: kernels/maxpool.pxi.
+"""
+
+from __future__ import annotations
+
+from ..kernel_abi import MAX_WINDOW, KernelSpec, OnnxOp
+from ..program import attr
+from ._window import pool_geometry, window_rules
+
+PARAMS = ("N", "C", "H", "W", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw", "OH", "OW",
+          "sg_in")
+
+
+def maxpool_rules(node):
+    yield from window_rules(node)
+    if len(node.output) > 1 and node.output[1]:
+        yield "Indices", "the Indices output is not supported"
+
+
+def lower_maxpool(low, node) -> None:
+    xq = low.act(node, node.input[0])
+    if len(node.output) > 1 and node.output[1]:
+        low.fail(node, "the Indices output is not supported", "Indices")
+    if attr(node, "storage_order", 0):
+        low.fail(node, "storage_order=1 is not supported", "storage_order")
+    N, C, H, W, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, OH, OW = pool_geometry(
+        low, node, low.shape(xq.tid))
+    low.layout(node, xq, (N, C, OH, OW), KERNEL, N=N, C=C, H=H, W=W, kh=kh, kw=kw, sh=sh,
+               sw=sw, pt=pt, pl=pl, dh=dh, dw=dw, OH=OH, OW=OW, sg_in=xq.code)
+
+
+def validate(c) -> None:
+    p = c.p
+    c.positive("N", "C", "H", "W", "kh", "kw", "sh", "sw", "dh", "dw", "OH", "OW")
+    c.type_codes("sg_in")
+    c.qtype(c.ins[0], "sg_in", "input")
+    c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
+    c.qtype(c.out, "sg_in", "output")
+    c.size(c.out, p["N"] * p["C"] * p["OH"] * p["OW"] * c.itemsize("sg_in"), "output")
+    c.window("kh", "kw", MAX_WINDOW, "the firmware's largest pooling window")
+
+
+def work(p) -> int:
+    """Per output: kh window rows, each with its kw columns."""
+    return p["N"] * p["C"] * p["OH"] * p["OW"] * p["kh"] * (p["kw"] + 1)
+
+
+KERNEL = KernelSpec(kind=7, name="MAXPOOL", params=PARAMS, int16=True, validate=validate,
+                    work=work)
+ONNX = {"MaxPool": OnnxOp(lower_maxpool, maxpool_rules, int16=True, reads_dequantized=True)}
