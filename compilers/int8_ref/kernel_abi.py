@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # only for annotations: both import the op modules
     from .validate import OpCheck
 
 MAX_INPUTS = 2
-MAX_CONSTS = 4
+MAX_CONSTS = 5
 MAX_FLOATS = 4
 MAX_INTS = 40
 

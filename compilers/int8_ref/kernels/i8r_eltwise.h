@@ -307,23 +307,44 @@ static void i8r_add(int isa, const i8r_add_t* p, const uint8_t* A, int64_t asi, 
 
 /* MaxPool over uint8 or int8 planes: the largest value of each window, padding never taking
    part. Windows that hold no input element at all (possible only with a padding as large as
-   the kernel) return 0 and leave them to the caller's scalar form. The rows of a window are
-   reduced first (a vertical max of whole input rows), then the columns, by plain loops over
-   contiguous bytes that the compiler vectorizes (a strided row split into its phases first);
-   int8 runs in the uint8 domain (x ^ 0x80 keeps the order). `row`: i8r_maxpool_scratch bytes. */
+   the kernel) make it return 0 and leave the op to the caller's scalar form. For each output
+   row the window's input rows are reduced first (a vertical max into `row`, which has the
+   left and right padding as 0, below every value), then the columns: one strided row is split
+   into its sw phases so that every tap is a contiguous run. int8 runs in the uint8 domain
+   (x ^ 0x80 keeps the order). The vector form (SSE2, every x86-64) works in whole 16-byte
+   chunks: it reads up to 15 bytes past an input row (the arena has slack after its last
+   tensor) and stores exactly. */
 typedef struct {
     int64_t N, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW;
     int32_t x_signed;
 } i8r_maxpool_t;
 
-static int64_t i8r_maxpool_scratch(const i8r_maxpool_t* p) {
-    return 2 * (p->OW * p->sw + p->kw * p->dw + p->W + p->pl) + 64; /* the row, its phases */
+/* The padded row's width: every column a window of the row reaches. */
+static int64_t i8r_maxpool_width(const i8r_maxpool_t* p) {
+    return p->OW * p->sw + p->kw * p->dw + p->W + p->pl;
 }
 
-static int i8r_maxpool(const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y, uint8_t* row) {
-    int64_t oy, ox, ky, kx, nc, i, Wr = p->OW * p->sw + p->kw * p->dw + p->W + p->pl;
-    uint8_t flip = p->x_signed ? 0x80 : 0, *phase = row + Wr;
-    /* every window must hold an input element */
+/* `row` bytes: the padded row, then its sw phases, each with a vector's slack. */
+static int64_t i8r_maxpool_scratch(const i8r_maxpool_t* p) {
+    int64_t Wr = i8r_maxpool_width(p);
+    return Wr + 64 + p->sw * ((Wr + p->sw - 1) / p->sw + 16) + 64;
+}
+
+static void i8r_max_bytes(uint8_t* o, const uint8_t* s, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++) o[i] = o[i] > s[i] ? o[i] : s[i];
+}
+
+static int i8r_maxpool(int isa, const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y,
+                       uint8_t* row) {
+    int64_t oy, ox, ky, kx, nc, i, q, Wr = i8r_maxpool_width(p), len = (Wr + p->sw - 1) / p->sw;
+    uint8_t flip = p->x_signed ? 0x80 : 0, *phase = row + Wr + 64, *r = row + p->pl;
+    int vec = 0;
+#if I8R_X86
+    vec = isa != I8R_PORTABLE;
+    __m128i f = _mm_set1_epi8((char)flip), lo = _mm_set1_epi16(0xFF);
+#endif
+    (void)isa;
     for (oy = 0; oy < p->OH; oy++) {
         int any = 0;
         for (ky = 0; ky < p->kh; ky++) {
@@ -340,66 +361,90 @@ static int i8r_maxpool(const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y, uin
         }
         if (!any) return 0;
     }
+    memset(row, 0, (size_t)(Wr + 64));
     for (nc = 0; nc < p->N * p->C; nc++) {
         const uint8_t* plane = x + nc * p->H * p->W;
         uint8_t* out = y + nc * p->OH * p->OW;
         for (oy = 0; oy < p->OH; oy++) {
-            /* row[pl + ix] = max over the window's valid rows of x[iy][ix] (uint8 domain);
-               the padding columns are 0, below every value */
-            uint8_t* r = row + p->pl;
+            const uint8_t* src;
+            uint8_t* o = out + oy * p->OW;
             int first = 1;
-            memset(row, 0, (size_t)Wr);
             for (ky = 0; ky < p->kh; ky++) {
                 int64_t iy = oy * p->sh - p->pt + ky * p->dh;
-                const uint8_t* src = plane + iy * p->W;
                 if (iy < 0 || iy >= p->H) continue;
-                if (first) {
-                    for (i = 0; i < p->W; i++) r[i] = src[i] ^ flip;
-                    first = 0;
-                } else {
-                    for (i = 0; i < p->W; i++) {
-                        uint8_t v = src[i] ^ flip;
-                        r[i] = r[i] > v ? r[i] : v;
-                    }
-                }
-            }
-            uint8_t* o = out + oy * p->OW;
-            if (p->sw > 1) {
-                /* split the row into its sw phases: tap offset t*dw reads phase (t*dw) % sw
-                   from column i + (t*dw) / sw, a contiguous run */
-                int64_t q, len = Wr / p->sw;
+                src = plane + iy * p->W;
                 i = 0;
 #if I8R_X86
-                if (p->sw == 2) /* SSE2 (every x86-64): even bytes = low bytes of 16-bit lanes */
-                    for (; i + 16 <= len; i += 16) {
+                if (vec)
+                    for (; i < p->W; i += 16) {
+                        __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(src + i)), f);
+                        if (!first) v = _mm_max_epu8(v, _mm_loadu_si128((const __m128i*)(r + i)));
+                        _mm_storeu_si128((__m128i*)(r + i), v);
+                    }
+#endif
+                if (first)
+                    for (; i < p->W; i++) r[i] = src[i] ^ flip;
+                else
+                    for (; i < p->W; i++) r[i] = r[i] > (uint8_t)(src[i] ^ flip) ? r[i] : src[i] ^ flip;
+                first = 0;
+            }
+            memset(r + p->W, 0, (size_t)(Wr - p->pl - p->W + 16)); /* the right padding */
+            const uint8_t* taps = row;
+            int64_t stride = 0;
+            if (p->sw > 1) {
+                /* the sw phases of the row: tap offset t = kx*dw reads phase t % sw from
+                   column ox + t / sw */
+                i = 0;
+#if I8R_X86
+                if (vec && p->sw == 2) /* even bytes: the low bytes of 16-bit lanes */
+                    for (; i < len; i += 16) {
                         __m128i a = _mm_loadu_si128((const __m128i*)(row + 2 * i));
                         __m128i b = _mm_loadu_si128((const __m128i*)(row + 2 * i + 16));
-                        __m128i m = _mm_set1_epi16(0xFF);
                         _mm_storeu_si128((__m128i*)(phase + i),
-                                         _mm_packus_epi16(_mm_and_si128(a, m), _mm_and_si128(b, m)));
-                        _mm_storeu_si128((__m128i*)(phase + len + i),
+                                         _mm_packus_epi16(_mm_and_si128(a, lo), _mm_and_si128(b, lo)));
+                        _mm_storeu_si128((__m128i*)(phase + len + 16 + i),
                                          _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8)));
                     }
 #endif
                 for (q = 0; q < p->sw; q++) {
                     int64_t j;
-                    for (j = i; j < len; j++) phase[q * len + j] = row[j * p->sw + q];
+                    for (j = (q < 2 ? i : 0); j < len; j++)
+                        phase[q * (len + 16) + j] = row[j * p->sw + q];
                 }
-                for (i = 0; i < p->OW; i++) o[i] = phase[i];
-                for (kx = 1; kx < p->kw; kx++) {
-                    int64_t t = kx * p->dw;
-                    const uint8_t* s = phase + (t % p->sw) * len + t / p->sw;
-                    for (i = 0; i < p->OW; i++) o[i] = o[i] > s[i] ? o[i] : s[i];
-                }
-            } else {
-                for (i = 0; i < p->OW; i++) o[i] = row[i];
-                for (kx = 1; kx < p->kw; kx++) {
-                    const uint8_t* s = row + kx * p->dw;
-                    for (i = 0; i < p->OW; i++) o[i] = o[i] > s[i] ? o[i] : s[i];
-                }
+                taps = phase;
+                stride = len + 16;
             }
-            if (flip)
-                for (i = 0; i < p->OW; i++) o[i] ^= flip;
+            i = 0;
+#if I8R_X86
+            if (vec)
+                for (; i < p->OW; i += 16) {
+                    __m128i m = _mm_setzero_si128();
+                    for (kx = 0; kx < p->kw; kx++) {
+                        int64_t t = kx * p->dw;
+                        const uint8_t* s = p->sw > 1 ? taps + (t % p->sw) * stride + t / p->sw
+                                                     : taps + t;
+                        m = _mm_max_epu8(m, _mm_loadu_si128((const __m128i*)(s + i)));
+                    }
+                    m = _mm_xor_si128(m, f);
+                    if (i + 16 <= p->OW) {
+                        _mm_storeu_si128((__m128i*)(o + i), m);
+                    } else {
+                        uint8_t t16[16];
+                        _mm_storeu_si128((__m128i*)t16, m);
+                        memcpy(o + i, t16, (size_t)(p->OW - i));
+                    }
+                }
+#endif
+            if (i < p->OW) {
+                int64_t n = p->OW - i;
+                memset(o + i, 0, (size_t)n);
+                for (kx = 0; kx < p->kw; kx++) {
+                    int64_t t = kx * p->dw;
+                    i8r_max_bytes(o + i, (p->sw > 1 ? taps + (t % p->sw) * stride + t / p->sw
+                                                    : taps + t) + i, n);
+                }
+                for (; i < p->OW; i++) o[i] ^= flip;
+            }
         }
     }
     return 1;

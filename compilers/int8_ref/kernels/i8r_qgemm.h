@@ -81,28 +81,47 @@ static void i8r_map_store(const i8r_map_t* map, uint8_t* ych, int esz, const uin
     }
 }
 
-/* The panel table of a map: per panel of 16 columns {offset, count, a, b}: when its kept
-   columns are its first `count` lanes and land on consecutive elements from `offset`, count
-   > 0 and one store serves; otherwise count = 0 and (a, b) is where map_store starts. */
+/* The panel table of a map, I8R_PAN int64 per panel of 16 columns: {a, b, n, then n pairs
+   (base, mask)}. (a, b) is where the panel's column j0 lands (for i8r_map_store); the kept
+   lanes form n runs that land on consecutive elements, run r storing lanes `mask` (a
+   contiguous set of bits) at element base + lane. n = 0: more than I8R_PAN_RUNS runs (a
+   width under 8), left to i8r_map_store. */
+#define I8R_PAN_RUNS 4
+#define I8R_PAN (3 + 2 * I8R_PAN_RUNS)
+
 static void i8r_panel_table(const i8r_map_t* map, int64_t* pan) {
     int64_t np = (map->J + 15) / 16, p, l, a = map->jofs / map->L, b = map->jofs % map->L;
-    for (p = 0; p < np; p++) {
-        int64_t aa = a, bb = b, count = 0, ofs = a * map->S + b, contiguous = 1;
+    for (p = 0; p < np; p++, pan += I8R_PAN) {
+        int64_t aa = a, bb = b, n = 0, last = -2, last_lane = -2;
+        pan[0] = a;
+        pan[1] = b;
         for (l = 0; l < 16; l++) {
-            int kept = 16 * p + l < map->J && bb < map->V;
-            if (kept && (count != l || aa * map->S + bb != ofs + l)) contiguous = 0;
-            if (kept) count++;
+            if (16 * p + l < map->J && bb < map->V) {
+                int64_t ofs = aa * map->S + bb;
+                if (ofs != last + 1 || l != last_lane + 1 || n == 0) {
+                    if (n == I8R_PAN_RUNS) {
+                        n = -1;
+                        break;
+                    }
+                    pan[3 + 2 * n] = ofs - l;
+                    pan[4 + 2 * n] = 0;
+                    n++;
+                }
+                pan[4 + 2 * (n - 1)] |= (int64_t)1 << l;
+                last = ofs;
+                last_lane = l;
+            }
             if (++bb == map->L) {
                 bb = 0;
                 aa++;
             }
         }
-        pan[4 * p] = ofs;
-        pan[4 * p + 1] = contiguous ? count : 0;
-        pan[4 * p + 2] = a;
-        pan[4 * p + 3] = b;
-        a = aa;
-        b = bb;
+        pan[2] = n < 0 ? 0 : n;
+        for (l = 0; l < 16; l++) /* the next panel's start */
+            if (++b == map->L) {
+                b = 0;
+                a++;
+            }
     }
 }
 
@@ -120,7 +139,7 @@ typedef struct {
     uint8_t* y; /* the group's first channel's output */
     int esz;
     i8r_map_t map;
-    const int64_t* pan; /* the map's panel table */
+    const int64_t* pan; /* the map's panel table (i8r_panel_table) */
 } i8r_cplan_t;
 
 /* One Gemm: x [Mr][K] (in place) times packed w [Nb][Kq][16][4] into y [Mr][N]. */
@@ -153,11 +172,11 @@ static void i8r_conv_put_portable(const i8r_cplan_t* cp, int64_t ml, int64_t p,
                                   const int32_t* fin) {
     uint8_t out[16 * 4];
     int64_t ch = cp->ch0 + ml;
-    const int64_t* pan = cp->pan + 4 * p;
+    const int64_t* pan = cp->pan + I8R_PAN * p;
     int l;
     for (l = 0; l < 16; l++) i8r_store1(cp->rq, ch, fin[l], out, l);
-    i8r_map_store(&cp->map, cp->y + ml * cp->map.plane * cp->esz, cp->esz, out, 16 * p, pan[2],
-                  pan[3]);
+    i8r_map_store(&cp->map, cp->y + ml * cp->map.plane * cp->esz, cp->esz, out, 16 * p, pan[0],
+                  pan[1]);
 }
 
 static void i8r_conv_run_portable(const i8r_cplan_t* cp, int64_t mb0, int64_t mb1) {
@@ -294,13 +313,8 @@ TGT static inline __m512i i8r_mulhi31_avx512(__m512i x, __m512i m) {
         vload(p), _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), \
         vload((const uint8_t*)(p) + 64))
 #define vpack16(r) _mm512_cvtepi32_epi8((r)[0])
-TGT static inline void i8r_put16_avx512(uint8_t* p, __m128i b, int64_t n) {
-    if (n == 16)
-        _mm_storeu_si128((__m128i*)p, b);
-    else
-        _mm_mask_storeu_epi8(p, (__mmask16)((1u << n) - 1), b);
-}
-#define vput16 i8r_put16_avx512
+/* the lanes of `mask` at p + lane (masked-out lanes are not touched: no fault, no write) */
+#define vputmask(p, b, mask) _mm_mask_storeu_epi8(p, (__mmask16)(mask), b)
 #include "i8r_simd_tmpl.h"
 #include "i8r_simd_undef.h"
 
@@ -374,16 +388,18 @@ TGT static inline __m128i i8r_pack16_avx2(const __m256i* r) {
     return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 #define vpack16 i8r_pack16_avx2
-TGT static inline void i8r_put16_avx2(uint8_t* p, __m128i b, int64_t n) {
-    if (n == 16) {
+/* the lanes of `mask` (contiguous bits) at p + lane */
+TGT static inline void i8r_putmask_avx2(uint8_t* p, __m128i b, int64_t mask) {
+    if (mask == 0xFFFF) {
         _mm_storeu_si128((__m128i*)p, b);
     } else {
         uint8_t t[16];
+        int lo = __builtin_ctzll((unsigned long long)mask);
         _mm_storeu_si128((__m128i*)t, b);
-        memcpy(p, t, (size_t)n);
+        memcpy(p + lo, t + lo, (size_t)__builtin_popcountll((unsigned long long)mask));
     }
 }
-#define vput16 i8r_put16_avx2
+#define vputmask i8r_putmask_avx2
 #include "i8r_simd_tmpl.h"
 #include "i8r_simd_undef.h"
 
@@ -580,7 +596,7 @@ static i8r_conv_scratch_t i8r_conv_scratch_layout(const i8r_conv_t* c) {
     s.colsum = off;
     if (!c->depthwise) off += i8r_align64(np * 16 * 4);
     s.pan = off;
-    off += i8r_align64(np * 4 * 8);
+    off += i8r_align64(np * I8R_PAN * 8);
     s.total = off;
     return s;
 }

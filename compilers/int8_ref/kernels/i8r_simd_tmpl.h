@@ -14,7 +14,7 @@
                     high halves' product (w's high halves are 0 wherever it is used)
      vgather2(p)    VW dwords at p, p + 8, p + 16, ... bytes (every other dword)
      vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
-     vput16(p, b, n) store the first n of those bytes at p
+     vputmask(p, b, m) store the bytes of lanes m (a contiguous set of bits) at p + lane
      VEC_REQUANT    1 when the vector requantization is compiled (it needs per-lane variable
                     shifts, AVX2 and up); otherwise i8r_store1 requantizes each element
 
@@ -104,28 +104,31 @@ TGT static inline V SFX(rq_apply)(const SFX(rqc_t) * c, V acc) {
 }
 #endif
 
-/* Requantize one panel of channel `ch` and store it: 16 bytes through the panel table when
-   they land contiguously, else element by element through the map. */
-TGT static void SFX(conv_put)(const i8r_cplan_t* cp, int64_t ml, int64_t p, V* acc
+/* Requantize one panel of group channel `ml` and store it: the panel table's runs of kept
+   lanes, one masked store each (i8r_panel_table); element by element through the map for
+   16- and 32-bit outputs and for maps too narrow for the table. */
+TGT static inline __attribute__((always_inline)) void SFX(conv_put)(
+    const i8r_cplan_t* cp, int64_t ml, int64_t p, V* acc
 #if VEC_REQUANT
-                              , const SFX(rqc_t) * c
+    , const SFX(rqc_t) * c
 #endif
 ) {
     const i8r_requant_t* q = cp->rq;
     int64_t ch = cp->ch0 + ml;
     uint8_t* ych = cp->y + ml * cp->map.plane * cp->esz;
-    const int64_t* pan = cp->pan + 4 * p;
+    const int64_t* pan = cp->pan + I8R_PAN * p;
 #if VEC_REQUANT
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
-        int v;
+        int v, k;
         for (v = 0; v < NV; v++) r[v] = SFX(rq_apply)(c, acc[v]);
-        if (pan[1] > 0) {
-            vput16(ych + pan[0], vpack16(r), pan[1]);
+        __m128i bytes = vpack16(r);
+        if (pan[2]) {
+            for (k = 0; k < pan[2]; k++) vputmask(ych + pan[3 + 2 * k], bytes, pan[4 + 2 * k]);
         } else {
             uint8_t out[16];
-            vput16(out, vpack16(r), 16);
-            i8r_map_store(&cp->map, ych, 1, out, 16 * p, pan[2], pan[3]);
+            _mm_storeu_si128((__m128i*)out, bytes);
+            i8r_map_store(&cp->map, ych, 1, out, 16 * p, pan[0], pan[1]);
         }
         return;
     }
@@ -136,7 +139,7 @@ TGT static void SFX(conv_put)(const i8r_cplan_t* cp, int64_t ml, int64_t p, V* a
         int i, v;
         for (v = 0; v < NV; v++) vstore(tmp + v * VW, acc[v]);
         for (i = 0; i < 16; i++) i8r_store1(q, ch, tmp[i], out, i);
-        i8r_map_store(&cp->map, ych, cp->esz, out, 16 * p, pan[2], pan[3]);
+        i8r_map_store(&cp->map, ych, cp->esz, out, 16 * p, pan[0], pan[1]);
     }
 }
 
@@ -238,7 +241,7 @@ TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V*
             SFX(rqc_lanes)(&c, q, n0 + VW * v);
             r[v] = SFX(rq_apply)(&c, acc[v]);
         }
-        vput16(y, vpack16(r), count);
+        vputmask(y, vpack16(r), (1 << count) - 1);
         return;
     }
 #endif

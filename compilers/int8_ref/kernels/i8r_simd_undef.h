@@ -41,4 +41,4 @@
 #undef vany
 #undef vgather2
 #undef vpack16
-#undef vput16
+#undef vputmask
