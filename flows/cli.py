@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("model", type=Path, help="ONNX model (QDQ, QOperator or float)")
     compile_.add_argument("--compiler", required=True)
     compile_.add_argument("--target", type=Path, help="target profile YAML")
-    compile_.add_argument("--firmware", help="firmware revision (overrides the profile's)")
+    compile_.add_argument("--firmware", help="firmware revision (overrides the profile's; "
+                          "default: the oldest the compiler builds for)")
     compile_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     compile_.add_argument("-o", "--output", type=Path, required=True)
     compile_.set_defaults(func=_compile)
@@ -222,10 +223,15 @@ def _compile(args: argparse.Namespace) -> int:
         if not separator or not key:
             raise InvalidInput(f"--option: expected KEY=VALUE, found {item!r}")
         options[key] = value
+    firmware = args.firmware or profile.get("firmware_revision")
+    if firmware is None:  # the oldest firmware the compiler builds for
+        from tapeout.compilers.registry import load_compiler
+
+        firmware = load_compiler(args.compiler).capabilities().firmware_range[0]
     target = TargetProfile(
         name=str(profile.get("name", "manual")),
         compiler=args.compiler,
-        firmware_revision=str(args.firmware or profile.get("firmware_revision", "1.0.0")),
+        firmware_revision=str(firmware),
         options=options,
         memory_budget_bytes=profile.get("memory_budget_bytes"),
     )

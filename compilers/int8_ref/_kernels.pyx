@@ -27,7 +27,7 @@ from libc.string cimport memcpy, memset
 from libc.math cimport lrintf, fmaf
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
-FIRMWARE_REVISION = "1.1.0"  # the simulated firmware: reads artifact formats 1 and 2 (int16)
+FIRMWARE_REVISION = "2.0.0"  # the simulated firmware: reads artifact format 3 (packed weights)
 
 include "kernels/_opset.pxi"
 

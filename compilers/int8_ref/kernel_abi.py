@@ -94,7 +94,7 @@ class KernelSpec:
     floats: tuple[str, ...] = ()
     inputs: int = 1
     int16: bool = False
-    firmware: str = "1.0.0"
+    firmware: str = "2.0.0"
     cost: Callable[[Mapping[str, int]], tuple[int, int]] = _no_cost
 
     @property
