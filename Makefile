@@ -26,7 +26,7 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
 test-quick: $(INSTALLED)
-	$(BIN)/python -m pytest -m 'not slow and not server'
+	$(BIN)/python -m pytest -m 'not slow and not server and not real_models'
 
 clean:
 	rm -rf $(VENV) .tapeout build *.egg-info

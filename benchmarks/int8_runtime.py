@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from readme_section import replace_section
 from tapeout.compilers.int8_ref import FIRMWARE_REVISION, Int8ReferenceCompiler
 from tapeout.compilers.interface import QuantizedModel, TargetProfile
 
@@ -342,14 +342,6 @@ def bar_lines(results: dict[str, dict[str, dict[int, float]]]) -> tuple[list[str
     return lines, met
 
 
-def write_readme(text: str) -> None:
-    body = README.read_text() if README.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(body):
-        body = pattern.sub(lambda _: text.rstrip() + "\n", body)
-    else:
-        body = body.rstrip() + "\n\n" + text.rstrip() + "\n"
-    README.write_text(body)
 
 
 def main(argv=None) -> int:
@@ -401,7 +393,7 @@ def main(argv=None) -> int:
         f"Machine: {env}.", ""])
     print(text)
     if args.write_readme:
-        write_readme(text)
+        replace_section(README, SECTION, text)
     return 0 if met or args.smoke else 1
 
 

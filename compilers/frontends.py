@@ -3,7 +3,7 @@
 Front ends are plugins, found through the `tapeout.frontends` entry-point group and checked
 when loaded, like compilers. Three ship with tapeout: `pytorch` (a factory plus a state dict,
 exported with torch.onnx's dynamo exporter, single file, no external data), `onnx` (a file as
-given) and `sklearn` (a factory returning a fitted scikit-learn estimator, exported by
+given, its symbolic input dimensions pinned to the declared shapes) and `sklearn` (a factory returning a fitted scikit-learn estimator, exported by
 skl2onnx). Every export passes through the same checks: `onnx.checker` (full), strict shape
 inference, and the input/output names and shapes the pipeline declares.
 
@@ -164,7 +164,8 @@ def _file_digest(path: Path) -> str:
 
 
 class OnnxFrontEnd:
-    """Front end `onnx`: an ONNX file as given, checked before it is copied."""
+    """Front end `onnx`: an ONNX file as given, checked before it is copied; symbolic input
+    dimensions (a dynamic batch) are pinned to the declared input shapes."""
 
     name = "onnx"
     source_type = OnnxSource
@@ -178,8 +179,23 @@ class OnnxFrontEnd:
         if not source.path.is_file():
             raise InvalidInput(f"{source.path}: ONNX model not found")
         # Check the user's file first, so that errors name it rather than our copy.
-        check_model(source.path, inputs, output_names)
-        output_path.write_bytes(source.path.read_bytes())
+        found = check_model(source.path, output_names=output_names)
+        if all(size > 0 for spec in found.inputs for size in spec.shape):
+            check_model(source.path, inputs, output_names)
+            output_path.write_bytes(source.path.read_bytes())
+            return
+        # A symbolic dimension (a dynamic batch, mostly) takes the size the config declares.
+        import onnx
+
+        from tapeout.compilers.shapes import pin_input_shapes
+
+        pinned = pin_input_shapes(
+            onnx.load(str(source.path), load_external_data=False),
+            {spec.name: spec.shape for spec in inputs},
+            source.path,
+            lambda name, shape: f"model.inputs: {{name: {name}, shape: {list(shape)}}}",
+        )
+        onnx.save(pinned, str(output_path))
 
 
 class PyTorchFrontEnd:

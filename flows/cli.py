@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--firmware", help="firmware revision (overrides the profile's; "
                           "default: the oldest the compiler builds for)")
     compile_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    compile_.add_argument(
+        "--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+        help="static shape of input NAME, pinning its symbolic dimensions (e.g. a dynamic batch)",
+    )
     compile_.add_argument("-o", "--output", type=Path, required=True)
     compile_.set_defaults(func=_compile)
 
@@ -205,7 +210,6 @@ def _compile(args: argparse.Namespace) -> int:
     import yaml
 
     from tapeout.artifacts.compiled import write_record
-    from tapeout.compilers.frontends import check_model
     from tapeout.compilers.interface import QuantizedModel, TargetProfile
     from tapeout.flows.stages import compile_stage
 
@@ -235,22 +239,69 @@ def _compile(args: argparse.Namespace) -> int:
         options=options,
         memory_budget_bytes=profile.get("memory_budget_bytes"),
     )
-    described = check_model(args.model)
-    model = QuantizedModel(
-        path=args.model.resolve(),
-        digest=described.digest,
-        float_path=args.model.resolve(),
-        inputs=described.inputs,
-        outputs=described.outputs,
-    )
+    shapes = _parse_shapes(args.shape)
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    artifact = compile_stage(model, target, output)
-    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="tapeout-pinned-") as scratch:
+        described = _pinned_model(args.model, shapes, Path(scratch))
+        model = QuantizedModel(
+            path=described.path,
+            digest=described.digest,
+            float_path=described.path,
+            inputs=described.inputs,
+            outputs=described.outputs,
+        )
+        start = time.perf_counter()
+        artifact = compile_stage(model, target, output)
+        elapsed = time.perf_counter() - start
     write_record(artifact, target.firmware_revision)
     print(f"{artifact.artifact_id}: {', '.join(artifact.files)} in {output} ({elapsed:.2f} s)")
     return 0
+
+
+def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, separator, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(dim) for dim in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not separator or not name or not shape or min(shape) < 1:
+            raise InvalidInput(f"--shape: expected NAME=D0,D1,... with sizes of at least 1, found {item!r}")
+        if name in shapes:
+            raise InvalidInput(f"--shape: input {name!r} given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def _pinned_model(path: Path, shapes: dict[str, tuple[int, ...]], scratch: Path) -> "ExportedModel":  # noqa: F821
+    """The model every compiler gets, checked: `path` itself when its inputs are static,
+    else a copy in `scratch` with the symbolic dimensions pinned.
+
+    Raises:
+        InvalidInput: the model is not valid ONNX, or `tapeout.compilers.shapes` refuses the
+            shapes (a symbolic dimension left unpinned is named with the --shape that pins it).
+    """
+    import onnx
+
+    from tapeout.compilers.frontends import check_model
+    from tapeout.compilers.shapes import pin_input_shapes
+
+    described = check_model(path.resolve())
+    static = all(size > 0 for spec in described.inputs for size in spec.shape)
+    if static and not shapes:
+        return described
+    pinned = pin_input_shapes(
+        onnx.load(str(path), load_external_data=False),
+        shapes,
+        path,
+        lambda name, shape: f"--shape {name}={','.join(map(str, shape))}",
+    )
+    if static:  # the shapes given are the model's own (pin_input_shapes checked them)
+        return described
+    onnx.save(pinned, str(scratch / path.name))
+    return check_model(scratch / path.name)
 
 
 def _load_runner(directory: Path):

@@ -12,6 +12,9 @@ import pytest
 
 from tapeout.flows import environment
 
+# The real-model suite's fixtures (`real_model`), for the suite's tests and any other's.
+pytest_plugins = ["real_models.fixtures"]
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 EXAMPLE = REPOSITORY / "examples" / "digits"
 
@@ -79,6 +82,27 @@ def quantized_model(exported_model, tmp_path_factory: pytest.TempPathFactory):
         outputs=exported_model.outputs,
         output_path=workdir / "model.qdq.onnx",
     )
+
+
+@pytest.fixture(scope="session")
+def dynamic_batch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example CNN exported by torch.onnx (dynamo) with a dynamic batch axis, as most
+    exported models come: input `image` [N, 1, 16, 16], output `logits` [N, 10]."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("digits_model", EXAMPLE / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    network = module.build_model()
+    network.load_state_dict(torch.load(EXAMPLE / "weights.pt", weights_only=True))
+    path = tmp_path_factory.mktemp("dynamic-batch") / "digits-dynamic.onnx"
+    torch.onnx.export(
+        network.eval(), (torch.zeros(2, 1, 16, 16),), str(path), input_names=["image"], output_names=["logits"],
+        dynamic_shapes={"image": {0: torch.export.Dim("N", min=1, max=4096)}}, dynamo=True, external_data=False,
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -179,8 +179,13 @@ class OpenVinoCompiler:
         try:
             result = json.loads(lines[-1])
         except (IndexError, json.JSONDecodeError):
-            tail = " | ".join(completed.stderr.strip().splitlines()[-3:]) or f"exit code {completed.returncode}"
-            raise CompilationFailed(f"compiler 'openvino': the OpenVINO {release} worker failed: {tail}") from None
+            # A negative return code is the signal that killed it (OpenVINO segfaults on some graphs).
+            code = completed.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
+            raise CompilationFailed(
+                f"compiler 'openvino': the OpenVINO {release} worker failed ({how})" + (f": {tail}" if tail else "")
+            ) from None
         if result["status"] == "unsupported":
             graph = onnx.load(str(model.path), load_external_data=False).graph
             producers = {output: node for node in graph.node for output in node.output}
