@@ -282,7 +282,17 @@ static void i8r_dw_generic(const i8r_dwplan_t* dp, const int16_t* plane, int64_t
 #define vcmpgt(a, b) _mm512_movm_epi32(_mm512_cmpgt_epi32_mask(a, b))
 #define vcmpeq(a, b) _mm512_movm_epi32(_mm512_cmpeq_epi32_mask(a, b))
 #define vblend(a, b, m) _mm512_mask_blend_epi32(_mm512_movepi32_mask(m), a, b)
-#define vdpbusd(acc, a, b) _mm512_dpbusd_epi32(acc, a, b)
+/* GCC (bug 94663) does not tie the accumulator of _mm512_dpbusd_epi32 to its destination
+   and copies registers around every one; the instruction itself, as intgemm does. */
+TGT static inline __m512i i8r_dpbusd_avx512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+#else
+    return _mm512_dpbusd_epi32(acc, a, b);
+#endif
+}
+#define vdpbusd i8r_dpbusd_avx512
 #define vload_i16(p) _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)(p)))
 #define vmadd_lo _mm512_madd_epi16
 #define vf_set1 _mm512_set1_ps
@@ -794,6 +804,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         dp.OW = c->OW;
         dp.Wp = d.Wp;
         dp.sh = c->sh;
+        cp.bias = bias; /* the plain bias (no zero-point terms to fold), no column sums */
         dp.cp = cp;
         job.isa = isa;
         job.c = c;

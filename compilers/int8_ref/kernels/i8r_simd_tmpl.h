@@ -102,44 +102,80 @@ TGT static inline V SFX(rq_apply)(const SFX(rqc_t) * c, V acc) {
     V r = c->mode == 0 ? SFX(rq_ort)(c, acc) : SFX(rq_fixed)(c, acc);
     return vmin(vmax(r, c->qmin), c->qmax);
 }
+
+/* One panel's 16 bytes through its entry of the panel table (i8r_panel_table): a masked
+   store per run of kept lanes, or the map for tables too narrow to hold the runs. */
+TGT static inline __attribute__((always_inline)) void SFX(put_panel)(
+    const i8r_map_t* map, uint8_t* ych, const int64_t* pe, int64_t j0, __m128i bytes) {
+    int64_t n = pe[2], k;
+    if (n == 1 && pe[4] == 0xFFFF) {
+        _mm_storeu_si128((__m128i*)(ych + pe[3]), bytes);
+    } else if (n == 1) {
+        vputmask(ych + pe[3], bytes, pe[4]);
+    } else if (n) {
+        for (k = 0; k < n; k++) vputmask(ych + pe[3 + 2 * k], bytes, pe[4 + 2 * k]);
+    } else {
+        uint8_t out[16];
+        _mm_storeu_si128((__m128i*)out, bytes);
+        i8r_map_store(map, ych, 1, out, j0, pe[0], pe[1]);
+    }
+}
 #endif
 
-/* Requantize one panel of group channel `ml` and store it: the panel table's runs of kept
-   lanes, one masked store each (i8r_panel_table); element by element through the map for
-   16- and 32-bit outputs and for maps too narrow for the table. */
-TGT static inline __attribute__((always_inline)) void SFX(conv_put)(
-    const i8r_cplan_t* cp, int64_t ml, int64_t p, V* acc
-#if VEC_REQUANT
-    , const SFX(rqc_t) * c
+#if !VEC_REQUANT
+typedef int SFX(rqc_t); /* the scalar requantization needs no prepared constants */
+#define SFX_RQC_PREPARE(c, q, ch) (void)(c)
+#else
+#define SFX_RQC_PREPARE(c, q, ch) SFX(rqc_channel)(c, q, ch)
 #endif
-) {
+
+/* The final accumulators of `count` consecutive panels (from panel p) of group channel `ml`,
+   with the channel's requantization constants `c` (SFX_RQC_PREPARE): add the folded bias,
+   subtract the column-sum term, requantize, store. Everything the loop reads is copied to
+   locals first: a byte store may alias anything, so the compiler would otherwise reload the
+   plan after each one. */
+TGT static void SFX(store_panels)(const i8r_cplan_t* cp, const SFX(rqc_t) * c, int64_t ml,
+                                  int64_t p, int64_t count, V* acc) {
     const i8r_requant_t* q = cp->rq;
-    int64_t ch = cp->ch0 + ml;
-    uint8_t* ych = cp->y + ml * cp->map.plane * cp->esz;
+    const int32_t* colsum = cp->colsum;
     const int64_t* pan = cp->pan + I8R_PAN * p;
+    const i8r_map_t map = cp->map;
+    int64_t ch = cp->ch0 + ml, t;
+    int esz = cp->esz;
+    uint8_t* ych = cp->y + ml * map.plane * esz;
+    V add = vset1(cp->bias[ch]), zb = colsum ? vset1(cp->zb[ch]) : vzero();
+    int v;
+    (void)c;
+    for (t = 0; t < count * NV; t++) {
+        acc[t] = vadd(acc[t], add);
+        if (colsum) acc[t] = vsub(acc[t], vmullo(zb, vload(colsum + 16 * p + VW * t)));
+    }
 #if VEC_REQUANT
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
-        int v, k;
-        for (v = 0; v < NV; v++) r[v] = SFX(rq_apply)(c, acc[v]);
-        __m128i bytes = vpack16(r);
-        if (pan[2]) {
-            for (k = 0; k < pan[2]; k++) vputmask(ych + pan[3 + 2 * k], bytes, pan[4 + 2 * k]);
+        if (c->mode == 0) {
+            /* the float clamp already keeps the result in [qmin, qmax] */
+            for (t = 0; t < count; t++) {
+                for (v = 0; v < NV; v++) r[v] = SFX(rq_ort)(c, acc[t * NV + v]);
+                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, 16 * (p + t), vpack16(r));
+            }
         } else {
-            uint8_t out[16];
-            _mm_storeu_si128((__m128i*)out, bytes);
-            i8r_map_store(&cp->map, ych, 1, out, 16 * p, pan[0], pan[1]);
+            for (t = 0; t < count; t++) {
+                for (v = 0; v < NV; v++)
+                    r[v] = vmin(vmax(SFX(rq_fixed)(c, acc[t * NV + v]), c->qmin), c->qmax);
+                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, 16 * (p + t), vpack16(r));
+            }
         }
         return;
     }
 #endif
-    {
+    for (t = 0; t < count; t++) {
         int32_t tmp[16];
         uint8_t out[16 * 4];
-        int i, v;
-        for (v = 0; v < NV; v++) vstore(tmp + v * VW, acc[v]);
+        int i;
+        for (v = 0; v < NV; v++) vstore(tmp + v * VW, acc[t * NV + v]);
         for (i = 0; i < 16; i++) i8r_store1(q, ch, tmp[i], out, i);
-        i8r_map_store(&cp->map, ych, cp->esz, out, 16 * p, pan[0], pan[1]);
+        i8r_map_store(&map, ych, esz, out, 16 * (p + t), pan[I8R_PAN * t], pan[I8R_PAN * t + 1]);
     }
 }
 
@@ -147,24 +183,17 @@ TGT static inline __attribute__((always_inline)) void SFX(conv_put)(
    acc[m][j] = sum over k groups of B(kg, j) . W(m, kg). B(kg, j) is the dword at
    b + koff[kg] + 4j (four u8); W(m, kg) the dword at w + 64 kg + 4 m of the channel block
    (four s8). Channels from block lane m0 (group channel ml0), panels from p. */
-#if VEC_REQUANT
-#define CONV_RQC_DECL SFX(rqc_t) rqc;
-#define CONV_RQC_PREP SFX(rqc_channel)(&rqc, cp->rq, ch);
-#define CONV_RQC_ARG , &rqc
-#else
-#define CONV_RQC_DECL
-#define CONV_RQC_PREP
-#define CONV_RQC_ARG
-#endif
-#define CONV_TILE(R, T)                                                                     \
-    TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const int8_t* w,        \
-                                             int64_t ml0, int64_t m0, int64_t p) {          \
+/* The dot products of a tile, written to `out` once at the end: the accumulators live in
+   registers only when nothing else indexes them (GCC otherwise keeps the array in memory and
+   copies registers on every k step). */
+#define CONV_DOT(R, T)                                                                      \
+    TGT static __attribute__((noinline)) void SFX(conv_dot_##R##x##T)(                      \
+        const i8r_cplan_t* cp, const int8_t* w, int64_t p, V* out) {                        \
         V acc[R * T * NV];                                                                  \
         const uint8_t* b = cp->b + 64 * p;                                                  \
-        int r, t, v;                                                                        \
+        int r, t;                                                                           \
         int64_t kg;                                                                         \
         for (r = 0; r < R * T * NV; r++) acc[r] = vzero();                                  \
-        w += 4 * m0;                                                                        \
         for (kg = 0; kg < cp->Kq; kg++) {                                                   \
             const uint8_t* bk = b + cp->koff[kg];                                           \
             V bv[T * NV];                                                                   \
@@ -175,20 +204,21 @@ TGT static inline __attribute__((always_inline)) void SFX(conv_put)(
                     acc[r * T * NV + t] = vdpbusd(acc[r * T * NV + t], bv[t], wv);          \
             }                                                                               \
         }                                                                                   \
+        for (r = 0; r < R * T * NV; r++) out[r] = acc[r];                                   \
+    }
+#define CONV_TILE(R, T)                                                                     \
+    CONV_DOT(R, T)                                                                          \
+    TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const int8_t* w,        \
+                                             int64_t ml0, int64_t m0, int64_t p) {          \
+        V acc[R * T * NV];                                                                  \
+        int r;                                                                              \
+        SFX(conv_dot_##R##x##T)(cp, w + 4 * m0, p, acc);                                   \
+        int64_t panels = (cp->map.J + 15) / 16 - p;                                          \
+        if (panels > T) panels = T;                                                         \
         for (r = 0; r < R && ml0 + r < cp->Mg; r++) {                                       \
-            int64_t ch = cp->ch0 + ml0 + r;                                                 \
-            V add = vset1(cp->bias[ch]), zb = vset1(cp->zb[ch]);                            \
-            CONV_RQC_DECL                                                                   \
-            CONV_RQC_PREP                                                                   \
-            for (t = 0; t < T && 16 * (p + t) < cp->map.J; t++) {                           \
-                V* a = acc + (r * T + t) * NV;                                              \
-                for (v = 0; v < NV; v++) {                                                  \
-                    a[v] = vadd(a[v], add);                                                 \
-                    if (cp->colsum)                                                         \
-                        a[v] = vsub(a[v], vmullo(zb, vload(cp->colsum + 16 * (p + t) + VW * v))); \
-                }                                                                           \
-                SFX(conv_put)(cp, ml0 + r, p + t, a CONV_RQC_ARG);                          \
-            }                                                                               \
+            SFX(rqc_t) c;                                                                   \
+            SFX_RQC_PREPARE(&c, cp->rq, cp->ch0 + ml0 + r);                                 \
+            SFX(store_panels)(cp, &c, ml0 + r, p, panels, acc + r * T * NV);               \
         }                                                                                   \
     }
 
@@ -341,27 +371,21 @@ TGT static void SFX(im2col)(const i8r_cplan_t* cp, const uint8_t* x4, const int6
    is left. Two panels per step. */
 TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
                              const int16_t* w) {
-    int64_t j0, t;
+    int64_t j0, t, J = dp->cp.map.J, taps = dp->taps;
+    const int64_t* off = dp->off;
     int v;
-#if VEC_REQUANT
     SFX(rqc_t) c;
-    SFX(rqc_channel)(&c, dp->rq, ch);
-#endif
-    for (j0 = 0; j0 < dp->cp.map.J; j0 += 32) {
+    SFX_RQC_PREPARE(&c, dp->rq, ch);
+    for (j0 = 0; j0 < J; j0 += 32) {
         V acc[2 * NV];
-        for (v = 0; v < 2 * NV; v++) acc[v] = vset1(dp->bias[ch]);
-        for (t = 0; t < dp->taps; t++) {
+        for (v = 0; v < 2 * NV; v++) acc[v] = vzero();
+        for (t = 0; t < taps; t++) {
             V wv = vset1((int32_t)(uint16_t)w[t]);
-            const int16_t* src = plane + j0 + dp->off[t];
+            const int16_t* src = plane + j0 + off[t];
             for (v = 0; v < 2 * NV; v++)
                 acc[v] = vadd(acc[v], vmadd_lo(vload_i16(src + VW * v), wv));
         }
-        for (v = 0; v < 2 && j0 + 16 * v < dp->cp.map.J; v++)
-            SFX(conv_put)(&dp->cp, 0, j0 / 16 + v, acc + NV * v
-#if VEC_REQUANT
-                          , &c
-#endif
-            );
+        SFX(store_panels)(&dp->cp, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
     }
 }
 
@@ -369,38 +393,32 @@ TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64
    pair is the low half of an int32 lane, which is all vmadd_lo reads. */
 TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
                                 const int16_t* w) {
-    int64_t oy, j0, t;
+    int64_t oy, j0, t, taps = dp->taps;
+    const int64_t* off = dp->off;
     int v;
     i8r_cplan_t cp = dp->cp;
-#if VEC_REQUANT
     SFX(rqc_t) c;
-    SFX(rqc_channel)(&c, dp->rq, ch);
-#endif
+    SFX_RQC_PREPARE(&c, dp->rq, ch);
     for (oy = 0; oy < dp->OH; oy++) {
         const int16_t* row = plane + oy * dp->sh * dp->Wp;
         cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
         for (j0 = 0; j0 < dp->OW; j0 += 16) {
             V acc[NV];
-            for (v = 0; v < NV; v++) acc[v] = vset1(dp->bias[ch]);
-            for (t = 0; t < dp->taps; t++) {
+            for (v = 0; v < NV; v++) acc[v] = vzero();
+            for (t = 0; t < taps; t++) {
                 V wv = vset1((int32_t)(uint16_t)w[t]);
-                const int16_t* src = row + 2 * j0 + dp->off[t];
+                const int16_t* src = row + 2 * j0 + off[t];
                 for (v = 0; v < NV; v++)
                     acc[v] = vadd(acc[v], vmadd_lo(vload(src + 2 * VW * v), wv));
             }
-            SFX(conv_put)(&cp, 0, j0 / 16, acc
-#if VEC_REQUANT
-                          , &c
-#endif
-            );
+            SFX(store_panels)(&cp, &c, 0, j0 / 16, 1, acc);
         }
     }
 }
 
-#undef CONV_RQC_DECL
-#undef CONV_RQC_PREP
-#undef CONV_RQC_ARG
 #undef CONV_TILE
+#undef SFX_RQC_PREPARE
+#undef CONV_DOT
 #undef CONV_TILE_X
 #undef CONV_CALL
 #undef CONV_CALL2
