@@ -1,7 +1,7 @@
 """int8-ref runtime speed against ONNX Runtime int8 and OpenVINO int8, one thread.
 
     .venv/bin/python benchmarks/int8_runtime.py [--models a,b] [--budget S] [--repeat R]
-                                                [--write-readme] [--smoke]
+                                                [--write-readme [--readme PATH]] [--smoke]
 
 Networks (each quantized by ONNX Runtime's quantize_static: QDQ, per-channel int8 weights):
 
@@ -411,7 +411,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes and budgets: checks that everything runs, measures nothing")
     ap.add_argument("--write-readme", action="store_true",
-                    help=f"replace the '{SECTION}' section of {README.name}")
+                    help=f"replace the '{SECTION}' section of --readme")
+    ap.add_argument("--readme", type=Path, default=README, help="the README to write")
     args = ap.parse_args(argv)
     if args.smoke:
         args.models, args.budget, args.repeat, args.gemm = "cnn-8m", 0.0, 1, 32
@@ -460,7 +461,7 @@ def main(argv=None) -> int:
         f"Machine: {env}.", ""])
     print(text)
     if args.write_readme:
-        replace_section(README, SECTION, text)
+        replace_section(args.readme, SECTION, text)
     return 0 if met or args.smoke else 1
 
 
