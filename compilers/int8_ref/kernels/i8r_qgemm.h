@@ -162,7 +162,7 @@ typedef struct {
     const int64_t* off; /* [taps] int16 elements from a column's first tap */
     const int32_t* bias;
     const i8r_requant_t* rq;
-    int64_t OH, OW, Wp, sh;
+    int64_t OH, OW, Wp, sh, sw;
     i8r_cplan_t cp;
 } i8r_dwplan_t;
 
@@ -294,14 +294,31 @@ TGT static inline __m512i i8r_dpbusd_avx512(__m512i acc, __m512i a, __m512i b) {
 }
 #define vdpbusd i8r_dpbusd_avx512
 #define vload_i16(p) _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)(p)))
-#define vmadd_lo _mm512_madd_epi16
+#define vmadd _mm512_madd_epi16
+TGT static inline __m512i i8r_dpwssd_avx512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); /* as VPDPBUSD above */
+    return acc;
+#else
+    return _mm512_dpwssd_epi32(acc, a, b);
+#endif
+}
+#define vdpwssd i8r_dpwssd_avx512
+/* lanes (e0 o0 e1 o1 ...): the first 16 to lo[0], the next 16 to hi[0] */
+TGT static inline void i8r_interleave_avx512(const __m512i* e, const __m512i* o, __m512i* lo,
+                                             __m512i* hi) {
+    lo[0] = _mm512_permutex2var_epi32(
+        e[0], _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), o[0]);
+    hi[0] = _mm512_permutex2var_epi32(
+        e[0], _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), o[0]);
+}
+#define vinterleave i8r_interleave_avx512
 #define vf_set1 _mm512_set1_ps
 #define vf_load _mm512_loadu_ps
 #define vf_mul _mm512_mul_ps
 #define vf_cvt _mm512_cvtepi32_ps
 #define vf_max _mm512_max_ps
 #define vf_min _mm512_min_ps
-#define vf_zero_nan(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v)
 #define vf_round _mm512_cvtps_epi32
 #define VEC_REQUANT 1
 #define CONV_R 4
@@ -361,14 +378,26 @@ TGT static inline __m256i i8r_dpbusd_avx2(__m256i acc, __m256i a, __m256i b) {
 }
 #define vdpbusd i8r_dpbusd_avx2
 #define vload_i16(p) _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i*)(p)))
-#define vmadd_lo _mm256_madd_epi16
+#define vmadd _mm256_madd_epi16
+#define vdpwssd(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+/* lanes (e0 o0 e1 o1 ...) of the 2 x 8 even and odd lanes: 16 to lo[0..1], 16 to hi[0..1] */
+TGT static inline void i8r_interleave_avx2(const __m256i* e, const __m256i* o, __m256i* lo,
+                                           __m256i* hi) {
+    int v;
+    for (v = 0; v < 2; v++) {
+        __m256i a = _mm256_unpacklo_epi32(e[v], o[v]), b = _mm256_unpackhi_epi32(e[v], o[v]);
+        __m256i* dst = v ? hi : lo;
+        dst[0] = _mm256_permute2x128_si256(a, b, 0x20);
+        dst[1] = _mm256_permute2x128_si256(a, b, 0x31);
+    }
+}
+#define vinterleave i8r_interleave_avx2
 #define vf_set1 _mm256_set1_ps
 #define vf_load _mm256_loadu_ps
 #define vf_mul _mm256_mul_ps
 #define vf_cvt _mm256_cvtepi32_ps
 #define vf_max _mm256_max_ps
 #define vf_min _mm256_min_ps
-#define vf_zero_nan(v) _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q))
 #define vf_round _mm256_cvtps_epi32
 #define VEC_REQUANT 1
 #define CONV_R 4
@@ -437,7 +466,18 @@ TGT static inline __m128i i8r_dpbusd_sse41(__m128i acc, __m128i a, __m128i b) {
 }
 #define vdpbusd i8r_dpbusd_sse41
 #define vload_i16(p) _mm_cvtepi16_epi32(_mm_loadl_epi64((const __m128i*)(p)))
-#define vmadd_lo _mm_madd_epi16
+#define vmadd _mm_madd_epi16
+#define vdpwssd(acc, a, b) _mm_add_epi32(acc, _mm_madd_epi16(a, b))
+TGT static inline void i8r_interleave_sse41(const __m128i* e, const __m128i* o, __m128i* lo,
+                                            __m128i* hi) {
+    int v;
+    for (v = 0; v < 4; v++) {
+        __m128i* dst = v < 2 ? lo + 2 * v : hi + 2 * (v - 2);
+        dst[0] = _mm_unpacklo_epi32(e[v], o[v]);
+        dst[1] = _mm_unpackhi_epi32(e[v], o[v]);
+    }
+}
+#define vinterleave i8r_interleave_sse41
 TGT static inline __m128i i8r_gather2_sse41(const void* p) {
     return _mm_castps_si128(_mm_shuffle_ps(_mm_loadu_ps((const float*)p),
                                            _mm_loadu_ps((const float*)p + 4), 0x88));
@@ -511,9 +551,38 @@ static void i8r_im2col(int isa, const i8r_cplan_t* cp, const uint8_t* x4, const 
     i8r_im2col_portable(cp, x4, koff, sh, sw, Wp, OW, oy0, oy1, dst, QS);
 }
 
+/* Depthwise kernels with two taps per multiply take up to this many tap pairs. */
+#define I8R_DW_PAIRS 64
+
 static void i8r_dw_run(int isa, const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
-                       const int16_t* w, int64_t sw) {
+                       const int16_t* w, int64_t kh, int64_t kw, int64_t sw, int64_t dw) {
 #if I8R_X86
+    int64_t pairs = (kw + 1) / 2, ky, q;
+    if (isa != I8R_PORTABLE && dw == 1 && (sw == 2 || (sw == 1 && dp->sh == 1))
+        && kh * pairs <= I8R_DW_PAIRS) {
+        int32_t wp[I8R_DW_PAIRS];
+        int64_t rows[I8R_DW_PAIRS];
+        for (ky = 0; ky < kh; ky++) {
+            rows[ky] = dp->off[ky * kw];
+            for (q = 0; q < pairs; q++) {
+                uint32_t lo = (uint16_t)w[ky * kw + 2 * q];
+                uint32_t hi = 2 * q + 1 < kw ? (uint16_t)w[ky * kw + 2 * q + 1] : 0;
+                wp[ky * pairs + q] = (int32_t)(lo | hi << 16);
+            }
+        }
+        if (isa == I8R_AVX512VNNI) {
+            i8r_dw_pairs_avx512(dp, plane, ch, wp, pairs, rows, kh);
+            return;
+        }
+        if (isa == I8R_AVX2) {
+            i8r_dw_pairs_avx2(dp, plane, ch, wp, pairs, rows, kh);
+            return;
+        }
+        if (isa == I8R_SSE41) {
+            i8r_dw_pairs_sse41(dp, plane, ch, wp, pairs, rows, kh);
+            return;
+        }
+    }
     if (sw == 1 && dp->sh == 1) {
         if (isa == I8R_AVX512VNNI) {
             i8r_dw_flat_avx512(dp, plane, ch, w);
@@ -542,6 +611,7 @@ static void i8r_dw_run(int isa, const i8r_dwplan_t* dp, const int16_t* plane, in
         }
     }
 #endif
+    (void)isa, (void)kh, (void)kw, (void)dw;
     i8r_dw_generic(dp, plane, ch, w, sw);
 }
 
@@ -758,7 +828,7 @@ static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
         dp.cp.ch0 = ch;
         dp.cp.y = j->y + ch * dp.cp.map.plane * dp.cp.esz;
         i8r_dw_run(j->isa, &dp, j->planes + (ch / j->d->Mg) * j->stride, ch,
-                   j->w + ch * j->d->taps, j->c->sw);
+                   j->w + ch * j->d->taps, j->c->kh, j->c->kw, j->c->sw, j->c->dw);
     }
 }
 
@@ -804,6 +874,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         dp.OW = c->OW;
         dp.Wp = d.Wp;
         dp.sh = c->sh;
+        dp.sw = c->sw;
         cp.bias = bias; /* the plain bias (no zero-point terms to fold), no column sums */
         dp.cp = cp;
         job.isa = isa;

@@ -38,7 +38,8 @@ typedef struct {
     int32_t mode;     /* 0 ort (float32 multiplier), 1 fixed-point (mult, shift), 2 int32 out */
     int32_t out_code; /* 0 uint8, 1 int8, 2 int16 */
     int32_t zp, qmin, qmax;
-    const float* scale;   /* mode 0 */
+    const float* scale;   /* mode 0; finite (the loader refuses others: the vector paths
+                             rely on it) */
     const int32_t* mult;  /* mode 1 */
     const int32_t* shift; /* mode 1 */
 } i8r_requant_t;

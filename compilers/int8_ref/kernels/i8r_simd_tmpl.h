@@ -10,8 +10,9 @@
      vany(mask)     whether any lane of a vcmp mask is set
      vdpbusd(acc, a, b)  acc + the sum of the four u8(a) x s8(b) products of each int32 lane
      vload_i16(p)   VW int16 values sign-extended to int32 lanes
-     vmadd_lo(x, w) per int32 lane: the low int16 of x times the low int16 of w, plus the
-                    high halves' product (w's high halves are 0 wherever it is used)
+     vmadd(x, w)    per int32 lane: the sum of the products of its two int16 halves (VPMADDWD)
+     vdpwssd(acc, x, w)  acc + vmadd(x, w)
+     vinterleave(e, o, lo, hi)  NV even and NV odd vectors to 32 lanes in order, e0 o0 e1 o1..
      vgather2(p)    VW dwords at p, p + 8, p + 16, ... bytes (every other dword)
      vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
      vputmask(p, b, m) store the bytes of lanes m (a contiguous set of bits) at p + lane
@@ -65,12 +66,13 @@ TGT static inline void SFX(rqc_lanes)(SFX(rqc_t) * c, const i8r_requant_t* q, in
     SFX(rqc_finish)(c, q);
 }
 
-/* i8r_f2q on VW lanes: multiply, clamp keeping a NaN (MAXPS/MINPS return the second operand
-   when either is NaN), NaN to 0, convert half to even (the default MXCSR), add zp. */
+/* i8r_f2q on VW lanes: multiply, clamp, convert half to even (the default MXCSR), add zp.
+   No NaN can arise: the loader refuses a non-finite multiplier (ops/conv.py, ops/gemm.py), and
+   an int32 times a finite float32 is a number (at worst an infinity, which the clamp bounds). */
 TGT static inline V SFX(rq_ort)(const SFX(rqc_t) * c, V acc) {
     VF v = vf_mul(vf_cvt(acc), c->scale);
     v = vf_min(c->hi, vf_max(c->lo, v));
-    return vadd(vf_round(vf_zero_nan(v)), c->zp);
+    return vadd(vf_round(v), c->zp);
 }
 
 /* i8r_mbqm on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
@@ -134,7 +136,7 @@ typedef int SFX(rqc_t); /* the scalar requantization needs no prepared constants
    subtract the column-sum term, requantize, store. Everything the loop reads is copied to
    locals first: a byte store may alias anything, so the compiler would otherwise reload the
    plan after each one. */
-TGT static void SFX(store_panels)(const i8r_cplan_t* cp, const SFX(rqc_t) * c, int64_t ml,
+TGT static inline __attribute__((always_inline)) void SFX(store_panels)(const i8r_cplan_t* cp, const SFX(rqc_t) * c, int64_t ml,
                                   int64_t p, int64_t count, V* acc) {
     const i8r_requant_t* q = cp->rq;
     const int32_t* colsum = cp->colsum;
@@ -183,11 +185,10 @@ TGT static void SFX(store_panels)(const i8r_cplan_t* cp, const SFX(rqc_t) * c, i
    acc[m][j] = sum over k groups of B(kg, j) . W(m, kg). B(kg, j) is the dword at
    b + koff[kg] + 4j (four u8); W(m, kg) the dword at w + 64 kg + 4 m of the channel block
    (four s8). Channels from block lane m0 (group channel ml0), panels from p. */
-/* The dot products of a tile, written to `out` once at the end: the accumulators live in
-   registers only when nothing else indexes them (GCC otherwise keeps the array in memory and
-   copies registers on every k step). */
+/* The dot products of a tile, written to `out` once at the end, so that nothing else
+   indexes the accumulators inside the k loop and they stay in registers. */
 #define CONV_DOT(R, T)                                                                      \
-    TGT static __attribute__((noinline)) void SFX(conv_dot_##R##x##T)(                      \
+    TGT static inline __attribute__((always_inline)) void SFX(conv_dot_##R##x##T)(                      \
         const i8r_cplan_t* cp, const int8_t* w, int64_t p, V* out) {                        \
         V acc[R * T * NV];                                                                  \
         const uint8_t* b = cp->b + 64 * p;                                                  \
@@ -383,14 +384,14 @@ TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64
             V wv = vset1((int32_t)(uint16_t)w[t]);
             const int16_t* src = plane + j0 + off[t];
             for (v = 0; v < 2 * NV; v++)
-                acc[v] = vadd(acc[v], vmadd_lo(vload_i16(src + VW * v), wv));
+                acc[v] = vadd(acc[v], vmadd(vload_i16(src + VW * v), wv));
         }
         SFX(store_panels)(&dp->cp, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
     }
 }
 
 /* Depthwise with a horizontal stride of 2, one output row at a time: the even int16 of each
-   pair is the low half of an int32 lane, which is all vmadd_lo reads. */
+   pair is the low half of an int32 lane, and w's high half is 0. */
 TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
                                 const int16_t* w) {
     int64_t oy, j0, t, taps = dp->taps;
@@ -409,9 +410,64 @@ TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, in
                 V wv = vset1((int32_t)(uint16_t)w[t]);
                 const int16_t* src = row + 2 * j0 + off[t];
                 for (v = 0; v < NV; v++)
-                    acc[v] = vadd(acc[v], vmadd_lo(vload(src + 2 * VW * v), wv));
+                    acc[v] = vadd(acc[v], vmadd(vload(src + 2 * VW * v), wv));
             }
             SFX(store_panels)(&cp, &c, 0, j0 / 16, 1, acc);
+        }
+    }
+}
+
+/* Depthwise, two horizontally adjacent taps per multiply (horizontal dilation 1): a dword read
+   at an int16 offset of the plane holds two neighbours, low half first, and vdpwssd against
+   (w[kx], w[kx + 1]) adds both taps' products to its int32 lane; a last odd tap pairs with a
+   weight of 0. `wp`: the channel's pair weights, `pairs` per kernel row; `rows`: the kernel
+   rows' offsets in the plane. Stride 1: even and odd output columns are separate vectors
+   (both read whole dwords), interleaved once before the store. */
+TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
+                              const int32_t* wp, int64_t pairs, const int64_t* rows,
+                              int64_t kh) {
+    int64_t J = dp->cp.map.J, j0, ky, q;
+    int v;
+    SFX(rqc_t) c;
+    SFX_RQC_PREPARE(&c, dp->rq, ch);
+    if (dp->sh == 1 && dp->sw == 1) {
+        for (j0 = 0; j0 < J; j0 += 32) {
+            V e[NV], o[NV], acc[2 * NV];
+            for (v = 0; v < NV; v++) e[v] = o[v] = vzero();
+            for (ky = 0; ky < kh; ky++) {
+                const int16_t* base = plane + j0 + rows[ky];
+                for (q = 0; q < pairs; q++) {
+                    V wv = vset1(wp[ky * pairs + q]);
+                    for (v = 0; v < NV; v++) {
+                        e[v] = vdpwssd(e[v], vload(base + 2 * q + 2 * VW * v), wv);
+                        o[v] = vdpwssd(o[v], vload(base + 1 + 2 * q + 2 * VW * v), wv);
+                    }
+                }
+            }
+            vinterleave(e, o, acc, acc + NV);
+            SFX(store_panels)(&dp->cp, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
+        }
+        return;
+    }
+    {
+        i8r_cplan_t cp = dp->cp;
+        int64_t oy;
+        for (oy = 0; oy < dp->OH; oy++) {
+            const int16_t* row = plane + oy * dp->sh * dp->Wp;
+            cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
+            for (j0 = 0; j0 < dp->OW; j0 += 16) {
+                V acc[NV];
+                for (v = 0; v < NV; v++) acc[v] = vzero();
+                for (ky = 0; ky < kh; ky++) {
+                    const int16_t* base = row + rows[ky] + 2 * j0;
+                    for (q = 0; q < pairs; q++) {
+                        V wv = vset1(wp[ky * pairs + q]);
+                        for (v = 0; v < NV; v++)
+                            acc[v] = vdpwssd(acc[v], vload(base + 2 * q + 2 * VW * v), wv);
+                    }
+                }
+                SFX(store_panels)(&cp, &c, 0, j0 / 16, 1, acc);
+            }
         }
     }
 }

@@ -23,7 +23,9 @@
 #undef vblend
 #undef vdpbusd
 #undef vload_i16
-#undef vmadd_lo
+#undef vmadd
+#undef vdpwssd
+#undef vinterleave
 #undef vmulhi31
 #undef vf_set1
 #undef vf_load
@@ -31,7 +33,6 @@
 #undef vf_cvt
 #undef vf_max
 #undef vf_min
-#undef vf_zero_nan
 #undef vf_round
 #undef VEC_REQUANT
 #undef CONV_R

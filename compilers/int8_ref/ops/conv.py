@@ -215,6 +215,10 @@ def validate(c) -> None:
         sh = c.const_values("shifts", np.int32, M)
         if sh.min() < -31 or sh.max() > 30:
             c.fail("a per-channel shift is outside [-31, 30]")
+    if p["mode"] == 0 and not np.isfinite(c.const_values("multipliers", np.float32, M)).all():
+        # a finite multiplier keeps every product a number (never NaN), which the vector
+        # requantization relies on
+        c.fail("a float32 multiplier is not finite")
 
 
 def work(p) -> int:
