@@ -13,11 +13,12 @@ Networks (each quantized by ONNX Runtime's quantize_static: QDQ, per-channel int
 - `resnet18`, `mobilenet_v2`: torchvision's, from the real-model suite (tests/real_models:
   exported by tapeout's front end, uint8 activations), when that suite is present,
 
-each at batch 1 (median latency of single calls) and batch 64 (images per second), on ONNX
-Runtime int8, OpenVINO int8 (when its extra is installed) and int8-ref in both requantization
-modes, every engine on one thread, measured in the same run: the engines take turns, `--repeat`
-times, and each figure is the median of its turns, so a load change on the machine touches
-all of them alike. Ratios are to ONNX Runtime int8 (above 1: slower).
+each at batch 1 (latency of single calls) and batch 64 (images per second), on ONNX Runtime
+int8, OpenVINO int8 (when its extra is installed) and int8-ref in both requantization modes,
+every engine on one thread, measured in the same run: the engines take turns, `--repeat`
+times, a turn being the median of its calls over `--budget` seconds, and each figure is the
+fastest of an engine's turns (other load on a shared machine only ever makes a turn slower,
+as timeit takes the best repeat). Ratios are to ONNX Runtime int8 (above 1: slower).
 
 Then the GEMM rate: a 1024 x 1024 x 1024 QLinearMatMul (uint8 activations, int8 constant
 weights) on ONNX Runtime and the same model compiled by int8-ref, in GOPS (2 * M * K * N per
@@ -302,7 +303,7 @@ def turn(fn, feed, budget: float) -> float:
 
 def measure_network(build: Callable[[int], Network], workdir: Path, budget: float, repeat: int,
                     options: dict[str, str], refusals: dict[str, str]) -> dict[str, dict[int, float]]:
-    """Seconds per call by engine and batch: the median of `repeat` interleaved turns."""
+    """Seconds per call by engine and batch: the fastest of `repeat` interleaved turns."""
     seconds: dict[str, dict[int, float]] = {}
     for batch in BATCHES:
         net = build(batch)
@@ -312,7 +313,7 @@ def measure_network(build: Callable[[int], Network], workdir: Path, budget: floa
             for name, fn in runners.items():
                 turns[name].append(turn(fn, net.feed, budget))
         for name, ts in turns.items():
-            seconds.setdefault(name, {})[batch] = statistics.median(ts)
+            seconds.setdefault(name, {})[batch] = min(ts)
     return seconds
 
 
@@ -353,7 +354,7 @@ def measure_gemm(size: int, workdir: Path, budget: float, repeat: int,
     for _ in range(repeat):
         for name, fn in runners.items():
             turns[name].append(turn(fn, feed, budget))
-    return {name: 2 * size ** 3 / statistics.median(ts) / 1e9 for name, ts in turns.items()}
+    return {name: 2 * size ** 3 / min(ts) / 1e9 for name, ts in turns.items()}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -453,7 +454,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         SECTION, "",
         "`benchmarks/int8_runtime.py` (its docstring describes the networks and the method): "
-        f"medians of {args.repeat} interleaved turns of {args.budget:g} s per engine.", "",
+        f"the fastest of {args.repeat} interleaved turns of {args.budget:g} s per engine.", "",
         network_table(results, refusals), "",
         *(waiting + [""] if waiting else []),
         gemm_line + f"Bar (within {BAR}× of ONNX Runtime int8 at batch 1 and 64):", *bars,
