@@ -1,5 +1,7 @@
 """Only the compiled extensions live here; everything else is in pyproject.toml."""
 
+from glob import glob
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -8,23 +10,23 @@ from setuptools import Extension, setup
 # SSE4.1 / AVX2 / AVX-512 VNNI paths with per-function target attributes and choose at run
 # time (compilers/int8_ref/kernels/i8r_isa.h). No FMA contraction: the float32
 # requantization must round exactly as written. OpenMP is not used. The kernel units
-# (compilers/int8_ref/kernels/*.pxi) are included into _kernels.pyx; their C headers are found
-# through include_dirs.
+# (compilers/int8_ref/kernels/*.pxi) are included into _kernels.pyx and the C headers beside
+# them are found through include_dirs; `depends` puts them in a source distribution and
+# rebuilds the extensions when one changes.
 FLAGS = ["-O3", "-ffp-contract=off"]
-KERNELS = ["compilers/int8_ref/kernels"]
+KERNELS = "compilers/int8_ref/kernels"
 extensions = [
     Extension(
-        "tapeout.compilers.int8_ref._kernels",
-        ["compilers/int8_ref/_kernels.pyx"],
-        include_dirs=KERNELS,
+        name,
+        [source],
+        include_dirs=[KERNELS],
+        depends=sorted(glob(f"{KERNELS}/*")),
         extra_compile_args=FLAGS,
-    ),
-    Extension(
-        "tapeout.compilers.int8_ref._qgemm",
-        ["compilers/int8_ref/_qgemm.pyx"],
-        include_dirs=KERNELS,
-        extra_compile_args=FLAGS,
-    ),
+    )
+    for name, source in (
+        ("tapeout.compilers.int8_ref._kernels", "compilers/int8_ref/_kernels.pyx"),
+        ("tapeout.compilers.int8_ref._qgemm", "compilers/int8_ref/_qgemm.pyx"),
+    )
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3))

@@ -25,11 +25,13 @@ _RECORDED_PACKAGES = (
 
 @dataclass(frozen=True)
 class SourceRevision:
-    """Where the build came from: the repository folder, commit, and whether it was dirty."""
+    """Where the build came from: the repository (a URL, or a folder), the commit, and whether
+    a file the build read differed from it (`dirty_files` says which and how)."""
 
     repository: str
     commit: str
     dirty: bool
+    dirty_files: tuple[str, ...] = ()
 
 
 def environment_versions() -> dict[str, str]:
@@ -48,11 +50,15 @@ def provenance_statement(
     finished_on: str,
 ) -> dict[str, object]:
     """The statement as a JSON-ready dict. `subjects` map bundle paths to sha256."""
+    location = source.repository if "://" in source.repository else f"file://{source.repository}"
+    annotations: dict[str, object] = {"dirty": source.dirty}
+    if source.dirty_files:
+        annotations["dirtyFiles"] = list(source.dirty_files)
     dependencies = [
         {
-            "uri": f"git+file://{source.repository}@{source.commit}",
+            "uri": f"git+{location}@{source.commit}",
             "digest": {"gitCommit": source.commit},
-            "annotations": {"dirty": source.dirty},
+            "annotations": annotations,
         },
         *materials,
     ]

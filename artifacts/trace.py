@@ -175,9 +175,13 @@ def render_text(record: dict) -> str:
     ]
     for gate in record["gates"].get("gates", []):
         relation = "<=" if gate["bound"] == "max" else ">="
-        lines.append(f"                  {gate['metric']}: {gate['observed']} {relation} {gate['threshold']}: {'pass' if gate['passed'] else 'FAIL'}")
+        observed = "not measured" if gate["observed"] is None else f"{gate['observed']:.6g}"
+        lines.append(f"                  {gate['metric']}: {observed} {relation} {gate['threshold']:.6g}: {'pass' if gate['passed'] else 'FAIL'}")
     verification = record["verification"]
-    lines.append(f"signer          {record['signature']['claimed_signer']}")
+    # A verified key is named as every other record names it (key:sha256 of the public key);
+    # only an unverified signature falls back to what model.sig claims (a hint, another digest).
+    signer = verification["signer"] if verification["verified"] else record["signature"]["claimed_signer"]
+    lines.append(f"signer          {signer}")
     if verification["verified"]:
         lines.append(
             f"signature       verified now ({record['traced_at']}): {verification['files']} files, {verification['method']} "

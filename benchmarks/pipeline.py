@@ -68,10 +68,12 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
     from tapeout.flows import environment, stages
     from tapeout.flows.config import load_pipeline
     from tapeout.flows.build import settings_for
+    from tapeout.flows.source import checkout
 
     environment.configure(home)
     pipeline = load_pipeline(pipeline_file)
-    source = stages.source_revision(pipeline.path, None)
+    with checkout(pipeline.path, None, home) as files:
+        source = files.source(pipeline)
     settings = settings_for(pipeline, home, lambda message: None)
     registry = Registry(settings.tracking_uri, home / "artifacts")
     work = home / "plain"

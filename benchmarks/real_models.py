@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -43,6 +43,9 @@ from real_models.measure import (  # noqa: E402
 README = Path(__file__).with_name("README.md")
 SECTION = "## Real-model suite"
 REFERENCE = "onnxruntime"
+ETHOS_U = "ethos-u"
+# The NPUs the Ethos-U table estimates; the `ethos-u` column compiles for the first.
+ETHOS_U_NPUS = ("ethos-u55-128", "ethos-u85-256")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Cell:
     elements: int = 0
     top1_agreement: float | None = None
     p50_ms: float | None = None
+    npu_mac_share: float | None = None  # compilers that place ops on an NPU or a host CPU
+    inferences_per_second: tuple[float, ...] = ()  # Vela's estimate on each of ETHOS_U_NPUS
 
 
 def measure(model_name: str, column: Column) -> Cell:
@@ -73,6 +78,11 @@ def measure(model_name: str, column: Column) -> Cell:
             return Cell(model_name, column.label, refused=f"{type(error).__name__}: {str(error).splitlines()[0]}")
         runner = load_runner(artifact)
         agreement = compare_with_onnxruntime(model, runner)
+        estimates = ()
+        if column.compiler == ETHOS_U:
+            estimates = (artifact.report["vela_estimate"]["inferences_per_second"],) + tuple(
+                _vela_inferences_per_second(model, column, npu, Path(scratch) / npu) for npu in ETHOS_U_NPUS[1:]
+            )
         return Cell(
             model_name,
             column.label,
@@ -82,7 +92,37 @@ def measure(model_name: str, column: Column) -> Cell:
             elements=agreement.elements,
             top1_agreement=agreement.top1_agreement,
             p50_ms=p50_latency_ms(runner, model.feeds()[0]),
+            npu_mac_share=artifact.report.get("npu_mac_share"),
+            inferences_per_second=estimates,
         )
+
+
+def _vela_inferences_per_second(model, column: Column, npu: str, workdir: Path) -> float:
+    options = {**column.options, "accelerator_config": npu}
+    artifact = compile_model(model, replace(column, options=options), workdir)
+    return artifact.report["vela_estimate"]["inferences_per_second"]
+
+
+def ethos_u_table(cells: list[Cell]) -> str:
+    """The `ethos-u` column's cells with what only Ethos-U has: the NPU's share of MACs and
+    Vela's inferences-per-second estimates."""
+    names = [npu.removeprefix("ethos-").upper() for npu in ETHOS_U_NPUS]
+    npus = " | ".join(f"{name} inferences/s (Vela estimate)" for name in names)
+    lines = [
+        f"| model | converted and compiled | ops on the CPU ({names[0]}) | NPU share of MACs | "
+        f"max diff (LSB) | {npus} |",
+        "|---|---|---|---:|---:|" + "---:|" * len(ETHOS_U_NPUS),
+    ]
+    for cell in cells:
+        if cell.column != ETHOS_U:
+            continue
+        if cell.refused is not None:
+            lines.append(f"| {cell.model} | no: {cell.refused} | – | – | – |" + " – |" * len(ETHOS_U_NPUS))
+            continue
+        host = ", ".join(cell.host_ops or ()) or "none"
+        rates = " | ".join(f"{rate:,.1f}" for rate in cell.inferences_per_second)
+        lines.append(f"| {cell.model} | yes | {host} | {cell.npu_mac_share:.2%} | {cell.max_lsb} | {rates} |")
+    return "\n".join(lines)
 
 
 def table(cells: list[Cell]) -> tuple[str, list[str]]:
@@ -118,7 +158,7 @@ def report(cells: list[Cell], columns: list[Column]) -> str:
     from tapeout.compilers.versions import package_versions
 
     rows, notes = table(cells)
-    versions = package_versions("torch", "torchvision", "onnxruntime", "openvino")
+    versions = package_versions("torch", "torchvision", "onnxruntime", "openvino", "ethos-u-vela", "ai-edge-litert")
     settings = "; ".join(
         f"`{column.label}`: {column.compiler} {', '.join(f'{k}={v}' for k, v in column.options.items()) or 'defaults'}, "
         f"{column.activations} activations"
@@ -155,10 +195,27 @@ def report(cells: list[Cell], columns: list[Column]) -> str:
             "",
             *[f"[{index}] {note}" for index, note in enumerate(notes, 1)],
             *([""] if notes else []),
+            *(_ethos_u_part(cells) if any(cell.column == ETHOS_U for cell in cells) else []),
             f"Machine: {machine}.",
             "",
         ]
     )
+
+
+def _ethos_u_part(cells: list[Cell]) -> list[str]:
+    return [
+        "**Ethos-U.** The `ethos-u` column converts the QDQ model to int8 TFLite (uint8 "
+        "activations are read as int8 exactly) and lets Vela 5.2.0 place every op "
+        "(`allowed_cpu_ops: \"*\"`). *ops on the CPU*: the ops Vela leaves for TensorFlow Lite "
+        "Micro on the Cortex-M; *NPU share of MACs*: 1 − their MACs / all MACs "
+        "(docs/ethos-u.md counts them); *max diff*: the int8 TFLite model run by LiteRT "
+        "(XNNPACK kernels) against ONNX Runtime, as in the table above; *inferences/s*: "
+        "Vela's performance-model estimate for the NPU program with each NPU's default system "
+        "config and memory mode, not a measurement (no Ethos-U silicon or FVP here).",
+        "",
+        ethos_u_table(cells),
+        "",
+    ]
 
 
 def main(argv=None) -> int:

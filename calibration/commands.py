@@ -17,7 +17,7 @@ from pathlib import Path
 from tapeout.calibration.calibrate import calibrate
 from tapeout.calibration.dataset import ImagePreprocessing, SampleSet, load_sample_set
 from tapeout.calibration.observers import METHODS, options_for
-from tapeout.calibration.pack import describe, pack
+from tapeout.calibration.pack import describe, labels_of, pack
 from tapeout.compilers.errors import InvalidInput
 from tapeout.compilers.interface import TensorSpec
 
@@ -51,7 +51,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     inspect = calib_commands.add_parser("inspect", help="print a set's manifest")
     inspect.add_argument("set_path", type=Path, metavar="SET")
-    inspect.add_argument("--labels", help="the name of the labels array (.npz), if any")
+    inspect.add_argument("--labels", help="the name of the labels array (.npz); default: the one "
+                         "calib pack recorded, else the only 1-D integer array")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(func=inspect_command)
 
@@ -73,14 +74,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="build a set from raw files with a sampling rule",
         description="Draw COUNT samples (seeded, without replacement) from SRC: an .npz, a "
         "folder of .npy files, or a folder of images (give the preprocessing). -o NAME.npz "
-        "writes an .npz; any other name a folder of copies with tapeout-set.json.",
+        "writes an .npz; any other name a folder of copies with tapeout-set.json. From an .npz "
+        "holding several sets (Xtr, ytr, Xte, yte), choose and name the arrays: "
+        "--array input=Xtr --labels label=ytr.",
     )
     build.add_argument("source", type=Path, metavar="SRC")
     build.add_argument("-o", "--output", type=Path, required=True, metavar="SET")
     build.add_argument("--count", type=int, help="samples to draw (default: all)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--input-name", help="the model input the samples feed (folders)")
-    build.add_argument("--labels", help="the labels array to carry along (.npz)")
+    build.add_argument("--array", action="append", default=[], metavar="INPUT=ARRAY",
+                       help="the model input INPUT is the source .npz's array ARRAY (repeatable)")
+    build.add_argument("--labels", metavar="NAME[=ARRAY]",
+                       help="the labels to carry along (.npz): named NAME in the set, from the source's ARRAY")
     build.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                        help="free-form metadata, e.g. license=CC-BY-4.0 (repeatable)")
     images = build.add_argument_group("images: preprocessing, recorded in the set and its digest")
@@ -175,7 +181,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    samples = describe(args.set_path, label_key=args.labels)
+    samples = describe(args.set_path, label_key=args.labels or labels_of(args.set_path))
     _print_manifest(samples, as_json=args.json)
     return 0
 
@@ -215,6 +221,7 @@ def pack_command(args: argparse.Namespace) -> int:
             mean=tuple(args.mean), std=tuple(args.std), layout=args.layout,
         )
         preprocessing.check("--size/--mode/--scale/--mean/--std/--layout")
+    label_key, _, label_array = (args.labels or "").partition("=")
     samples = pack(
         args.source,
         args.output,
@@ -222,21 +229,23 @@ def pack_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         input_name=args.input_name,
         preprocessing=preprocessing,
-        metadata=_metadata(args.meta),
-        label_key=args.labels,
+        metadata=_pairs(args.meta, "--meta"),
+        label_key=label_key or None,
+        arrays=_pairs(args.array, "--array"),
+        label_array=label_array or None,
     )
     _print_manifest(samples, as_json=args.json)
     return 0
 
 
-def _metadata(pairs: list[str]) -> dict[str, str]:
-    metadata = {}
+def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    found = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"--meta: expected KEY=VALUE, found {pair!r}")
-        metadata[key] = value
-    return metadata
+        if not sep or not key or (flag == "--array" and not value):
+            raise InvalidInput(f"{flag}: expected KEY=VALUE, found {pair!r}")
+        found[key] = value
+    return found
 
 
 def _print_manifest(samples: SampleSet, *, as_json: bool) -> None:
@@ -252,7 +261,7 @@ def _print_manifest(samples: SampleSet, *, as_json: bool) -> None:
     for spec in manifest["inputs"]:  # type: ignore[union-attr]
         out.write(f"input     {spec['name']}: {spec['dtype']} {spec['shape']} per sample\n")
     if manifest["labels"]:
-        out.write(f"labels    {manifest['labels']}\n")
+        out.write(f"labels    {manifest['labels']}: one integer label per sample (not a model input)\n")
     if "preprocessing" in manifest:
         out.write(f"preproc   {json.dumps(manifest['preprocessing'], sort_keys=True)}\n")
     out.write(f"source    {json.dumps(manifest['source'], sort_keys=True)}\n")

@@ -26,6 +26,7 @@ from tapeout.calibration.dataset import (
     _folder_manifest,
     _list,
     _npz_headers,
+    _npz_meta,
     load_sample_set,
 )
 from tapeout.compilers.errors import InvalidInput
@@ -45,6 +46,21 @@ def describe(path: Path, *, label_key: str | None = None, input_names: tuple[str
     return load_sample_set(path, _own_inputs(path, label_key, input_names), label_key=label_key)
 
 
+def labels_of(path: Path) -> str | None:
+    """The labels array of an `.npz` set: the one `pack` recorded, else its only 1-D integer
+    array beside other arrays (what a validation set's labels look like). None for folders."""
+    if not path.is_file():
+        return None
+    recorded = _npz_meta(path).get("labels")
+    if isinstance(recorded, str):
+        return recorded
+    headers = {name: value for name, value in _npz_headers(path).items() if name != META_KEY}
+    candidates = [
+        name for name, (shape, dtype) in headers.items() if len(shape) == 1 and np.issubdtype(dtype, np.integer)
+    ]
+    return candidates[0] if len(candidates) == 1 and len(headers) > 1 else None
+
+
 def _own_inputs(path: Path, label_key: str | None, input_names: tuple[str, ...]) -> tuple[TensorSpec, ...]:
     if path.is_file():
         headers = _npz_headers(path)
@@ -52,6 +68,12 @@ def _own_inputs(path: Path, label_key: str | None, input_names: tuple[str, ...])
         missing = [n for n in names if n not in headers]
         if missing or not names:
             raise InvalidInput(f"{path}: no arrays named {missing or 'as inputs'}; the file holds {sorted(headers)}")
+        counts = {n: headers[n][0][0] if headers[n][0] else None for n in (*names, *([label_key] if label_key else []))}
+        if not input_names and len(set(counts.values())) > 1:
+            raise InvalidInput(
+                f"{path}: its arrays hold different numbers of samples ({', '.join(f'{n}: {c}' for n, c in counts.items())}); "
+                "name the ones that form the set: calib pack --array INPUT=ARRAY --labels LABELS=ARRAY"
+            )
         return tuple(TensorSpec(n, (1, *headers[n][0][1:]), headers[n][1].name) for n in names)
     if not path.is_dir():
         raise InvalidInput(f"{path}: sample set not found")
@@ -83,27 +105,40 @@ def pack(
     preprocessing: ImagePreprocessing | None = None,
     metadata: Mapping[str, object] | None = None,
     label_key: str | None = None,
+    arrays: Mapping[str, str] | None = None,
+    label_array: str | None = None,
 ) -> SampleSet:
     """Write a set of `count` samples drawn from `source` to `output` and return it, opened.
 
     `output` ending in `.npz` gives an `.npz` set (images are decoded and preprocessed into
     float32 arrays, the preprocessing recorded); any other `output` a folder of the source's
     kind holding copies of the chosen files. `input_name` names the array a folder's samples
-    become (default: the folder's declared input, else "input").
+    become (default: the folder's declared input, else "input"). From an `.npz` holding more
+    than one set (`Xtr, ytr, Xte, yte`), `arrays` maps each model input to its source array
+    (`{"input": "Xtr"}`) and `label_array` names the labels' source array, written as
+    `label_key`; the set records both.
 
     Raises:
         InvalidInput: the source is unreadable or holds fewer than `count` samples, `output`
-            already exists, or a folder of images has no preprocessing.
+            already exists, a named array is missing, or a folder of images has no
+            preprocessing.
     """
     if output.exists():
         raise InvalidInput(f"{output}: already exists; pack never overwrites a set")
+    if (arrays or label_array) and not (source.is_file() and source.suffix == ".npz"):
+        raise InvalidInput(f"{source}: arrays can be chosen from an .npz file only (--input-name names a folder's)")
     declared = _folder_manifest(source) if source.is_dir() else {}
     if preprocessing is None and "preprocessing" in declared:
         preprocessing = ImagePreprocessing.from_dict(declared["preprocessing"], str(source / FOLDER_MANIFEST))
-    names = (input_name,) if input_name else ()
+    names = tuple((arrays or {}).values()) or ((input_name,) if input_name else ())
     if source.is_dir() and _list(source, IMAGE_SUFFIXES) and preprocessing is None:
         raise InvalidInput(f"{source}: a folder of images needs a preprocessing (--size and friends)")
-    original = _open_source(source, names, preprocessing, label_key)
+    label_source = label_array or label_key
+    original = _open_source(source, names, preprocessing, label_source)
+    # Source array → the name it gets in the set.
+    renamed = {value: key for key, value in (arrays or {}).items()}
+    if label_source is not None and label_key is not None:
+        renamed[label_source] = label_key
     total = original.count
     chosen = _choose(total, count, seed, source)
     record = {
@@ -116,12 +151,16 @@ def pack(
         },
         "metadata": dict(metadata or declared.get("metadata", {}) or {}),
     }
+    label = label_key if original.format == "npz" else None
+    if renamed:
+        record["source"]["arrays"] = {renamed.get(name, name): name for name in renamed}  # type: ignore[index]
+    if label is not None:
+        record["labels"] = label
     if output.suffix == ".npz":
-        _write_npz(original, chosen, output, record)
-        label = label_key if original.format == "npz" else None
+        _write_npz(original, chosen, output, record, renamed)
         return load_sample_set(
             output,
-            tuple(TensorSpec(s.name, (1, *s.shape), s.dtype) for s in original.inputs),
+            tuple(TensorSpec(renamed.get(s.name, s.name), (1, *s.shape), s.dtype) for s in original.inputs),
             label_key=label,
         )
     if original.format == "npz":
@@ -171,13 +210,16 @@ def _choose(total: int, count: int | None, seed: int, source: Path) -> np.ndarra
     return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
 
 
-def _write_npz(original: SampleSet, chosen: np.ndarray, output: Path, record: dict) -> None:
-    """Uncompressed, fixed zip times: the same inputs give the same bytes."""
+def _write_npz(
+    original: SampleSet, chosen: np.ndarray, output: Path, record: dict, renamed: Mapping[str, str]
+) -> None:
+    """Uncompressed, fixed zip times: the same inputs give the same bytes. `renamed`: source
+    array name → its name in the set."""
     arrays = original.arrays()
     output.parent.mkdir(parents=True, exist_ok=True)
     if original.preprocessing is not None:
         record["preprocessing"] = original.preprocessing.to_dict()
-    entries = {name: np.ascontiguousarray(array[chosen]) for name, array in arrays.items()}
+    entries = {renamed.get(name, name): np.ascontiguousarray(array[chosen]) for name, array in arrays.items()}
     entries[META_KEY] = np.array(json.dumps(record, sort_keys=True))
     with zipfile.ZipFile(output, "w", zipfile.ZIP_STORED) as archive:
         for name in sorted(entries):

@@ -364,7 +364,10 @@ def run_diff(
             "options": json.dumps(dict(reference_artifact.options), sort_keys=True),
         },
         samples=count,
-        sample_set=f"{set_path} ({kind}, digest {samples.digest[:16]})",
+        # The bundle's own set is named inside the bundle: a downloaded bundle's folder is gone
+        # when the command ends.
+        sample_set=f"{set_path.relative_to(subject_path) if sample_set is None else set_path} "
+        f"({kind}, digest {samples.digest[:16]})",
         outputs=outputs,
         layers=layers,
         layers_note=note,

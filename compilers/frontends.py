@@ -171,7 +171,14 @@ class OnnxFrontEnd:
     source_type = OnnxSource
 
     def material(self, source: OnnxSource) -> dict[str, object]:
-        return {"onnx": _file_digest(source.path), "tools": package_versions("onnx")}
+        material: dict[str, object] = {"onnx": _file_digest(source.path), "tools": package_versions("onnx")}
+        try:
+            weights = external_data_files(source.path)
+        except InvalidInput:
+            weights = ()  # the export names the problem
+        if weights:
+            material["external_data"] = {path.name: _file_digest(path) for path in weights}
+        return material
 
     def export(
         self, source: OnnxSource, inputs: tuple[TensorSpec, ...], output_names: tuple[str, ...], output_path: Path
@@ -180,17 +187,23 @@ class OnnxFrontEnd:
             raise InvalidInput(f"{source.path}: ONNX model not found")
         # Check the user's file first, so that errors name it rather than our copy.
         found = check_model(source.path, output_names=output_names)
-        if all(size > 0 for spec in found.inputs for size in spec.shape):
+        static = all(size > 0 for spec in found.inputs for size in spec.shape)
+        if static:
             check_model(source.path, inputs, output_names)
+        if static and not external_data_files(source.path):
             output_path.write_bytes(source.path.read_bytes())
             return
-        # A symbolic dimension (a dynamic batch, mostly) takes the size the config declares.
         import onnx
 
+        model = load_model(source.path)
+        if static:  # weights in files beside the model: the copy holds them itself
+            onnx.save(model, str(output_path))
+            return
+        # A symbolic dimension (a dynamic batch, mostly) takes the size the config declares.
         from tapeout.compilers.shapes import pin_input_shapes
 
         pinned = pin_input_shapes(
-            onnx.load(str(source.path), load_external_data=False),
+            model,
             {spec.name: spec.shape for spec in inputs},
             source.path,
             lambda name, shape: f"model.inputs: {{name: {name}, shape: {list(shape)}}}",
@@ -230,16 +243,9 @@ def check_model(
             inputs/outputs differ from the declared ones (names, shapes, dtypes).
     """
     import onnx
-    from google.protobuf.message import DecodeError
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, OSError) as error:
-        raise InvalidInput(f"{path}: not an ONNX model ({error})") from error
-    if any(
-        tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer
-    ):
-        raise InvalidInput(f"{path}: expected a single-file model, found external data")
+    model = load_model(path)
+    digest = _model_digest(path, model)
     try:
         onnx.checker.check_model(model, full_check=True)
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -272,11 +278,94 @@ def check_model(
     )
     return ExportedModel(
         path=path,
-        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
+        digest=digest,
         opset=opset,
         inputs=tuple(declared[spec.name] for spec in graph_inputs),
         outputs=graph_outputs,
     )
+
+
+# The protobuf limit of one serialised ModelProto: a model whose weights need more cannot be
+# written as one file (onnx.checker's own limit, onnx/checker.py MAXIMUM_PROTOBUF).
+MAXIMUM_SINGLE_FILE_BYTES = 2**31
+
+
+def load_model(path: Path) -> "onnx.ModelProto":  # noqa: F821
+    """An ONNX file with its weights: those in the file, and those PyTorch's exporter (and
+    onnx.save with `save_as_external_data`) writes to files beside it.
+
+    Raises:
+        InvalidInput: not an ONNX model, or an external weights file that is missing, lies
+            outside the model's folder, or is shorter than the tensor says (names the tensor
+            and the file); a model too large for one file.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as error:
+        raise InvalidInput(f"{path}: not an ONNX model ({error})") from error
+    if not external_data_files(path, model):
+        return model
+    if sum(file.stat().st_size for file in external_data_files(path, model)) >= MAXIMUM_SINGLE_FILE_BYTES:
+        raise InvalidInput(f"{path}: weights of 2 GiB or more cannot be compiled as one model file")
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as error:
+        raise InvalidInput(f"{path}: external weights could not be read: {error}") from error
+    for tensor in _external_tensors(model):
+        raise InvalidInput(f"{path}: tensor {tensor.name!r}: external weights were not loaded")
+    return model
+
+
+def external_data_files(path: Path, model: "onnx.ModelProto | None" = None) -> tuple[Path, ...]:  # noqa: F821
+    """The files beside `path` that hold its external weights, checked to exist inside the
+    model's folder (a location such as `../../etc/passwd` or an absolute path is refused).
+
+    Raises:
+        InvalidInput: a location outside the folder, or a file that does not exist.
+    """
+    import onnx
+
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not a model: load_model names the problem
+            return ()
+    folder = path.resolve().parent
+    files: dict[Path, None] = {}
+    for tensor in _external_tensors(model):
+        location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
+        resolved = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in resolved.parents:
+            raise InvalidInput(
+                f"{path}: tensor {tensor.name!r}: external weights must lie in the model's folder, "
+                f"found location {location!r}"
+            )
+        if not resolved.is_file():
+            raise InvalidInput(f"{path}: tensor {tensor.name!r}: external weights file {location!r} not found")
+        files[resolved] = None
+    return tuple(files)
+
+
+def _external_tensors(model: "onnx.ModelProto"):  # noqa: F821
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [
+        tensor for tensor in _get_all_tensors(model)
+        if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+    ]
+
+
+def _model_digest(path: Path, loaded: "onnx.ModelProto") -> str:  # noqa: F821
+    """The file's sha256; with external weights, that of the model `loaded` with them in."""
+    if not external_data_files(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(loaded.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _spec(value: "onnx.ValueInfoProto") -> TensorSpec:  # noqa: F821

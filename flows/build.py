@@ -1,24 +1,26 @@
 """Starting a build: everything that happens before Prefect is needed.
 
-`build()` validates what every target shares (config, commit, signing key) and asks the
-registry which targets this commit already has; only when something is left to build does it
-import Prefect and run the flow (flows/pipeline.py). A rebuild of a registered commit thus
-costs a registry query, not a Prefect start-up.
+`build()` validates what every target shares (config, the files and compilers it names, commit,
+signing key) and asks the registry which targets this commit already has; only when something
+is left to build does it import Prefect and run the flow (flows/pipeline.py). A rebuild of a
+registered commit thus costs a registry query, not a Prefect start-up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.artifacts.signing import init_keys, public_key_for
-from tapeout.flows import stages
+from tapeout.compilers.errors import TapeoutError
+from tapeout.flows import preflight
 from tapeout.flows.config import Pipeline, load_pipeline
 from tapeout.flows.environment import default_tracking_uri
 from tapeout.flows.gates import GateResult
+from tapeout.flows.source import Checkout, checkout
 
 Progress = Callable[[str], None]
 
@@ -117,27 +119,64 @@ def already_registered(
     return found
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    """One build: the source it read (commit, and what made it dirty) and each target's outcome."""
+
+    source: SourceRevision
+    outcomes: tuple[TargetOutcome, ...]
+
+    @property
+    def exit_code(self) -> int:
+        return max((outcome.exit_code for outcome in self.outcomes), default=0)
+
+
 def build(
-    pipeline_file: Path, commit: str | None, home: Path, progress: Progress = lambda m: None
-) -> list[TargetOutcome]:
-    """Run the whole pipeline once, reporting each stage to `progress`.
+    pipeline_file: Path,
+    commit: str | None,
+    home: Path,
+    progress: Progress = lambda m: None,
+    root: Path | None = None,
+) -> BuildResult:
+    """Run the whole pipeline once, reporting each stage to `progress`. Without `commit` the
+    work tree at HEAD is built; with it, that commit's own files (tapeout.flows.source).
+    `root`: the repository, when the pipeline file is named inside it but not read from it.
 
     Raises:
         TapeoutError: bad input shared by every target (config, commit, model, data, key).
     """
+    with checkout(pipeline_file, commit, home, root) as files:
+        try:
+            source, outcomes = _build(files, home, progress)
+        except TapeoutError as error:
+            error.args = (files.public(str(error)),)  # name the commit, not its removed checkout
+            raise
+    return BuildResult(source, tuple(replace(item, message=files.public(item.message)) for item in outcomes))
+
+
+def _build(files: Checkout, home: Path, progress: Progress) -> tuple[SourceRevision, list[TargetOutcome]]:
     # Fail fast on what every target shares, and skip Prefect entirely when every target of
     # this commit is already registered.
-    pipeline = load_pipeline(pipeline_file)
-    source = stages.source_revision(pipeline.path, commit)
+    pipeline = load_pipeline(files.pipeline_file)
+    preflight.check(pipeline)
+    source = files.source(pipeline)
+    if source.dirty:
+        progress(
+            f"dirty: files this build reads differ from commit {source.commit[:12]}: "
+            f"{', '.join(source.dirty_files)}; it is registered as a new version"
+        )
     settings = settings_for(pipeline, home, progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
-    done = already_registered(pipeline, source, registry, progress)
+    said: list[str] = []
+    done = already_registered(pipeline, source, registry, said.append)
     if len(done) == len(pipeline.config.targets):
-        return [done[target.name] for target in pipeline.config.targets]
+        for message in said:
+            progress(message)
+        return source, [done[target.name] for target in pipeline.config.targets]
     from tapeout.flows import pipeline as flow_module  # imports Prefect
 
     flow_module._progress = progress
     try:
-        return flow_module.build_flow(str(pipeline_file), commit, str(home))
+        return source, flow_module.build_flow(str(files.pipeline_file), source, str(home))
     finally:
         flow_module._progress = lambda message: None

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
     compat = commands.add_parser("compat", parents=[common], help="operator support per compiler")
     compat.add_argument("model", type=Path)
+    compat.add_argument("--compiler", help="one compiler; one that places ops (ethos-u) shows where each runs")
+    compat.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="with --compiler")
     compat.add_argument("--json", action="store_true")
     compat.set_defaults(func=_compat)
 
@@ -121,20 +123,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
     if not args.debug:
-        # Prefect re-applies its logging config (on import, when a flow starts), resetting
-        # the levels set below; these environment overrides are what it re-reads each time.
-        for name in ("FLOW_RUNS", "TASK_RUNS"):
-            os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")
+        environment.quiet_prefect_logging()  # a failed stage is one line, not Prefect's traceback
     from tapeout.flows.build import build
 
     stdout = sys.stdout
-    if not args.debug:
-        # tapeout reports a failed stage in one line; Prefect would add its traceback.
-        for name in ("prefect.flow_runs", "prefect.task_runs"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+
     def say(message: str) -> None:
         # One write per line: targets report from concurrent threads.
         sys.stderr.write(f"· {message}\n")
@@ -144,11 +138,16 @@ def _run(args: argparse.Namespace) -> int:
     # to stderr with the progress.
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        outcomes = build(args.pipeline, args.commit, args.home_path, progress=say)
-    exit_code = max((outcome.exit_code for outcome in outcomes), default=0)
+        result = build(args.pipeline, args.commit, args.home_path, progress=say)
+    outcomes, exit_code = result.outcomes, result.exit_code
     if args.json:
+        source = result.source
         document = {
             "exit_code": exit_code,
+            "source": {
+                "repository": source.repository, "commit": source.commit,
+                "dirty": source.dirty, "dirty_files": list(source.dirty_files),
+            },
             "targets": [
                 {
                     "target": o.target,
@@ -206,6 +205,13 @@ def _print_outcomes(outcomes) -> None:
 # -- one compiler by hand -------------------------------------------------------------------
 
 
+def _option_pairs(items: list[str]) -> dict[str, str]:
+    """`--option KEY=VALUE` flags as a dict (the parser `tapeout diff` uses for its own)."""
+    from tapeout.compilers.diff import _pairs
+
+    return _pairs(items, "--option")
+
+
 def _compile(args: argparse.Namespace) -> int:
     import yaml
 
@@ -222,11 +228,7 @@ def _compile(args: argparse.Namespace) -> int:
         if not isinstance(profile, dict):
             raise InvalidInput(f"{args.target}: expected a mapping")
     options = {str(k): str(v) for k, v in (profile.get("options") or {}).items()}
-    for item in args.option:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise InvalidInput(f"--option: expected KEY=VALUE, found {item!r}")
-        options[key] = value
+    options.update(_option_pairs(args.option))
     firmware = args.firmware or profile.get("firmware_revision")
     if firmware is None:  # the oldest firmware the compiler builds for
         from tapeout.compilers.registry import load_compiler
@@ -436,6 +438,14 @@ def _compat(args: argparse.Namespace) -> int:
         {node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}" for node in model.graph.node}
     )
     compilers = [status for status in plugin_statuses() if status.compiler is not None]
+    if args.compiler:
+        compilers = [status for status in compilers if status.name == args.compiler]
+        if not compilers:
+            from tapeout.compilers.registry import load_compiler
+
+            load_compiler(args.compiler)  # raises PluginError naming the problem
+        if callable(getattr(compilers[0].compiler, "placement", None)):
+            return _placement(args, compilers[0].compiler)
     matrix = {
         status.name: {op: op in status.compiler.capabilities().operators for op in op_types}
         for status in compilers
@@ -449,6 +459,30 @@ def _compat(args: argparse.Namespace) -> int:
     for op in op_types:
         cells = "  ".join(("yes" if matrix[name][op] else "NO").center(len(name)) for name in names)
         print(f"{op:<{width}}  {cells}")
+    return 0
+
+
+def _placement(args: argparse.Namespace, compiler) -> int:
+    """Where the compiler puts each op of the model (NPU or host CPU), before any build."""
+    from dataclasses import asdict
+
+    from tapeout.compilers.frontends import check_model
+
+    check_model(args.model)
+    with tempfile.TemporaryDirectory(prefix="tapeout-compat-") as scratch:
+        placed = compiler.placement(args.model.resolve(), _option_pairs(args.option), Path(scratch))
+    total = sum(op.macs for op in placed)
+    on_cpu = [op for op in placed if op.unit == "CPU"]
+    share = 1.0 - sum(op.macs for op in on_cpu) / total if total else 1.0
+    if args.json:
+        print(json.dumps({"model": str(args.model), "compiler": compiler.name, "npu_mac_share": share,
+                          "operators": [asdict(op) for op in placed]}, indent=2))
+        return 0
+    width = max([len(op.op) for op in placed] + [2])
+    for op in placed:
+        reason = f"  ({op.reason})" if op.reason else ""
+        print(f"{op.unit}  {op.op:<{width}}  {op.macs:>12,} MACs  {op.output}{reason}")
+    print(f"{len(placed)} ops, {len(on_cpu)} on the CPU; NPU share of {total:,} MACs: {share:.2%}")
     return 0
 
 

@@ -6,16 +6,17 @@ in the file are relative to the file's own folder.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from tapeout.compilers.errors import InvalidInput
-from tapeout.compilers.frontends import OnnxSource, PyTorchSource, SklearnSource
+from tapeout.compilers.frontends import OnnxSource, PyTorchSource, SklearnSource, external_data_files
 from tapeout.compilers.interface import TargetProfile, TensorSpec
 from tapeout.compilers.versions import parse_version
 
@@ -37,6 +38,7 @@ GATE_METRICS = (
     "peak_memory_bytes",
     "compile_seconds",
     "energy_per_inference_uj_estimate",  # an estimate from the target's cost_model (flows/energy.py)
+    "npu_mac_share",  # reported by a compiler that places ops on an NPU or a host CPU (ethos-u)
 )
 
 
@@ -259,6 +261,37 @@ class Pipeline:
         file_name, function = source.pytorch.factory.rsplit(":", 1)
         return PyTorchSource(self.resolve(file_name), function, self.resolve(source.pytorch.weights))
 
+    def input_files(self) -> dict[str, Path]:
+        """Every file a build reads, by the config field that names it ("pipeline": this
+        file): the model source, weights and factory module, and the two sample sets. A build
+        is dirty when one of them differs from the commit (tapeout.flows.source)."""
+        source = self.config.model.source
+        files = {"pipeline": self.path}
+        if source.onnx is not None:
+            files["model.source.onnx"] = self.resolve(source.onnx)
+            try:
+                weights = external_data_files(files["model.source.onnx"])
+            except InvalidInput:
+                weights = ()  # the export names the problem
+            for index, path in enumerate(weights):
+                files[f"model.source.onnx (external weights {index + 1})"] = path
+        if source.pytorch is not None:
+            files["model.source.pytorch.factory"] = self.resolve(source.pytorch.factory.rsplit(":", 1)[0])
+            files["model.source.pytorch.weights"] = self.resolve(source.pytorch.weights)
+        if source.sklearn is not None:
+            files["model.source.sklearn.factory"] = self.resolve(source.sklearn.factory.rsplit(":", 1)[0])
+        files["calibration.set"] = self.resolve(self.config.calibration.set)
+        files["validation.set"] = self.resolve(self.config.validation.set)
+        return files
+
+    def line_of(self, field: str) -> int | None:
+        """The line of a dotted field (`targets[1].compiler`) in the file, where it is written."""
+        location = tuple(
+            int(part) if part.isdigit() else part
+            for part in field.replace("[", ".").replace("]", "").split(".")
+        )
+        return _line_of(yaml.compose(self.text, Loader=yaml.SafeLoader), location)
+
     def target_profile(self, target: TargetConfig) -> TargetProfile:
         return TargetProfile(
             name=target.name,
@@ -327,7 +360,10 @@ def load_pipeline(path: Path) -> Pipeline:
     try:
         config = PipelineConfig.model_validate(document)
     except ValidationError as error:
-        first = error.errors()[0]
+        # A misspelled key is reported as itself, not as the field it was meant to be (which
+        # pydantic also reports, as missing).
+        errors = error.errors()
+        first = next((item for item in errors if item["type"] == "extra_forbidden"), errors[0])
         location = tuple(first["loc"])
         raise ConfigError(
             path, _line_of(root, location), _dotted(location), _explain(first)
@@ -341,11 +377,42 @@ def _explain(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
-        return "unknown field"
+        location = tuple(error["loc"])
+        fields = _fields_at(location[:-1])
+        close = difflib.get_close_matches(str(location[-1]), fields, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown field{hint}; expected one of: {', '.join(fields)}" if fields else "unknown field"
     message = error["msg"].removeprefix("Value error, ")
     if isinstance(found, (dict, list)):
         return message
     return f"{message} (found {found!r})"
+
+
+def _fields_at(location: tuple[Any, ...]) -> list[str]:
+    """The field names of the config section at `location`, following sections, list items,
+    mapping values (a gate's threshold) and optional values."""
+    annotation: Any = PipelineConfig
+    for part in location:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field is not None else None
+        elif get_origin(annotation) in (list, dict):
+            annotation = get_args(annotation)[-1]  # a list's item, a mapping's value
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` → X."""
+    arguments = [item for item in get_args(annotation) if item is not type(None)]
+    if get_origin(annotation) not in (list, dict) and len(arguments) == 1:
+        return arguments[0]
+    return annotation
 
 
 def _dotted(location: tuple[Any, ...]) -> str:

@@ -58,3 +58,13 @@ def configure(home: Path | None = None) -> Path:
 
 def default_tracking_uri(home: Path) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def quiet_prefect_logging() -> None:
+    """Keep Prefect's flow and task run logs (a failed stage's traceback) off the console:
+    tapeout reports a failure in one line. Prefect re-applies its logging config on import and
+    when a flow starts, re-reading these environment overrides each time."""
+    for name in ("FLOW_RUNS", "TASK_RUNS"):
+        os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{name}_LEVEL", "CRITICAL")
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

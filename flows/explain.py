@@ -107,7 +107,9 @@ def _print(document: dict, fallback: dict | None, computed: bool, top: int, refe
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True, file=sys.stdout)
+    # Piped, rich would fit the table to 80 columns and cut layer names short: a pipe gets
+    # every character (a terminal keeps its own width).
+    console = Console(soft_wrap=True, file=sys.stdout, width=None if sys.stdout.isatty() else 100_000)
     data, baseline = document["data"], document["baseline"]
     source = "computed now from the bundle" if computed else "recorded in the bundle at build time"
     console.print(

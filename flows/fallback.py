@@ -52,6 +52,14 @@ def fallback_mode(capabilities: Capabilities) -> tuple[str | None, str]:
     )
 
 
+def plain_representation(capabilities: Capabilities) -> str:
+    """What a compiler's artifact computes in with no layer kept out: int8 for a compiler of
+    the quantized model, else the float type it converts the fp32 model to (fp16, fp32)."""
+    if capabilities.input_formats & {"qdq", "qoperator"}:
+        return "int8"
+    return "fp16" if "float16" in capabilities.tensor_dtypes else "fp32"
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One quantization of the model: which layers were kept out, and how it gated."""
@@ -177,7 +185,9 @@ def search(
     """Keep one more ranked layer out of int8 per attempt, at most `budget` attempts, until
     every gate passes. `attempt_fn(quantized, workdir)` compiles and evaluates one attempt and
     returns (artifact, gated) — `gated` has `.evaluation.metrics`, `.gates` and `.passed`."""
-    plain = Attempt(0, (), "int8", quantized.digest, dict(gated.evaluation.metrics), tuple(gated.gates))
+    plain = Attempt(
+        0, (), plain_representation(capabilities), quantized.digest, dict(gated.evaluation.metrics), tuple(gated.gates)
+    )
     attempts = [plain]
     objects: dict[int, tuple[QuantizedModel, CompiledArtifact, object]] = {0: (quantized, artifact, gated)}
     mode, reason = fallback_mode(capabilities)
@@ -192,13 +202,15 @@ def search(
         for index, node in enumerate(candidates[:planned], start=1):
             trial = (*kept, node)
             folder = workdir / f"attempt-{index}"
-            progress(f"[{profile.name}] fallback attempt {index}/{planned}: {', '.join(trial)} in {mode}")
+            where = f"[{profile.name}] fallback attempt {index}/{planned}"
+            progress(f"{where}: {', '.join(trial)} in {mode}, adding {reasons[node]}")
             try:
                 model = _requantize(
                     mode, float_path, table, [layers[name] for name in trial], quantized, folder / "model.qdq.onnx"
                 )
                 compiled, result = attempt_fn(model, folder / "compiled")
             except TapeoutError as error:  # recorded; later attempts go on without this layer
+                progress(f"{where}: {node} dropped, later attempts go on without it: it cannot be built in {mode} ({error})")
                 attempts.append(Attempt(index, trial, mode, None, {}, (), error=str(error)))
                 continue
             kept.append(node)
@@ -208,6 +220,8 @@ def search(
             if attempt.passed:
                 chosen = index
                 break
+            failing = "; ".join(gate.describe() for gate in attempt.gates if not gate.passed)
+            progress(f"{where}: still failing: {failing}")
     best = chosen if chosen is not None else max(attempts, key=Attempt.score).index
     model, compiled, result = objects[best]
     return FallbackResult(

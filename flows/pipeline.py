@@ -126,6 +126,9 @@ def _run_cached(
     workdir: Path,
     outputs: Callable[[object], list[Path]],
     load_finished: Callable[[Path], object] | None = None,
+    *,
+    label: str = "",
+    say: Progress = lambda message: None,
     **arguments,
 ):
     """Run a cached stage; if its cached result points at files that are gone, run it again.
@@ -135,7 +138,8 @@ def _run_cached(
     then for tasks nested in build-target. A finished stage folder is never written again:
     other runs may be reading it (compiling from it, evaluating it, copying it into a bundle).
     When a stage must run although its folder is finished, it runs in a private sibling
-    folder that shares the cache key.
+    folder that shares the cache key. `say` gets `label` before a stage runs, and
+    "`label` (cached)" when a finished folder's result is used instead.
     """
     finished = workdir.parent / f".{workdir.name}.finished"
     with _stage_lock(workdir):
@@ -145,18 +149,25 @@ def _run_cached(
             try:
                 result = load_finished(workdir)
                 if all(path.exists() for path in outputs(result)):
+                    say(f"{label} (cached)")
                     return result
             except (OSError, ValueError, KeyError, TypeError, TapeoutError):
                 pass  # an older or damaged record: run the stage again below
         target = workdir
         if finished.exists():
             target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
+        else:
+            say(label)
         result = stage_task(**arguments, workdir=target)
         if not all(path.exists() for path in outputs(result)):
             target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
             result = stage_task.with_options(refresh_cache=True)(**arguments, workdir=target)
         if target == workdir:
             finished.touch()
+        elif target.exists():  # every stage writes its folder: this one ran
+            say(f"{label} (ran again: its cached result could not be used)")
+        else:  # Prefect returned the finished folder's result
+            say(f"{label} (cached)")
     return result
 
 
@@ -178,17 +189,17 @@ def build_target(
         profile = pipeline.target_profile(target)
         compiler_version = load_compiler(profile.compiler).version
         key = cache_keys.compile_key(shared["quantized"].digest, profile, compiler_version)
-        progress(f"[{target.name}] compile with {target.compiler} {compiler_version}")
         artifact = _run_cached(
             compile_task, cache / "compile" / key,
             lambda a: [a.directory / f for f in a.files], _load_compiled,
+            label=f"[{target.name}] compile with {target.compiler} {compiler_version}", say=progress,
             model=shared["quantized"], target=profile,
         )
         files = [artifact.directory / f for f in artifact.files]
         key = cache_keys.evaluate_key(files, shared["validation"].digest, shared["reference_digest"])
-        progress(f"[{target.name}] evaluate on {shared['validation'].count} validation samples")
         evaluation = _run_cached(
             evaluate_task, cache / "evaluate" / key, lambda e: [], _load_evaluation,
+            label=f"[{target.name}] evaluate on {shared['validation'].count} validation samples", say=progress,
             artifact=artifact, validation=shared["validation"], reference=shared["reference"],
         )
         gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"], artifact)
@@ -196,16 +207,18 @@ def build_target(
         quantized, artifact, gated, kept = fallback.repair_target(
             pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress
         )
-        reports = target_reports(cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept)
+        representation = fallback.plain_representation(load_compiler(profile.compiler).capabilities())
+        reports = target_reports(
+            cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept, representation
+        )
         if not gated.passed:
             run_id = stages.record_failed_gates(
                 registry, pipeline, target, source, artifact, gated, cache / "reports" / uuid.uuid4().hex, reports
             )
-            failed = [gate for gate in gated.gates if not gate.passed]
             return TargetOutcome(
                 target.name, name, "fail", gates=gated.gates, exit_code=1, metrics=dict(gated.evaluation.metrics),
                 message=f"gate(s) failed, MLflow run {run_id} recorded as FAILED, nothing registered: "
-                + "; ".join(gate.describe() for gate in failed) + fallback_note(kept),
+                + stages.failed_gates(gated) + fallback_note(kept),
             )
         progress(f"[{target.name}] bundle and sign")
         bundle = bundle_task(
@@ -239,34 +252,32 @@ _progress: Progress = lambda message: None  # set by tapeout.flows.build.build
 
 
 @flow(name="tapeout-build", log_prints=False)
-def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tapeout") -> list[TargetOutcome]:
-    """One build of every target of the pipeline at `pipeline_file`, for `commit` (default:
-    the git HEAD of the folder holding the file)."""
+def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout") -> list[TargetOutcome]:
+    """One build of every target of the pipeline at `pipeline_file` (checked by
+    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source)."""
     progress = _progress
     pipeline = load_pipeline(Path(pipeline_file))
-    source = stages.source_revision(pipeline.path, commit)
     settings = settings_for(pipeline, Path(home), progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
     outcomes = already_registered(pipeline, source, registry, progress)
     pending = [target for target in pipeline.config.targets if target.name not in outcomes]
     if pending:
         cache = settings.home / "cache"
-        progress(f"export {pipeline.config.model.name}")
         model = _run_cached(
             export_task, cache / "export" / cache_keys.export_key(pipeline), lambda m: [m.path],
-            pipeline=pipeline,
+            label=f"export {pipeline.config.model.name}", say=progress, pipeline=pipeline,
         )
         samples = stages.calibration_set(pipeline, model)
         method = pipeline.config.calibration.method
-        progress(f"calibrate ({method}, {samples.count} samples) and quantize")
         key = cache_keys.calibrate_key(model.digest, samples.digest, method, pipeline.batch_size)
         calibrated = _run_cached(
             calibrate_task, cache / "calibrate" / key, lambda c: [c.table_path, c.samples.path],
+            label=f"calibrate ({method}, {samples.count} samples)", say=progress,
             pipeline=pipeline, model=model, samples=samples,
         )
         quantized = _run_cached(
             quantize_task, cache / "quantize" / cache_keys.quantize_key(model.digest, calibrated.table_path),
-            lambda q: [q.path], model=model, calibrated=calibrated,
+            lambda q: [q.path], label="quantize", say=progress, model=model, calibrated=calibrated,
         )
         validation, reference = reference_task(pipeline, model)
         pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)
@@ -279,11 +290,11 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
             "reference_digest": stages.predictions_digest(reference), "source": source,
             "invocation_id": uuid.uuid4().hex,
         }
-        progress(f"per-layer sensitivity on {min(validation.count, pipeline.config.sensitivity.samples)} validation samples")
         shared["sensitivity"] = sensitivity_stage(
             model.path, calibrated.table, calibrated.table_path, quantized, validation,
             samples=pipeline.config.sensitivity.samples, top_k=pipeline.config.sensitivity.top_k,
             cache=cache / "sensitivity", progress=progress,
+            label=f"per-layer sensitivity on {min(validation.count, pipeline.config.sensitivity.samples)} validation samples",
         )
         futures = [
             build_target.submit(pipeline, target, shared, settings, registry) for target in pending
@@ -292,9 +303,14 @@ def build_flow(pipeline_file: str, commit: str | None = None, home: str = ".tape
             outcomes[target.name] = future.result()
     ordered = [outcomes[target.name] for target in pipeline.config.targets]
     if pending:
-        folder = settings.home / "reports" / source.commit[:12]
+        # One folder per build: a later build of the same commit keeps this one's summary.
+        build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{shared['invocation_id'][:8]}"
+        folder = settings.home / "reports" / source.commit[:12] / build_id
+        thresholds = {target.name: pipeline.gates_for(target) for target in pipeline.config.targets}
         try:
-            files, run_id = summarize(pipeline.config.model.name, source.commit, ordered, registry, folder)
+            files, run_id = summarize(
+                pipeline.config.model.name, source.commit, ordered, registry, folder, thresholds
+            )
         except Exception as error:  # the targets are registered and stand; say what is missing
             progress(f"build summary not written: {type(error).__name__}: {error}")
         else:

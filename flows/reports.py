@@ -30,6 +30,7 @@ METRIC_NOTES: dict[str, str] = {
     "artifact_size_bytes": "compiled files, bytes",
     "peak_memory_bytes": "peak activation memory reported by the compiler's memory plan, bytes",
     "compile_seconds": "compile time reported by the compiler, s",
+    "npu_mac_share": "share of the MACs the compiler placed on the NPU (the rest run on the host CPU)",
     "energy_per_inference_uj_estimate": "ESTIMATE, µJ per sample, from the target's cost model (not measured)",
     "macs_per_inference": "multiply-accumulates per sample, as the compiler counted them (for the energy estimate)",
     "bytes_moved_per_inference": "bytes read and written per sample, as the compiler counted them (for the energy estimate)",
@@ -91,6 +92,8 @@ def gates_markdown(
             "Energy per inference: not estimated — the target profile has no `cost_model` "
             "(energy per MAC and per byte moved); no silicon is measured here.",
         ]
+    if notes and "peak_memory_op" in notes:
+        lines += ["", f"Peak memory ({_number(metrics.get('peak_memory_bytes'))} bytes) is at {notes['peak_memory_op']}."]
     if fallback is not None:
         lines += ["", "## Accuracy fallback", "", f"Mode: {fallback.get('mode') or 'none'} — {fallback.get('why_this_mode')}."]
         lines.append(
@@ -144,38 +147,101 @@ def _figure(width: float, height: float):
     return figure, figure.subplots()
 
 
-def plot_latency(latencies_ms: Sequence[float], path: Path, title: str) -> Path:
+# Latencies above Q3 + OUTLIER_IQRS × IQR (Tukey's "far out" fence) are drawn as marks at the
+# plot's right edge instead of stretching its axis: one 43 ms call among 200 of 0.03 ms would
+# otherwise squeeze every other run into the first bar.
+OUTLIER_IQRS = 3.0
+
+
+def latency_figure(latencies_ms: Sequence[float], title: str):
+    """The latency histogram of the bulk of the runs, with p50/p95/p99 and outliers marked."""
     import numpy as np
 
     figure, axes = _figure(6, 3.5)
-    values = np.asarray(latencies_ms)
-    axes.hist(values, bins=40, color="#4c72b0")
+    values = np.asarray(latencies_ms, dtype=float)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    # A spread of at least a tenth of the median: identical timings make no run an outlier.
+    fence = q3 + OUTLIER_IQRS * max(q3 - q1, 0.1 * median)
+    bulk, outliers = values[values <= fence], values[values > fence]
+    low, high = float(bulk.min()), float(bulk.max())
+    pad = max(high - low, 1e-3 * max(high, 1e-9)) * 0.04
+    axes.hist(bulk, bins=40, range=(low - pad, high + pad), color="#4c72b0")
     for percentile, style in ((50, "-"), (95, "--"), (99, ":")):
         mark = float(np.percentile(values, percentile))
-        axes.axvline(mark, color="black", linestyle=style, label=f"p{percentile} {mark:.3g} ms")
-    axes.set_xlabel("latency of one batch (ms)")
+        shown = mark <= high + pad
+        axes.axvline(min(mark, high + pad), color="black", linestyle=style,
+                     label=f"p{percentile} {mark:.3g} ms" + ("" if shown else " (off scale)"))
+    if outliers.size:
+        edge = high + pad
+        axes.plot([edge] * outliers.size, [0] * outliers.size, marker="|", markersize=14, color="#c44e52",
+                  linestyle="none", clip_on=False, label=f"{outliers.size} outlier(s), not to scale")
+        axes.annotate(
+            f"{outliers.size} run(s) slower: up to {outliers.max():.3g} ms", xy=(1.0, 0.92),
+            xycoords="axes fraction", ha="right", color="#c44e52", fontsize=8,
+        )
+    axes.set_xlim(low - pad, high + pad * 2)
+    axes.set_xlabel("latency of one batch (ms)" + (", outliers marked at the edge" if outliers.size else ""))
     axes.set_ylabel("runs")
     axes.set_title(title)
-    axes.legend()
+    axes.legend(fontsize=8, loc="upper left" if outliers.size else "best")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def plot_latency(latencies_ms: Sequence[float], path: Path, title: str) -> Path:
+    latency_figure(latencies_ms, title).savefig(path, dpi=100)
     return path
 
 
-def plot_accuracy(entries: Sequence[tuple[str, float]], fp32: float | None, path: Path, title: str) -> Path:
-    """Bars: accuracy (or agreement) of each attempt, with the fp32 reference as a line."""
+def accuracy_floor(gates: Sequence[GateResult], fp32: float | None) -> float | None:
+    """The lowest accuracy the gates let pass: from `accuracy` {min}, and from `accuracy_drop`
+    / `accuracy_drop_relative` {max} measured from `fp32`. None when no gate bounds accuracy."""
+    floors = []
+    for gate in gates:
+        if gate.metric == "accuracy" and gate.bound == "min":
+            floors.append(gate.threshold)
+        elif fp32 is not None and gate.bound == "max" and gate.metric == "accuracy_drop":
+            floors.append(fp32 - gate.threshold)
+        elif fp32 is not None and gate.bound == "max" and gate.metric == "accuracy_drop_relative":
+            floors.append(fp32 * (1 - gate.threshold))
+    return max(floors) if floors else None
+
+
+def accuracy_figure(
+    entries: Sequence[tuple[str, float]], fp32: float | None, title: str,
+    floors: Sequence[float | None] = (),
+):
+    """Bars: accuracy of each entry, with fp32 as a dashed line and each entry's gate floor
+    (`floors`, from accuracy_floor) drawn over its bar; the axis is zoomed to the span of the
+    bars, fp32 and the floors, so that a drop as small as the gate's range is visible."""
     figure, axes = _figure(6, 3.5)
     labels = [label for label, _ in entries]
-    axes.bar(range(len(entries)), [value for _, value in entries], color="#55a868")
+    values = [value for _, value in entries]
+    axes.bar(range(len(entries)), values, color="#55a868")
     axes.set_xticks(range(len(entries)), labels, rotation=20, ha="right", fontsize=8)
     if fp32 is not None:
         axes.axhline(fp32, color="black", linestyle="--", label=f"fp32 {fp32:.4g}")
-        axes.legend(loc="lower right")
-    axes.set_ylim(0, 1.05)
-    axes.set_ylabel("accuracy")
+    drawn = [(index, floor) for index, floor in enumerate(floors) if floor is not None]
+    for number, (index, floor) in enumerate(drawn):
+        axes.hlines(floor, index - 0.45, index + 0.45, color="#c44e52", linewidth=2,
+                    label=f"gate: accuracy >= {floor:.4g}" if number == 0 or floor != drawn[0][1] else None)
+    span = values + [floor for _, floor in drawn] + ([fp32] if fp32 is not None else [])
+    low, high = min(span), max(span)
+    margin = max((high - low) * 0.25, 0.005)
+    axes.set_ylim(max(low - margin, 0.0), min(high + margin, 1.0 + margin))
+    axes.set_ylabel("accuracy" + (" (axis zoomed)" if low - margin > 0 else ""))
+    if fp32 is not None or drawn:
+        axes.legend(loc="lower right", fontsize=8)
     axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def plot_accuracy(
+    entries: Sequence[tuple[str, float]], fp32: float | None, path: Path, title: str,
+    floors: Sequence[float | None] = (),
+) -> Path:
+    accuracy_figure(entries, fp32, title, floors).savefig(path, dpi=100)
     return path
 
 
@@ -199,6 +265,23 @@ def plot_sensitivity(document: Mapping[str, object], path: Path, title: str) -> 
     return path
 
 
+def accuracy_entries(
+    metrics: Mapping[str, float], fallback: Mapping[str, object] | None, representation: str = "int8"
+) -> list[tuple[str, float]]:
+    """The bars of accuracy.png: every fallback attempt, else the target's own artifact,
+    labelled with what its layers run in (`representation`: int8, fp16, fp32)."""
+    entries: list[tuple[str, float]] = []
+    if fallback is not None:
+        for attempt in fallback.get("attempts") or []:  # type: ignore[union-attr]
+            if "accuracy" in attempt["metrics"]:
+                kept = attempt["kept_out"]
+                label = attempt["representation"] if not kept else f"{len(kept)} {attempt['representation']}: " + ",".join(kept)
+                entries.append((label[:28], attempt["metrics"]["accuracy"]))
+    elif "accuracy" in metrics:
+        entries.append((f"{representation} (this target)", metrics["accuracy"]))
+    return entries
+
+
 def write_reports(
     folder: Path,
     *,
@@ -206,9 +289,11 @@ def write_reports(
     gated,
     sensitivity: Mapping[str, object] | None = None,
     fallback: Mapping[str, object] | None = None,
+    representation: str = "int8",
 ) -> dict[str, Path]:
     """Write gates.md and the plots (and sensitivity.json / fallback.json when given) into
-    `folder`; returns file name → path of everything written."""
+    `folder`; returns file name → path of everything written. `representation` is what the
+    target's artifact computes in (int8, fp16, fp32), for the accuracy plot's label."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,16 +305,13 @@ def write_reports(
         written["latency.png"] = plot_latency(latencies, folder / "latency.png", f"{title}: latency")
         plots.append("latency.png")
     metrics = evaluation.metrics
-    entries: list[tuple[str, float]] = []
-    if fallback is not None:
-        for attempt in fallback.get("attempts") or []:  # type: ignore[union-attr]
-            if "accuracy" in attempt["metrics"]:
-                label = "int8" if not attempt["kept_out"] else f"{len(attempt['kept_out'])} {attempt['representation']}: " + ",".join(attempt["kept_out"])
-                entries.append((label[:28], attempt["metrics"]["accuracy"]))
-    elif "accuracy" in metrics:
-        entries.append(("int8 (this target)", metrics["accuracy"]))
+    entries = accuracy_entries(metrics, fallback, representation)
     if entries:
-        written["accuracy.png"] = plot_accuracy(entries, metrics.get("accuracy_fp32"), folder / "accuracy.png", f"{title}: accuracy vs fp32")
+        fp32 = metrics.get("accuracy_fp32")
+        floor = accuracy_floor(gated.gates, fp32)
+        written["accuracy.png"] = plot_accuracy(
+            entries, fp32, folder / "accuracy.png", f"{title}: accuracy vs fp32", [floor] * len(entries)
+        )
         plots.append("accuracy.png")
     if sensitivity is not None:
         written["sensitivity.json"] = folder / "sensitivity.json"
@@ -250,9 +332,11 @@ def write_reports(
     return written
 
 
-def target_reports(folder: Path, title: str, gated, sensitivity, fallback) -> dict[str, Path]:
+def target_reports(folder: Path, title: str, gated, sensitivity, fallback, representation: str = "int8") -> dict[str, Path]:
     """The pipeline's hook: every human-readable report of one target, written to `folder`."""
-    return write_reports(folder, title=title, gated=gated, sensitivity=sensitivity, fallback=fallback)
+    return write_reports(
+        folder, title=title, gated=gated, sensitivity=sensitivity, fallback=fallback, representation=representation
+    )
 
 
 def fallback_note(fallback: Mapping[str, object] | None) -> str:

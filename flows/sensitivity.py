@@ -470,10 +470,12 @@ def sensitivity_stage(
     top_k: int,
     cache: Path,
     progress=lambda message: None,
+    label: str = "per-layer sensitivity",
 ) -> dict[str, object] | None:
     """The analysis as a JSON document, computed once per (quantized model, table, validation
     set, settings) and kept under `cache/<key>/sensitivity.json`. A report, not a gate: when
-    the model cannot be analysed the build goes on without it (None) and says why."""
+    the model cannot be analysed the build goes on without it (None) and says why. `progress`
+    gets `label`, with "(cached)" when the document is reused."""
     from tapeout.artifacts.digest import file_digest
 
     key = hashlib.sha256(
@@ -484,7 +486,9 @@ def sensitivity_stage(
     folder = cache / key
     report = folder / "sensitivity.json"
     if report.exists():
+        progress(f"{label} (cached)")
         return json.loads(report.read_text())
+    progress(label)
     try:
         result = analyse(
             float_path, quantized, validation, table=table, samples_limit=samples, top_k=top_k,

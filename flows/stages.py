@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,37 +52,6 @@ class Gated:
     @property
     def passed(self) -> bool:
         return all(gate.passed for gate in self.gates)
-
-
-def source_revision(pipeline_file: Path, commit: str | None) -> SourceRevision:
-    """The commit the pipeline file is built from: `commit` if given, else the git HEAD.
-
-    Raises:
-        InvalidInput: no commit given and the pipeline file is not in a git work tree.
-    """
-    folder = pipeline_file.parent
-
-    def git(*arguments: str) -> str | None:
-        try:
-            completed = subprocess.run(
-                ["git", "-C", str(folder), *arguments], capture_output=True, text=True, check=True
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        return completed.stdout.strip()
-
-    repository = git("rev-parse", "--show-toplevel")
-    if commit is not None:
-        if not commit or not all(c in "0123456789abcdef" for c in commit.lower()):
-            raise InvalidInput(f"--commit: expected a hexadecimal git commit, found {commit!r}")
-        return SourceRevision(repository or str(folder), commit.lower(), dirty=False)
-    head = git("rev-parse", "HEAD")
-    if repository is None or head is None:
-        raise InvalidInput(
-            f"{pipeline_file}: not inside a git repository with a commit; pass --commit SHA"
-        )
-    status = git("status", "--porcelain", "--untracked-files=normal", "--", ".")
-    return SourceRevision(repository, head, dirty=bool(status))
 
 
 def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
@@ -154,20 +123,42 @@ def predictions_digest(predictions: Predictions) -> str:
     return hashlib.sha256(predictions.top1.astype("<i8").tobytes()).hexdigest()
 
 
+# What the compile stage measured about its own run, beside compiled/compiler.json in the
+# stage folder. Not a compiled file: two builds of the same inputs compile the same bytes in
+# different times, and the compiled record (signed, in every bundle) must not differ.
+TIMINGS_FILE = "timings.json"
+TIMING_METRICS = ("compile_seconds",)
+
+
 def compile_stage(model: QuantizedModel, target: TargetProfile, workdir: Path) -> CompiledArtifact:
-    """Compile for one target with its plugin, and check the artifact fits the firmware.
+    """Compile for one target with its plugin, and check the artifact fits the firmware. The
+    compile time goes to `workdir/timings.json` (a plugin's own `compile_seconds` too), not
+    into the artifact's report.
 
     Raises:
         PluginError, UnsupportedOperator, CompilationFailed, InvalidInput.
     """
     compiler = load_compiler(target.compiler)
+    start = time.perf_counter()
     artifact = compiler.compile(model, target, workdir)
+    seconds = time.perf_counter() - start
+    artifact = replace(artifact, report={k: v for k, v in artifact.report.items() if k not in TIMING_METRICS})
+    (Path(workdir) / TIMINGS_FILE).write_text(json.dumps({"compile_seconds": round(seconds, 4)}) + "\n")
     if not at_least(target.firmware_revision, artifact.minimum_firmware_revision):
         raise InvalidInput(
             f"target {target.name!r}: firmware_revision {target.firmware_revision} is older than "
             f"the {artifact.minimum_firmware_revision} the {target.compiler} artifact needs"
         )
     return artifact
+
+
+def compile_timings(artifact: CompiledArtifact) -> dict[str, float]:
+    """What `compile_stage` measured for `artifact` (empty for an artifact compiled elsewhere)."""
+    try:
+        recorded = json.loads((artifact.directory / TIMINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in recorded.items() if k in TIMING_METRICS and isinstance(v, (int, float))}
 
 
 def evaluate_stage(
@@ -181,12 +172,14 @@ def evaluate_stage(
         reference,
         [artifact.directory / name for name in artifact.files],
     )
-    # What the compiler measured itself (int8-ref: the static memory plan's peak, compile time).
+    # What the compiler reported (int8-ref: the static memory plan's peak; ethos-u: the share of
+    # MACs Vela placed on the NPU) and how long it took.
     reported = {
         metric: float(artifact.report[metric])  # type: ignore[arg-type]
-        for metric in ("peak_memory_bytes", "compile_seconds")
+        for metric in ("peak_memory_bytes", "npu_mac_share")
         if isinstance(artifact.report.get(metric), (int, float))
     }
+    reported.update(compile_timings(artifact))
     return replace(evaluation, metrics={**evaluation.metrics, **reported}) if reported else evaluation
 
 
@@ -209,7 +202,26 @@ def gate_stage(
         estimate = energy_metrics(work, cost.energy_per_mac_pj, cost.energy_per_byte_pj)
         evaluation = replace(evaluation, metrics={**evaluation.metrics, **estimate})
         notes["energy_work_source"] = work.source
+    peak = artifact.report.get("peak_memory_op") if artifact is not None else None
+    if isinstance(peak, dict):
+        notes["peak_memory_op"] = (
+            f"{peak.get('op_type')} {peak.get('node')!r}: {peak.get('live_bytes'):,} bytes of live tensors "
+            f"+ {peak.get('scratch_bytes'):,} bytes of its scratch"
+        )
     return Gated(evaluation, check_gates(pipeline.gates_for(target), evaluation.metrics), notes)
+
+
+def failed_gates(gated: Gated) -> str:
+    """Every failed gate in one line, with where a memory peak is when that gate failed."""
+    parts = []
+    for gate in gated.gates:
+        if gate.passed:
+            continue
+        text = gate.describe()
+        if gate.metric == "peak_memory_bytes" and "peak_memory_op" in gated.notes:
+            text += f"; the peak is at {gated.notes['peak_memory_op']}"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def benchmark_report(artifact: CompiledArtifact, gated: Gated) -> dict[str, object]:
@@ -221,6 +233,7 @@ def benchmark_report(artifact: CompiledArtifact, gated: Gated) -> dict[str, obje
         "warmup_ms": metrics.get("warmup_ms"),
         "throughput_per_s": metrics.get("throughput_per_s"),
         "artifact_size_bytes": metrics.get("artifact_size_bytes"),
+        "compile_seconds": metrics.get("compile_seconds"),
         "batch_size": artifact.inputs[0].shape[0],
         "threads": 1,
         "compiler_report": dict(artifact.report),
@@ -389,14 +402,13 @@ def record_failed_gates(
 ) -> str:
     """A failed-gate run: recorded in MLflow as FAILED with its reasons; nothing registered.
     `extra_reports` (gates.md, plots, fallback.json...) are logged beside gates.json."""
-    failed = [gate for gate in gated.gates if not gate.passed]
     run_id = _start_target_run(
         registry, pipeline, target, source, artifact, gated,
         {
             "commit": source.commit,
             "config_digest": pipeline.digest(target),
             "gate_verdict": "fail",
-            "failed_gates": "; ".join(gate.describe() for gate in failed),
+            "failed_gates": failed_gates(gated),
         },
     )
     try:

@@ -1,8 +1,10 @@
-"""One build across its targets: accuracy per target against fp32, and every verdict.
+"""One build across its targets: every gate of every target, accuracy against fp32, and
+every verdict.
 
 Each bundle's reports describe one target; this is the page that compares them — the
-question a platform team asks first ("which targets lose accuracy, and how much?"). Written
-after every target finished, into `<home>/reports/<commit>/` (replaced whole on a rebuild), and
+question a platform team asks first ("which targets lose accuracy, and how much, and which
+gate stopped which target?"). Written after every target finished, into its own folder
+`<home>/reports/<commit>/<build>/` (a later build of the same commit writes another), and
 logged to MLflow as a run `<commit>-summary` in the model's experiment (tag
 `build_summary=<commit>`), with one metric per target and metric (`<target>.accuracy`, ...),
 so the numbers are those the target runs logged.
@@ -11,21 +13,23 @@ so the numbers are those the target runs logged.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tapeout.flows.reports import plot_accuracy
+from tapeout.flows.gates import GateResult, check_gates
+from tapeout.flows.reports import accuracy_floor, plot_accuracy
 
 SUMMARY_TAG = "build_summary"
-# The columns of summary.md, in order, with their headers.
+# The measurement columns of summary.md, in order, with their headers.
 COLUMNS = (
     ("accuracy", "accuracy"),
     ("accuracy_drop", "drop vs fp32"),
     ("top1_agreement", "top-1 agreement"),
+    ("output_sqnr_db", "output SQNR dB"),
     ("latency_p95_ms", "latency p95 ms"),
     ("artifact_size_bytes", "size bytes"),
+    ("peak_memory_bytes", "peak memory bytes"),
     ("energy_per_inference_uj_estimate", "energy µJ (ESTIMATE)"),
 )
 
@@ -40,30 +44,61 @@ def _number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def summary_markdown(title: str, rows: Sequence[Mapping[str, object]], fp32: float | None) -> str:
+    """`rows`: one per target with `target`, `verdict`, `version`, `metrics`, `gates` (its
+    GateResults) and `message`."""
     lines = [
         f"# Build summary: {title}",
         "",
         f"fp32 reference accuracy: **{_number(fp32)}** (the same validation set for every target).",
+        "",
+        "| target | verdict | version | failed gates, or why nothing was built |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        gates: Sequence[GateResult] = row["gates"]  # type: ignore[assignment]
+        failed = [gate.describe() for gate in gates if not gate.passed]
+        why = "; ".join(failed) if failed else (str(row["message"]) if row["verdict"] == "error" else "—")
+        lines.append(f"| {row['target']} | {row['verdict']} | {row['version'] or '—'} | {_cell(why)} |")
+    lines += [
+        "",
+        "## Every gate",
+        "",
+        "| target | gate | bound | threshold | observed | verdict |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for row in rows:
+        for gate in row["gates"]:  # type: ignore[attr-defined]
+            relation = "<=" if gate.bound == "max" else ">="
+            lines.append(
+                f"| {row['target']} | {gate.metric} | {relation} | {_number(gate.threshold)} | "
+                f"{_number(gate.observed)} | {'pass' if gate.passed else '**FAIL**'} |"
+            )
+    lines += [
+        "",
+        "## Measurements",
+        "",
         "Energy is an ESTIMATE from each target's cost model, not a measurement; — means not measured.",
         "",
-        "| target | verdict | version | " + " | ".join(header for _, header in COLUMNS) + " |",
-        "|---|---|---|" + "---:|" * len(COLUMNS),
+        "| target | " + " | ".join(header for _, header in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
     ]
     for row in rows:
         metrics: Mapping[str, float] = row["metrics"]  # type: ignore[assignment]
-        lines.append(
-            f"| {row['target']} | {row['verdict']} | {row['version'] or '—'} | "
-            + " | ".join(_number(metrics.get(key)) for key, _ in COLUMNS) + " |"
-        )
+        lines.append(f"| {row['target']} | " + " | ".join(_number(metrics.get(key)) for key, _ in COLUMNS) + " |")
     lines += ["", "![accuracy per target](accuracy-per-target.png)", ""]
     return "\n".join(lines)
 
 
 def write_summary(folder: Path, title: str, rows: Sequence[Mapping[str, object]]) -> dict[str, Path]:
-    """Write summary.md and accuracy-per-target.png into `folder`, replacing it whole.
+    """Write summary.md and accuracy-per-target.png into `folder`, a new folder: a reader sees
+    the whole summary or none of it.
 
-    `rows`: one per target, with `target`, `verdict`, `version` and `metrics`.
+    `rows`: one per target, as summary_markdown takes them.
     """
     fp32 = next(
         (row["metrics"]["accuracy_fp32"] for row in rows if "accuracy_fp32" in row["metrics"]),  # type: ignore[index, operator]
@@ -71,20 +106,14 @@ def write_summary(folder: Path, title: str, rows: Sequence[Mapping[str, object]]
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    entries = [
-        (f"{row['target']} ({row['verdict']})", float(row["metrics"]["accuracy"]))  # type: ignore[index]
-        for row in rows if "accuracy" in row["metrics"]  # type: ignore[operator]
-    ]
-    plot_accuracy(entries, fp32, staging / "accuracy-per-target.png", f"{title}: accuracy per target vs fp32")
+    plotted = [row for row in rows if "accuracy" in row["metrics"]]  # type: ignore[operator]
+    plot_accuracy(
+        [(f"{row['target']} ({row['verdict']})", float(row["metrics"]["accuracy"])) for row in plotted],  # type: ignore[index]
+        fp32, staging / "accuracy-per-target.png", f"{title}: accuracy per target vs fp32",
+        [accuracy_floor(row["gates"], fp32) for row in plotted],  # type: ignore[arg-type]
+    )
     (staging / "summary.md").write_text(summary_markdown(title, rows, fp32))
-    # Replace the folder whole: a reader sees the old summary or the new one, never a mix.
-    if folder.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-        os.replace(folder, retired / folder.name)
-        os.replace(staging, folder)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, folder)
+    os.replace(staging, folder)
     return {name: folder / name for name in ("summary.md", "accuracy-per-target.png")}
 
 
@@ -108,14 +137,21 @@ def log_summary(registry, experiment: str, commit: str, folder: Path, rows: Sequ
     return run_id
 
 
-def summarize(title: str, commit: str, outcomes: Sequence, registry, folder: Path) -> tuple[dict[str, Path], str]:
+def summarize(
+    title: str, commit: str, outcomes: Sequence, registry, folder: Path, thresholds: Mapping[str, Mapping]
+) -> tuple[dict[str, Path], str]:
     """Rows from the build's outcomes — a target registered before this build contributes the
-    metrics its run logged — then the files and the MLflow run. Returns (files, run id)."""
+    metrics its run logged, gated again with `thresholds` (target name → its gates) — then the
+    files and the MLflow run. Returns (files, run id)."""
     rows = []
     for outcome in outcomes:
         metrics = dict(outcome.metrics)
         if not metrics and outcome.version is not None:
             metrics = registry.version_metrics(outcome.registered_model, outcome.version)
-        rows.append({"target": outcome.target, "verdict": outcome.verdict, "version": outcome.version, "metrics": metrics})
+        gates = outcome.gates or (check_gates(thresholds.get(outcome.target, {}), metrics) if metrics else ())
+        rows.append({
+            "target": outcome.target, "verdict": outcome.verdict, "version": outcome.version,
+            "metrics": metrics, "gates": tuple(gates), "message": outcome.message,
+        })
     files = write_summary(folder, title, rows)
     return files, log_summary(registry, title, commit, folder, rows)

@@ -15,7 +15,7 @@ def add_commands(subparsers, common) -> None:
     )
     watch.add_argument("repo", type=Path)
     watch.add_argument("--pipeline", required=True, help="pipeline file, relative to the repository")
-    watch.add_argument("--branch", default="main")
+    watch.add_argument("--branch", help="the branch to build (default: the repository's current branch)")
     watch.add_argument("--cron", default="*/15 * * * *", help="schedule of the watcher (default: every 15 min)")
     watch.add_argument("--once", action="store_true", help="build what is pending now and exit (no server needed)")
     watch.set_defaults(func=_watch_command)
@@ -30,10 +30,22 @@ def add_commands(subparsers, common) -> None:
 
 
 def _watch_command(args) -> int:
+    from tapeout.flows import environment, preflight
+    from tapeout.flows.config import load_pipeline
+    from tapeout.flows.source import repository_root
+    from tapeout.flows.triggers import branch_to_watch
+
+    # What the watcher needs is checked here, before Prefect starts: a bad branch or pipeline
+    # is one error line, not a failed flow run's traceback.
+    root = repository_root(args.repo)
+    args.branch = branch_to_watch(root, args.branch)
+    preflight.check(load_pipeline(root / args.pipeline))
+    if not args.debug:
+        environment.quiet_prefect_logging()
     if args.once:
         from tapeout.flows.triggers import watch_flow
 
-        built = watch_flow(str(args.repo), args.pipeline, args.branch, str(args.home_path))
+        built = watch_flow(str(root), args.pipeline, args.branch, str(args.home_path))
         print(f"built {len(built)} commit(s): {' '.join(sha[:12] for sha in built) or 'none pending'}")
         return 0
     from prefect import serve
@@ -46,7 +58,7 @@ def _watch_command(args) -> int:
         )
     from tapeout.flows.triggers import deployments
 
-    serve(*deployments(args.repo, args.pipeline, args.branch, args.cron, args.home_path))
+    serve(*deployments(root, args.pipeline, args.branch, args.cron, args.home_path))
     return 0
 
 

@@ -6,17 +6,16 @@ deployments that react to both (DESIGN §8).
 - The git hook emits a Prefect event `model.committed` (resource: the model; payload: repo,
   branch, sha, pipeline); a `DeploymentEventTrigger` starts `build_commit_flow` for that sha.
   Events need a running Prefect server: the ephemeral one dies with its process.
-- Each commit is built from its own git worktree, so the work tree of the repository is never
-  touched and the bundle records exactly that commit's files.
+- Each commit is built from its own files (a temporary git worktree, tapeout.flows.source), so
+  the work tree of the repository is never touched, and the bundle's provenance names the
+  repository (its remote URL where it has one) and that commit.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -25,21 +24,10 @@ from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import InvalidInput
 from tapeout.flows.config import Pipeline, load_pipeline
 from tapeout.flows.environment import default_tracking_uri
+from tapeout.flows.source import current_branch, git, repository_root
 
 EVENT_NAME = "model.committed"
 HOOK_MARKER = "# installed by tapeout hook install"
-
-
-def _git(repo: Path, *arguments: str) -> str:
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True
-        )
-    except subprocess.CalledProcessError as error:
-        raise InvalidInput(f"{repo}: git {' '.join(arguments)} failed: {error.stderr.strip()}") from error
-    except OSError as error:
-        raise InvalidInput(f"git is not available ({error})") from error
-    return completed.stdout.strip()
 
 
 def resource_id(model_name: str) -> str:
@@ -47,29 +35,41 @@ def resource_id(model_name: str) -> str:
 
 
 def watched_paths(pipeline: Pipeline, repo_root: Path) -> list[str]:
-    """The files a build depends on, relative to the repository: the pipeline file, the model
-    source and the two sample sets. A commit that touches none of them changes no build."""
-    source = pipeline.config.model.source
-    files = [pipeline.path]
-    if source.onnx is not None:
-        files.append(pipeline.resolve(source.onnx))
-    else:
-        assert source.pytorch is not None
-        files.append(pipeline.resolve(source.pytorch.factory.rsplit(":", 1)[0]))
-        files.append(pipeline.resolve(source.pytorch.weights))
-    files.append(pipeline.resolve(pipeline.config.calibration.set))
-    files.append(pipeline.resolve(pipeline.config.validation.set))
+    """The files a build reads, relative to the repository (`Pipeline.input_files`): the
+    pipeline file, the model source and the two sample sets. A commit that touches none of
+    them changes no build."""
     root = repo_root.resolve()
-    return sorted({path.resolve().relative_to(root).as_posix() for path in files if path.resolve().is_relative_to(root)})
+    files = [path.resolve() for path in pipeline.input_files().values()]
+    return sorted({path.relative_to(root).as_posix() for path in files if path.is_relative_to(root)})
+
+
+def branch_to_watch(repo: Path, branch: str | None) -> str:
+    """`branch`, or the repository's current branch; checked to exist.
+
+    Raises:
+        InvalidInput: no such branch (the message lists the repository's branches), or no
+            branch given and HEAD is detached.
+    """
+    root = repository_root(repo)
+    name = branch or current_branch(root)
+    try:
+        git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
+    except InvalidInput:
+        branches = git(root, "for-each-ref", "--format=%(refname:short)", "refs/heads").split()
+        raise InvalidInput(
+            f"{root}: --branch {name}: expected a branch of the repository, found none by that name; "
+            f"its branches: {', '.join(branches) or 'none'}"
+        ) from None
+    return name
 
 
 def commits_to_build(repo: Path, pipeline_file: str, branch: str, registry: Registry) -> list[str]:
     """Commits on `branch` that touched a watched path and are not registered for every
     target yet, oldest first."""
-    root = Path(_git(repo, "rev-parse", "--show-toplevel"))
+    root = repository_root(repo)
     pipeline = load_pipeline(root / pipeline_file)
     paths = watched_paths(pipeline, root)
-    listed = _git(root, "rev-list", "--reverse", branch, "--", *paths)
+    listed = git(root, "rev-list", "--reverse", "--end-of-options", branch, "--", *paths)
     pending = []
     for sha in listed.split():
         built = all(
@@ -91,31 +91,25 @@ def _registry_for(pipeline: Pipeline, home: Path) -> Registry:
 
 @flow(name="tapeout-build-commit", log_prints=False)
 def build_commit_flow(repo: str, pipeline: str, sha: str, home: str = ".tapeout") -> list[dict]:
-    """Build one commit from a detached worktree of `repo`. `pipeline` is relative to the
+    """Build one commit from its own files (a temporary worktree of `repo`, which the
+    provenance does not name: it names the repository). `pipeline` is relative to the
     repository root. Returns each target's outcome as a dict."""
     from dataclasses import asdict
 
-    from tapeout.flows.pipeline import build_flow
+    from tapeout.flows.build import build
 
-    repo_path = Path(_git(Path(repo), "rev-parse", "--show-toplevel"))
-    full_sha = _git(repo_path, "rev-parse", "--verify", f"{sha}^{{commit}}")
-    # One worktree per run: two triggers of the same commit may build at the same time.
-    worktree = Path(home).resolve() / "worktrees" / f"{full_sha}-{uuid.uuid4().hex[:8]}"
-    worktree.parent.mkdir(parents=True, exist_ok=True)
-    _git(repo_path, "worktree", "add", "--detach", str(worktree), full_sha)
-    try:
-        outcomes = build_flow(str(worktree / pipeline), full_sha, home)
-    finally:
-        _git(repo_path, "worktree", "remove", "--force", str(worktree))
-    return [asdict(outcome) for outcome in outcomes]
+    root = repository_root(Path(repo))
+    result = build(root / pipeline, sha, Path(home), root=root)
+    return [asdict(outcome) for outcome in result.outcomes]
 
 
 @flow(name="tapeout-watch", log_prints=False)
-def watch_flow(repo: str, pipeline: str, branch: str = "main", home: str = ".tapeout") -> list[str]:
-    """Build every commit of `branch` that changed the model or the pipeline and is not built
-    yet, oldest first. Returns the commits built."""
+def watch_flow(repo: str, pipeline: str, branch: str | None = None, home: str = ".tapeout") -> list[str]:
+    """Build every commit of `branch` (default: the repository's current branch) that changed
+    the model or the pipeline and is not built yet, oldest first. Returns the commits built."""
     logger = get_run_logger()
-    root = Path(_git(Path(repo), "rev-parse", "--show-toplevel"))
+    root = repository_root(Path(repo))
+    branch = branch_to_watch(root, branch)
     registry = _registry_for(load_pipeline(root / pipeline), Path(home).resolve())
     pending = commits_to_build(root, pipeline, branch, registry)
     logger.info("%d commit(s) to build on %s: %s", len(pending), branch, ", ".join(s[:12] for s in pending))
@@ -128,7 +122,7 @@ def deployments(repo: Path, pipeline: str, branch: str, cron: str, home: Path) -
     """The two deployments of one watched pipeline: a cron schedule and an event trigger."""
     from prefect.events import DeploymentEventTrigger
 
-    root = Path(_git(repo, "rev-parse", "--show-toplevel"))
+    root = repository_root(repo)
     model = load_pipeline(root / pipeline).config.model.name
     watch = watch_flow.to_deployment(
         name=f"watch-{model}",
@@ -170,7 +164,7 @@ def emit_committed(repo: Path, pipeline: str, sha: str, branch: str) -> None:
             "model.committed needs a running Prefect server: set PREFECT_API_URL "
             "(the ephemeral server dies with its process)"
         )
-    root = Path(_git(repo, "rev-parse", "--show-toplevel"))
+    root = repository_root(repo)
     model = load_pipeline(root / pipeline).config.model.name
     emit_event(
         event=EVENT_NAME,
@@ -189,9 +183,9 @@ def install_hook(repo: Path, pipeline: str, api_url: str | None) -> list[Path]:
     if _is_bare(repo):
         root = repo.resolve()  # a server-side repository: the pipeline is read per commit
     else:
-        root = Path(_git(repo, "rev-parse", "--show-toplevel"))
+        root = repository_root(repo)
         load_pipeline(root / pipeline)  # refuse a hook for a pipeline that does not load
-    hooks = Path(_git(repo, "rev-parse", "--git-path", "hooks"))
+    hooks = Path(git(repo, "rev-parse", "--git-path", "hooks"))
     if not hooks.is_absolute():
         hooks = (repo / hooks).resolve()
     hooks.mkdir(parents=True, exist_ok=True)
@@ -225,7 +219,7 @@ done
 
 
 def _is_bare(repo: Path) -> bool:
-    return _git(repo, "rev-parse", "--is-bare-repository") == "true"
+    return git(repo, "rev-parse", "--is-bare-repository") == "true"
 
 
 def main(argv: list[str] | None = None) -> int:

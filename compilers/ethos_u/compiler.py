@@ -31,6 +31,7 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 
 from tapeout.compilers.cost import Cost
+from tapeout.compilers.ethos_u.placement import PlacedOperator, model_operators, npu_mac_share, placement
 from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
 from tapeout.compilers.interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile
 from tapeout.compilers.versions import at_least, parse_version
@@ -61,6 +62,7 @@ _FAMILY = {
     "ethos-u85": ("Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram_384KB", "24.05"),
 }
 _OPTIMISE = ("Performance", "Size")
+ANY_OP = "*"  # allowed_cpu_ops: every op may fall back to the CPU
 _CPU_KERNELS = ("xnnpack", "reference")
 _OPTION_NAMES = (
     "accelerator_config", "system_config", "memory_mode", "optimise", "sram_budget_bytes",
@@ -118,11 +120,12 @@ def _ini_sections(kind: str) -> tuple[str, ...]:
     return tuple(s[len(prefix):] for s in parser.sections() if s.startswith(prefix))
 
 
-def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = None) -> EthosUOptions:
+def resolve_options(given: Mapping[str, str]) -> EthosUOptions:
     """Validate the target's options and fill in every default.
 
-    `memory_budget_bytes` of the target profile is the SRAM budget unless `sram_budget_bytes`
-    is given.
+    The target profile's `memory_budget_bytes` is not an SRAM budget here: the pipeline gates
+    `peak_memory_bytes` (Vela's SRAM estimate) against it, as for every compiler, while the
+    `sram_budget_bytes` option refuses the compile itself.
 
     Raises:
         InvalidInput: an unknown option, or a value out of range (names the option, expected
@@ -167,12 +170,12 @@ def resolve_options(given: Mapping[str, str], memory_budget_bytes: int | None = 
             raise bad(option, "a positive number of bytes")
         return int(text)
 
-    sram = byte_count("sram_budget_bytes", memory_budget_bytes)
+    sram = byte_count("sram_budget_bytes", None)
     flash = byte_count("flash_budget_bytes", None)
     listed = values.get("allowed_cpu_ops", "").split(",")
     allowed = tuple(sorted({op.strip().upper() for op in listed if op.strip()}))
-    if any(not op.replace("_", "").isalnum() for op in allowed):
-        raise bad("allowed_cpu_ops", "comma-separated TFLite op names such as SOFTMAX,QUANTIZE")
+    if allowed != (ANY_OP,) and any(not op.replace("_", "").isalnum() for op in allowed):
+        raise bad("allowed_cpu_ops", 'comma-separated TFLite op names such as SOFTMAX,QUANTIZE, or "*" for any')
     sla_text = values.get("min_inferences_per_second", "")
     sla = None
     if sla_text:
@@ -229,33 +232,16 @@ class EthosUCompiler:
                 does not allow, the SRAM or flash estimate exceeds its budget, or the
                 inferences-per-second estimate is below `min_inferences_per_second`.
         """
-        from tapeout.compilers.tflite import convert
-
-        try:
-            found = installed_version("ethos-u-vela")
-        except PackageNotFoundError:
-            raise InvalidInput(
-                "compiler 'ethos-u' needs the ethos-u extra: pip install 'tapeout[ethos-u]'"
-            ) from None
-        if found != VELA_VERSION:
-            raise InvalidInput(f"compiler 'ethos-u': expected ethos-u-vela {VELA_VERSION}, found {found}")
-        options = resolve_options(target.options, target.memory_budget_bytes)
+        options = self._options(target)
         minimum_firmware = _FAMILY[options.family][2]
         if not at_least(target.firmware_revision, minimum_firmware):
             raise InvalidInput(
                 f"target {target.name!r}: firmware_revision {target.firmware_revision} predates "
                 f"{options.family} support; Ethos-U software {minimum_firmware} or newer is needed"
             )
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            conversion = convert(model.path, workdir / INT8_MODEL)
-        except UnsupportedOperator as error:
-            raise UnsupportedOperator(self.name, error.node, error.op_type, error.reason) from error
-        (workdir / IO_FILE).write_text(conversion.io_json())
-        shutil.copyfile(vela_ini_path(), workdir / VELA_INI)
-
+        conversion = self._convert(model.path, workdir)
         estimates, cpu_ops = self._run_vela(options, workdir)
+        macs_total, macs_on_cpu, share = npu_mac_share(workdir / INT8_MODEL, workdir / VELA_MODEL)
         report = {
             "estimate_source": f"{ESTIMATE}: Vela {VELA_VERSION} performance model, not measured "
             "(no Ethos-U silicon or Corstone FVP on the build machine)",
@@ -269,6 +255,11 @@ class EthosUCompiler:
                 "feature-map and weight read/write bytes (vela_summary.csv)",
             ).to_report(),
             "tflite_int8_operators": list(conversion.operators),
+            # Facts of the placement, not estimates (compilers/ethos_u/placement.py counts MACs).
+            "cpu_operators": cpu_ops,
+            "macs_total": macs_total,
+            "macs_on_cpu": macs_on_cpu,
+            "npu_mac_share": share,
             "accelerator_config": options.accelerator_config,
             "system_config": options.system_config,
             "memory_mode": options.memory_mode,
@@ -290,6 +281,47 @@ class EthosUCompiler:
             outputs=model.outputs,
             report=report,
         )
+
+    def placement(self, model_path: Path, options: Mapping[str, str], workdir: Path) -> tuple[PlacedOperator, ...]:
+        """Where Vela puts each op of the converted model (NPU or CPU, with MACs and Vela's
+        reason), without building an artifact: `tapeout compat --compiler ethos-u` shows it.
+
+        Raises:
+            InvalidInput: a bad option or the wrong Vela installed.
+            UnsupportedOperator: a node the TFLite converter cannot lower (named).
+            CompilationFailed: Vela fails.
+        """
+        resolved = resolve_options(options)
+        self._check_vela()
+        self._convert(model_path, workdir)
+        self._run_vela(resolved, workdir)
+        return tuple(placement(workdir / INT8_MODEL, workdir / VELA_MODEL, (workdir / VELA_LOG).read_text()))
+
+    def _check_vela(self) -> None:
+        try:
+            found = installed_version("ethos-u-vela")
+        except PackageNotFoundError:
+            raise InvalidInput(
+                "compiler 'ethos-u' needs the ethos-u extra: pip install 'tapeout[ethos-u]'"
+            ) from None
+        if found != VELA_VERSION:
+            raise InvalidInput(f"compiler 'ethos-u': expected ethos-u-vela {VELA_VERSION}, found {found}")
+
+    def _options(self, target: TargetProfile) -> EthosUOptions:
+        self._check_vela()
+        return resolve_options(target.options)
+
+    def _convert(self, model_path: Path, workdir: Path):
+        from tapeout.compilers.tflite import convert
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            conversion = convert(model_path, workdir / INT8_MODEL)
+        except UnsupportedOperator as error:
+            raise UnsupportedOperator(self.name, error.node, error.op_type, error.reason) from error
+        (workdir / IO_FILE).write_text(conversion.io_json())
+        shutil.copyfile(vela_ini_path(), workdir / VELA_INI)
+        return conversion
 
     def _run_vela(self, options: EthosUOptions, workdir: Path) -> tuple[dict, list[dict]]:
         output_dir = workdir / "vela-output"
@@ -334,7 +366,10 @@ class EthosUCompiler:
         shutil.rmtree(output_dir, ignore_errors=True)
         with (workdir / VELA_SUMMARY).open(newline="") as handle:
             summary = next(csv.DictReader(handle))
-        cpu_ops = cpu_operators(workdir / VELA_MODEL)
+        cpu_ops = [
+            {"op": op, "output": output, "macs": macs}
+            for op, output, macs in model_operators(workdir / VELA_MODEL, skip_npu_op=True)
+        ]
         kib = 1024.0
         estimates = {
             "label": ESTIMATE,
@@ -361,6 +396,8 @@ class EthosUCompiler:
         return estimates, cpu_ops
 
     def _check(self, options: EthosUOptions, estimates: dict, cpu_ops: list[dict]) -> None:
+        if options.allowed_cpu_ops == (ANY_OP,):
+            return self._check_budgets(options, estimates)
         refused = [op for op in cpu_ops if op["op"] not in options.allowed_cpu_ops]
         if refused:
             listed = ", ".join(f"{op['op']} (output {op['output']!r})" for op in refused)
@@ -371,6 +408,9 @@ class EthosUCompiler:
                 f"{options.accelerator_config}: expected every op on the NPU{allowed}, "
                 f"found on the CPU: {listed}"
             )
+        self._check_budgets(options, estimates)
+
+    def _check_budgets(self, options: EthosUOptions, estimates: dict) -> None:
         for what, budget, used in (
             ("SRAM", options.sram_budget_bytes, estimates["sram_bytes"]),
             ("flash", options.flash_budget_bytes, estimates["flash_bytes"]),
@@ -406,29 +446,3 @@ class EthosURunner:
 
     def run(self, inputs: Mapping[str, object]) -> dict[str, object]:
         return self._runner.run(inputs)
-
-
-def cpu_operators(vela_model: Path) -> list[dict[str, str]]:
-    """Ops Vela left for the CPU: every operator of its output other than the `ethos-u`
-    custom op (which holds the NPU command stream)."""
-    from ethosu.vela.tflite import BuiltinOperator, Model
-
-    names = {
-        value: key
-        for key, value in vars(BuiltinOperator.BuiltinOperator).items()
-        if not key.startswith("_")
-    }
-    model = Model.Model.GetRootAsModel(vela_model.read_bytes(), 0)
-    found = []
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for o in range(subgraph.OperatorsLength()):
-            operator = subgraph.Operators(o)
-            code = model.OperatorCodes(operator.OpcodeIndex())
-            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            name = names.get(builtin, str(builtin))
-            if name == "CUSTOM" and (code.CustomCode() or b"").decode() == "ethos-u":
-                continue
-            output = subgraph.Tensors(operator.Outputs(0)).Name().decode() if operator.OutputsLength() else ""
-            found.append({"op": name, "output": output})
-    return found

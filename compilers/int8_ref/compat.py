@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 
 from .exceptions import Incompatibility
+from .fold import prepare
 from .lowering import DOMAINS, Lowering
 from .opset import ONNX_OPS
 from .program import LoweringError
@@ -32,6 +33,7 @@ def _static_checks(node) -> list[Incompatibility]:
 
 def report_for_model(model: onnx.ModelProto, input_shapes=None,
                      requant: str = "fixed-point") -> list[Incompatibility]:
+    model = prepare(model, dict(input_shapes or {}))
     problems: list[Incompatibility] = []
     for node in model.graph.node:
         problems.extend(_static_checks(node))

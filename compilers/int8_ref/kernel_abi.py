@@ -116,7 +116,8 @@ class OnnxOp:
                        the op(s); it raises LoweringError (via `low.fail`) for what it refuses
     rules              attribute rules that need no shapes: `rules(node)` yields (attribute,
                        reason) for each violation; the compatibility report lists them all
-                       before any lowering
+                       before any lowering, and the driver refuses the first of them before
+                       calling `lower`
     domain             "" or "com.microsoft" (how capabilities() names it)
     int16              takes and produces int16 activations
     reads_dequantized  reads a DequantizeLinear output as the integers behind it (no float

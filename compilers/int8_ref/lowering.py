@@ -36,9 +36,10 @@ from onnx import numpy_helper
 
 from . import requantize as rq
 from .exceptions import Incompatibility
-from .kernel_abi import MAX_CONSTS, MAX_FLOATS, MODE_FIXED, MODE_ORT, KernelSpec
+from .fold import prepare
+from .kernel_abi import MODE_FIXED, MODE_ORT, KernelSpec
 from .opset import INT16_OPS, ONNX_OPS, READS_DEQUANTIZED, Kind
-from .ops import load_const, requant
+from .ops import float_island, load_const, requant
 from .program import (CODE_DTYPE, DTYPE_CODE, I16, ONNX_DTYPES, LoweringError, Op, Program, Q,
                       Tensor, attr)
 
@@ -111,7 +112,7 @@ class Lowering:
                             f"{sorted(set(kernel.params) - set(ints))}, unknown "
                             f"{sorted(set(ints) - set(kernel.params))}")
         lo, hi = kernel.const_range
-        if not lo <= len(consts) <= min(hi, MAX_CONSTS) or len(floats) > MAX_FLOATS:
+        if not lo <= len(consts) <= hi or len(floats) > len(kernel.floats):
             raise TypeError(f"{kernel.name}: {len(consts)} constants, {len(floats)} floats")
         self.ops.append(Op(Kind(kernel.kind), node.name or node.output[0], node.op_type,
                            tuple(inputs), output, tuple(consts),
@@ -187,6 +188,10 @@ class Lowering:
         if name in self.init and self.init[name].dtype in (np.int8, np.uint8):
             # a QOperator constant operand
             return load_const.load_initializer(self, node, name, self.init[name])
+        if name in self.wconst:
+            # the DequantizeLinear of a constant (a class token, a constant operand)
+            self.qval[name] = load_const.load_dequantized(self, node, name)
+            return self.qval[name]
         if name in self.fval:
             self.fail(node, f"input {name!r} is float (no QuantizeLinear/DequantizeLinear "
                             "pair around it)", "input")
@@ -311,12 +316,13 @@ class Lowering:
         return self.const(pad(a)), self.const(pad(b))
 
     # -- ops that keep their input's quantization -------------------------------------------
-    def layout(self, node, xq: Q, oshape, kernel: KernelSpec, consts=(), scratch=0,
-               **ints) -> None:
+    def layout(self, node, xq: Q, oshape, kernel: KernelSpec, consts=(), out: str = "",
+               scratch: int = 0, **ints) -> None:
         """Emit an op that moves or selects integers (its output has the input's scale and
-        zero point); a QuantizeLinear after it with other parameters becomes a REQUANT."""
-        name, scale, zp, code, lo, hi = self.output_q(node, node.output[0],
-                                                      allow_propagate=xq)
+        zero point) into `node`'s output `out` (the first by default); a QuantizeLinear
+        after it with other parameters becomes a REQUANT."""
+        out = out or node.output[0]
+        name, scale, zp, code, lo, hi = self.output_q(node, out, allow_propagate=xq)
         tmp_name = name if (scale, zp, code) == (xq.scale, xq.zp, xq.code) \
             else name + "__pre"
         tid = self.new_tensor(tmp_name, self.tensors[xq.tid].dtype, oshape)
@@ -326,7 +332,7 @@ class Lowering:
             requant.requant_to(self, node, q, name, scale, zp, code)
         else:
             self.qname[name] = q
-        self.qval[node.output[0]] = self.qname[name]
+        self.qval[out] = self.qname[name]
 
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> Program:
@@ -368,7 +374,12 @@ class Lowering:
                 if node.domain not in DOMAINS or onnx_op is None:
                     self.fail(node, f"operator {node.domain + '.' if node.domain else ''}"
                                     f"{node.op_type} is not supported")
-                onnx_op.lower(self, node)
+                for attribute, reason in onnx_op.rules(node):
+                    self.fail(node, reason, attribute)
+                if float_island.claims(self, node):
+                    float_island.lower_island(self, node)
+                else:
+                    onnx_op.lower(self, node)
             except LoweringError as exc:
                 if not self.keep_going:
                     raise
@@ -406,5 +417,6 @@ def lower(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
 
     `ort_float`: names of nodes ONNX Runtime keeps in float (compat.ort_float_nodes); in
     `ort` mode their elementwise ops are emulated in float32 instead of as QLinear kernels.
+    Shape subgraphs are folded first (fold.prepare).
     """
-    return Lowering(model, input_shapes, requant, ort_float).run()
+    return Lowering(prepare(model, input_shapes), input_shapes, requant, ort_float).run()

@@ -100,7 +100,7 @@ def add_params(a_scale: float, b_scale: float, y_scale: float, a_zp: int, b_zp: 
     """QLinearAdd parameters for both modes.
 
     ``ort`` (MlasQLinearAddKernelAvx2Helper, onnxruntime/core/mlas/lib/intrinsics/avx2/
-    qladd_avx2.cpp): rAC = a/c, rBC = b/c in float32, FixedPart = zc - (rAC*za + rBC*zb).
+    qladd_avx2.cpp): rAC = a/c, rBC = b/c in float32, FixedPart = zc - fma(rAC, za, rBC*zb).
     ``fixed-point`` (TFLite reference integer_ops/add.h, PrepareGeneralSubOp): inputs are
     shifted left by `left_shift` bits, rescaled by a/(2 max(a, b)) and b/(2 max(a, b)),
     summed and rescaled by 2 max(a, b) / (2^left_shift c).
@@ -108,8 +108,12 @@ def add_params(a_scale: float, b_scale: float, y_scale: float, a_zp: int, b_zp: 
     sa, sb, sc = np.float32(a_scale), np.float32(b_scale), np.float32(y_scale)
     rac = np.float32(sa / sc)
     rbc = np.float32(sb / sc)
-    fixed = np.float32(np.float32(y_zp) - np.float32(np.float32(rac * np.float32(a_zp)) +
-                                                      np.float32(rbc * np.float32(b_zp))))
+    # ORT's `ZeroPointC - (ScaleRatio_AC * ZeroPointA + ScaleRatio_BC * ZeroPointB)`, which
+    # the compiler contracts to zc - fma(rAC, za, rBC*zb) in the AVX2 unit (measured: the
+    # separately rounded form differs from ORT on ties). rAC*za is exact in float64 and the
+    # sum rounds once to float32.
+    fixed = np.float32(np.float32(y_zp) - np.float32(
+        float(rac) * float(a_zp) + float(np.float32(rbc * np.float32(b_zp)))))
     twice_max = 2.0 * max(float(sa), float(sb))
     ma, sha = quantize_multiplier(float(sa) / twice_max)
     mb, shb = quantize_multiplier(float(sb) / twice_max)

@@ -38,13 +38,14 @@ class FbTensor:
 
 @dataclass
 class FbOperator:
-    """One operator: builtin code, tensor indices, and its options table.
+    """One operator: builtin name (schema.fbs `enum BuiltinOperator`, e.g. "CONV_2D"), tensor
+    indices, and its options table.
 
     `options` is (options table name, {field: value}) as in schema.fbs, e.g.
     ("Conv2DOptions", {"Padding": 0, "StrideW": 1}); None for operators without options.
     """
 
-    opcode: int
+    opcode: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options: tuple[str, dict[str, object]] | None = None
@@ -64,6 +65,7 @@ def serialise(graph: FbGraph) -> bytes:
     import flatbuffers
     from ethosu.vela.tflite import (
         Buffer,
+        BuiltinOperator,
         BuiltinOptions,
         Model,
         Operator,
@@ -138,7 +140,7 @@ def serialise(graph: FbGraph) -> bytes:
             Tensor.TensorAddQuantization(builder, quantization)
         tensor_offsets.append(Tensor.TensorEnd(builder))
 
-    opcodes: list[int] = []
+    opcodes: list[str] = []
     operator_offsets = []
     for operator in graph.operators:
         if operator.opcode not in opcodes:
@@ -177,7 +179,8 @@ def serialise(graph: FbGraph) -> bytes:
     subgraph = SubGraph.SubGraphEnd(builder)
 
     code_offsets = []
-    for opcode in opcodes:
+    for name in opcodes:
+        opcode = getattr(BuiltinOperator.BuiltinOperator, name)
         OperatorCode.OperatorCodeStart(builder)
         OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(
             builder, min(opcode, _DEPRECATED_CODE_LIMIT)

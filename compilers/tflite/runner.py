@@ -10,7 +10,12 @@ LSB for LSB.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +31,43 @@ from tapeout.compilers.tflite.converter import NHWC, EdgeTensor
 #   TFLite's builtin kernels.
 # - "reference": TFLite's reference kernels, int32 multiplier and shift with
 #   MultiplyByQuantizedMultiplier's double rounding (tensorflow/lite/kernels/internal/common.h),
-#   the arithmetic TFLite Micro runs beside the NPU; within 1 LSB of ONNX Runtime.
+#   the arithmetic TFLite Micro runs beside the NPU; mostly within 1 LSB of ONNX Runtime per op
+#   (docs/ethos-u.md, "Exactness per op").
 KERNELS = {"xnnpack": "AUTO", "reference": "BUILTIN_REF"}
+
+
+# LiteRT's C++ prints this line straight to file descriptor 2 when the first interpreter of a
+# process applies its default XNNPACK delegate (TFLITE_LOG_PROD_ONCE in tflite's
+# xnnpack_delegate.cc); the logger's severity setter is not exported by the wheel, so the line
+# is filtered out of what that one call writes to stderr, and everything else is written back.
+_DELEGATE_BANNER = b"Created TensorFlow Lite XNNPACK delegate for CPU."
+_banner_lock = threading.Lock()
+_banner_seen = False
+
+
+@contextlib.contextmanager
+def _without_delegate_banner() -> Iterator[None]:
+    global _banner_seen
+    with _banner_lock:
+        if _banner_seen:
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                lines = captured.read().splitlines(keepends=True)
+                _banner_seen = any(_DELEGATE_BANNER in line for line in lines)
+                kept = b"".join(line for line in lines if _DELEGATE_BANNER not in line)
+                if kept:
+                    os.write(2, kept)
 
 
 def quantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -60,7 +100,8 @@ class TfliteRunner:
             model_path=str(path), num_threads=1,
             experimental_op_resolver_type=getattr(OpResolverType, KERNELS[kernels]),
         )
-        self._interpreter.allocate_tensors()
+        with _without_delegate_banner():
+            self._interpreter.allocate_tensors()
         details = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
         details.update({d["name"]: d["index"] for d in self._interpreter.get_output_details()})
         self._inputs = [(edge, details[edge.tflite_name]) for edge in inputs]

@@ -147,3 +147,40 @@ def test_pack_carries_labels_along(tmp_path, capsys):
     chosen = np.sort(np.random.default_rng(0).choice(500, 40, replace=False))
     with np.load(validation) as source, np.load(tmp_path / "v.npz") as packed:
         np.testing.assert_array_equal(packed["label"], source["label"][chosen])
+
+
+def test_pack_takes_and_renames_arrays_of_a_multi_array_npz(tmp_path, capsys, exported_model):
+    """One .npz holding a train and a test split, as many data sets ship (scikit-learn's
+    digits here), becomes a calibration set and a validation set the model reads."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.kron(digits.images, np.ones((1, 2, 2)))[:, None].astype(np.float32) / 16  # 16x16, as the model
+    labels = digits.target.astype(np.int64)
+    np.savez(tmp_path / "digits.npz", Xtr=images[:1400], ytr=labels[:1400], Xte=images[1400:], yte=labels[1400:])
+    with pytest.raises(InvalidInput, match=r"different numbers of samples .*--array INPUT=ARRAY"):
+        _run("calib", "pack", tmp_path / "digits.npz", "-o", tmp_path / "all.npz")
+
+    assert _run("calib", "pack", tmp_path / "digits.npz", "-o", tmp_path / "calibration.npz",
+                "--array", "image=Xtr", "--count", 300, "--seed", 0) == 0
+    assert _run("calib", "pack", tmp_path / "digits.npz", "-o", tmp_path / "validation.npz",
+                "--array", "image=Xte", "--labels", "label=yte") == 0
+    capsys.readouterr()
+    calibration = load_sample_set(tmp_path / "calibration.npz", exported_model.inputs, minimum_count=300)
+    validation = load_sample_set(tmp_path / "validation.npz", exported_model.inputs, label_key="label")
+    assert (calibration.count, validation.count) == (300, 397)
+    assert calibration.source["arrays"] == {"image": "Xtr"}
+    with np.load(tmp_path / "validation.npz") as packed:
+        assert sorted(packed.files) == ["__tapeout__", "image", "label"]
+        np.testing.assert_array_equal(packed["label"], labels[1400:])
+        np.testing.assert_array_equal(packed["image"], images[1400:])
+
+    # inspect shows the labels as labels, without being told their name
+    assert _run("calib", "inspect", tmp_path / "validation.npz") == 0
+    text = capsys.readouterr().out
+    assert "labels    label: one integer label per sample (not a model input)" in text
+    assert "input     label" not in text and "input     image: float32 [1, 16, 16]" in text
+    with pytest.raises(InvalidInput, match=r"no arrays named \['Xval'\]"):
+        _run("calib", "pack", tmp_path / "digits.npz", "-o", tmp_path / "x.npz", "--array", "image=Xval")
+    with pytest.raises(InvalidInput, match="--array: expected KEY=VALUE"):
+        _run("calib", "pack", tmp_path / "digits.npz", "-o", tmp_path / "x.npz", "--array", "image")

@@ -73,3 +73,67 @@ def test_missing_factory_function_is_named(tmp_path):
     source = PyTorchSource(EXAMPLE / "model.py", "no_such_factory", EXAMPLE / "weights.pt")
     with pytest.raises(InvalidInput, match="expected a function 'no_such_factory'"):
         export_model(source, IMAGE, ("logits",), tmp_path / "out.onnx")
+
+
+def _with_external_weights(model_path, folder, location="weights.data"):
+    """The model re-saved as PyTorch's exporter writes it by default: weights in a file beside it."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(model_path))
+    target = folder / "model.onnx"
+    onnx.save(model, str(target), save_as_external_data=True, location=location, size_threshold=0)
+    return target
+
+
+def test_external_weights_beside_the_model_are_taken_in(exported_model, tmp_path):
+    """An fp32 model whose weights lie in a file beside it is copied as one file holding them,
+    with the same digest and outputs as the single-file model."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    split = _with_external_weights(exported_model.path, tmp_path / "split")
+    assert len(list((tmp_path / "split").iterdir())) == 2
+    checked = export_model(OnnxSource(split), IMAGE, ("logits",), tmp_path / "copy.onnx")
+    copy = onnx.load(str(checked.path), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in copy.graph.initializer)
+    sample = {"image": np.random.default_rng(0).standard_normal((1, 1, 16, 16), dtype=np.float32)}
+    outputs = [
+        onnxruntime.InferenceSession(str(path)).run(None, sample)[0] for path in (exported_model.path, checked.path)
+    ]
+    np.testing.assert_array_equal(*outputs)
+
+
+def test_changed_external_weights_change_the_export_key(exported_model, tmp_path):
+    from tapeout.compilers.frontends import OnnxFrontEnd
+
+    split = _with_external_weights(exported_model.path, tmp_path / "split")
+    before = OnnxFrontEnd().material(OnnxSource(split))
+    weights = tmp_path / "split" / "weights.data"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert OnnxFrontEnd().material(OnnxSource(split)) != before
+
+
+def test_external_weights_outside_the_models_folder_are_refused(exported_model, tmp_path):
+    import onnx
+
+    split = _with_external_weights(exported_model.path, tmp_path / "outside" / "model")
+    (tmp_path / "outside" / "model" / "weights.data").rename(tmp_path / "outside" / "weights.data")
+    model = onnx.load(str(split), load_external_data=False)
+    for tensor in model.graph.initializer:  # onnx.save refuses '..'; a hostile file need not
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.data"
+    split.write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidInput, match=r"external weights must lie in the model's folder, found location '\.\./weights\.data'"):
+        export_model(OnnxSource(split), IMAGE, ("logits",), tmp_path / "copy.onnx")
+
+
+def test_a_missing_external_weights_file_is_named(exported_model, tmp_path):
+    split = _with_external_weights(exported_model.path, tmp_path / "split")
+    (tmp_path / "split" / "weights.data").unlink()
+    with pytest.raises(InvalidInput, match=r"model.onnx: tensor '.+': external weights file 'weights.data' not found"):
+        export_model(OnnxSource(split), IMAGE, ("logits",), tmp_path / "copy.onnx")

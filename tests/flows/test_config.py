@@ -8,7 +8,7 @@ import pytest
 
 from tapeout.flows.cli import main
 from tapeout.flows.config import ConfigError, load_pipeline
-from conftest import EXAMPLE
+from conftest import EXAMPLE, git
 
 VALID = (EXAMPLE / "pipeline.yaml").read_text()
 
@@ -111,7 +111,10 @@ def test_per_target_digest_ignores_other_targets(tmp_path):
 
 def test_command_line_exits_2_with_one_line_naming_the_field(tmp_path, capsys):
     path = write(tmp_path, VALID.replace("  samples: 300\n", "  samples: 300\n  bins: 2048\n"))
-    code = main(["run", str(path), "--commit", "abc123", "--home", str(tmp_path / "home")])
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "a pipeline")
+    code = main(["run", str(path), "--home", str(tmp_path / "home")])
     error = capsys.readouterr().err
     assert code == 2
     assert f"{path}:" in error and "calibration.bins: unknown field" in error

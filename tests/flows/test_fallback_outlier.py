@@ -132,16 +132,22 @@ def test_an_attempt_that_cannot_be_built_is_recorded_and_its_layer_left_out(prep
         evaluation = stages.evaluate_stage(compiled, prepared["validation"], prepared["reference"])
         return compiled, stages.Gated(evaluation, check_gates({"top1_agreement": Threshold(min=1.01)}, evaluation.metrics))
 
+    said = []
     result = search(
         float_path=prepared["model"].path, table=prepared["calibrated"].table, quantized=prepared["quantized"],
         artifact=artifact, gated=gated, sensitivity=prepared["sensitivity"], profile=profile,
         capabilities=load_compiler("onnxruntime").capabilities(), budget=3, attempt_fn=attempt,
-        workdir=prepared["root"] / "fallback-refused",
+        workdir=prepared["root"] / "fallback-refused", progress=said.append,
     )
     first, second, third = (layer.node for layer in prepared["sensitivity"].ranked()[:3])
     assert [a.kept_out for a in result.attempts] == [(), (first,), (second,), (second, third)]
     assert "refused model.qdq.onnx" in result.attempts[1].error and result.attempts[1].quantized_sha256 is None
     assert result.to_document()["attempts"][1]["error"] == result.attempts[1].error
+    # The progress line says why the layer was dropped, and why each layer is tried.
+    assert f"[cpu] fallback attempt 1/3: {first} dropped, later attempts go on without it: it cannot be built " \
+        "in fp32 (refused model.qdq.onnx)" in said
+    assert any(line.startswith(f"[cpu] fallback attempt 2/3: {second} in fp32, adding ") and "SQNR" in line for line in said)
+    assert any(line.startswith("[cpu] fallback attempt 2/3: still failing: top1_agreement") for line in said)
 
 
 def test_no_passing_attempt_reports_the_best_within_the_budget(prepared):

@@ -105,7 +105,7 @@ def test_build_summary_compares_every_target_with_the_numbers_their_runs_logged(
     from PIL import Image
 
     commit = git(built["pipeline"].parent, "rev-parse", "HEAD")
-    folder = built["home"] / "reports" / commit[:12]
+    (folder,) = (built["home"] / "reports" / commit[:12]).iterdir()  # this build's own folder
     with Image.open(folder / "accuracy-per-target.png") as image:
         assert image.format == "PNG" and image.size[0] > 100
     markdown = (folder / "summary.md").read_text()
@@ -117,7 +117,8 @@ def test_build_summary_compares_every_target_with_the_numbers_their_runs_logged(
         version = registry.resolve(f"digits-cnn-{target}@candidate")
         logged = client.get_run(version.run_id).data.metrics
         assert summary.data.metrics[f"{target}.accuracy"] == logged["accuracy"]
-        assert f"| {target} | pass | {version.version} | {logged['accuracy']:.4g} |" in markdown
+        assert f"| {target} | pass | {version.version} | — |" in markdown
+        assert f"| {target} | {logged['accuracy']:.4g} |" in markdown
     # The budget of npu-int8 became a gate on the memory plan's peak.
     npu = client.get_run(registry.resolve("digits-cnn-npu-int8@candidate").run_id).data.metrics
     bundle = next((built["home"] / "bundles" / "digits-cnn-npu-int8").iterdir())
@@ -187,13 +188,14 @@ def test_failing_gate_exits_1_records_the_run_and_registers_nothing(built, capsy
     assert all("top1_agreement" in run.data.tags["failed_gates"] for run in runs)
 
 
-def test_not_a_git_repository_needs_commit(tmp_path, capsys):
+def test_not_a_git_repository_is_refused_with_what_to_do(tmp_path, capsys):
     import shutil
 
     from conftest import EXAMPLE
 
     project = tmp_path / "loose"
     shutil.copytree(EXAMPLE, project)
-    code = main(["run", str(project / "pipeline.yaml"), "--home", str(tmp_path / "home")])
-    assert code == 2
-    assert "pass --commit SHA" in capsys.readouterr().err
+    for extra in ([], ["--commit", "abc123"]):  # a commit cannot be named outside a repository
+        code = main(["run", str(project / "pipeline.yaml"), "--home", str(tmp_path / "home"), *extra])
+        assert code == 2
+        assert "not inside a git repository; tapeout builds commits (git init" in capsys.readouterr().err

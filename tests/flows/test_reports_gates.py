@@ -122,3 +122,67 @@ def test_energy_estimate_is_labelled_and_says_what_was_counted(quantized_model, 
     text = (tmp_path / "gates.md").read_text()
     assert "an ESTIMATE** from the target profile's cost model" in text and f"Work counted from: {QDQ_SOURCE}" in text
     assert "| energy_per_inference_uj_estimate |" in text and "not measured" in text
+
+
+def test_latency_plot_shows_the_bulk_and_marks_a_slow_outlier():
+    from tapeout.flows.reports import latency_figure
+
+    bulk = np.random.default_rng(1).gamma(9.0, 0.004, 199)  # ~0.036 ms per call
+    axes = latency_figure((*bulk, 43.0), "cpu: latency").axes[0]
+    low, high = axes.get_xlim()
+    assert high < 1.0  # the axis is the bulk's, not stretched to the 43 ms call
+    filled = [patch for patch in axes.patches if patch.get_height() > 0]
+    (note,) = [text.get_text() for text in axes.texts]
+    outliers = int(note.split(" run(s) slower")[0])
+    assert note.endswith("up to 43 ms") and 1 <= outliers <= 3  # the 43 ms call, and the gamma's far tail
+    assert len(filled) >= 10 and sum(patch.get_height() for patch in filled) + outliers == 200
+    labels = axes.get_legend_handles_labels()[1]
+    assert any(label.startswith("p99") and "(off scale)" not in label for label in labels)
+
+
+def test_accuracy_plot_zooms_to_the_gate_and_draws_its_threshold():
+    from tapeout.flows.reports import accuracy_figure, accuracy_floor
+
+    gated = _gated()  # accuracy_drop <= 0.02 from fp32 0.93
+    floor = accuracy_floor(gated.gates, METRICS["accuracy_fp32"])
+    assert floor == pytest.approx(0.91)
+    axes = accuracy_figure([("int8 (this target)", 0.91)], 0.93, "t", [floor]).axes[0]
+    low, high = axes.get_ylim()
+    assert 0.85 < low < 0.91 and 0.93 < high < 0.96  # a 0.02 drop fills the plot, not 2% of it
+    (threshold,) = [c for c in axes.collections if "gate" in str(c.get_label())]
+    assert threshold.get_segments()[0][0][1] == pytest.approx(0.91)
+    assert "gate: accuracy >= 0.91" in axes.get_legend_handles_labels()[1]
+
+
+def test_a_float16_artifacts_bar_says_fp16_not_int8():
+    from tapeout.compilers.registry import load_compiler
+    from tapeout.flows.fallback import plain_representation
+    from tapeout.flows.reports import accuracy_entries
+
+    representations = {
+        name: plain_representation(load_compiler(name).capabilities()) for name in ("fp16", "int8-ref", "onnxruntime")
+    }
+    assert representations == {"fp16": "fp16", "int8-ref": "int8", "onnxruntime": "int8"}
+    assert accuracy_entries(METRICS, None, representations["fp16"]) == [("fp16 (this target)", 0.91)]
+
+
+def test_build_summary_names_the_failed_gate_and_lists_every_gate(tmp_path):
+    from tapeout.flows.summary import summary_markdown, write_summary
+
+    thresholds = {"accuracy_drop": Threshold(max=0.02), "output_sqnr_db": Threshold(min=25)}
+    rows = [
+        {"target": "cpu", "verdict": "pass", "version": "3", "metrics": METRICS,
+         "gates": check_gates({"accuracy_drop": Threshold(max=0.02)}, METRICS), "message": ""},
+        {"target": "npu", "verdict": "fail", "version": None, "metrics": METRICS,
+         "gates": check_gates(thresholds, METRICS), "message": "gate(s) failed"},
+        {"target": "u55", "verdict": "error", "version": None, "metrics": {}, "gates": (),
+         "message": "compiler 'ethos-u' cannot build node 'x' (op Foo)"},
+    ]
+    text = summary_markdown("digits-cnn", rows, 0.93)
+    assert "| npu | fail | — | output_sqnr_db: 21.5 >= 25? FAIL, off by 3.5 |" in text
+    assert "| u55 | error | — | compiler 'ethos-u' cannot build node 'x' (op Foo) |" in text
+    assert "| npu | output_sqnr_db | >= | 25 | 21.5 | **FAIL** |" in text
+    assert "| cpu | accuracy_drop | <= | 0.02 | 0.02 | pass |" in text
+    first = write_summary(tmp_path / "build-1", "digits-cnn", rows)
+    second = write_summary(tmp_path / "build-2", "digits-cnn", rows[:1])
+    assert first["summary.md"].read_text() == text and second["summary.md"].read_text() != text

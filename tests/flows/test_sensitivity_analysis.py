@@ -117,3 +117,24 @@ def test_explain_prints_the_ranked_table_of_a_bundle_folder(outlier, tmp_path, c
     document = json.loads(capsys.readouterr().out)
     assert document["sensitivity"]["layers"][0]["node"] == OUTLIER_LAYER
     assert main(["explain", str(tmp_path / "missing"), "--home", str(tmp_path / "home")]) == 2
+
+
+def test_explain_piped_prints_whole_layer_names(outlier, tmp_path, capsys):
+    """Piped (not a terminal), the table is not fitted to 80 columns: a layer named as a
+    torch export names it is printed whole, on its row."""
+    from tapeout.flows.cli import main
+
+    document = analyse(
+        outlier["model"].path, outlier["quantized"], outlier["validation"], table=outlier["calibrated"].table,
+        samples_limit=50, top_k=0, workdir=tmp_path / "work",
+    ).to_document()
+    names = {}
+    for layer in document["layers"]:
+        names[layer["node"]] = f"/model/backbone/stages.3/blocks.11/attention/{layer['node']}/output_projection/MatMul_quant"
+        layer["node"] = names[layer["node"]]
+    (tmp_path / "bundle" / "reports").mkdir(parents=True)
+    (tmp_path / "bundle" / "reports" / "sensitivity.json").write_text(json.dumps(document))
+    assert main(["explain", str(tmp_path / "bundle"), "--home", str(tmp_path / "home")]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    for name in names.values():
+        assert len(name) > 70 and sum(name in row for row in rows) == 1, (name, rows)

@@ -87,3 +87,32 @@ def test_emitting_without_a_server_fails_clearly(repository):
     )
     assert completed.returncode == 2
     assert "needs a running Prefect server: set PREFECT_API_URL" in completed.stderr
+
+
+def test_watch_names_a_branch_that_does_not_exist_in_one_line(tmp_path):
+    """git's own default branch is `master`: watching `main` there is one error line listing
+    the branches, before Prefect starts (a real process: Prefect's console output included)."""
+    pipeline = make_project(tmp_path)
+    git(pipeline.parent, "branch", "-m", "main", "master")
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "tapeout.flows.cli", "watch", str(pipeline.parent), "--pipeline", "pipeline.yaml",
+         "--branch", "main", "--once", "--home", str(tmp_path / "home")],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        f"error: {pipeline.parent}: --branch main: expected a branch of the repository, found none by that name; "
+        "its branches: master"
+    ]
+
+
+def test_watch_defaults_to_the_current_branch(repository):
+    from tapeout.flows.triggers import branch_to_watch
+
+    project = repository["project"]
+    git(project, "branch", "-m", "main", "trunk")
+    assert branch_to_watch(project, None) == "trunk"
+    git(project, "checkout", "-q", "--detach")
+    with pytest.raises(InvalidInput, match="HEAD is detached, on no branch; pass --branch NAME"):
+        branch_to_watch(project, None)

@@ -98,6 +98,72 @@ def test_firmware_revision_that_is_not_a_version(tmp_path, capsys, home):
     assert "targets[0].firmware_revision" in error and "'latest'" in error
 
 
+def test_misspelled_section_or_key_is_named_with_the_closest_field(tmp_path, capsys, home):
+    for wrong, right, field in (
+        ("validation:", "validaton:", "validaton"),
+        ("firmware_revision:", "firmware_revison:", "targets[0].firmware_revison"),
+    ):
+        pipeline = cpu_project(tmp_path / right.rstrip(":"), pipeline_text().replace(wrong, right))
+        code, error = run_bad(capsys, home, pipeline)
+        assert code == 2
+        assert f"{field}: unknown field (did you mean '{wrong.rstrip(':')}'?)" in error
+        assert "required field is missing" not in error
+
+
+# -- checked against this machine (plugins, files) before anything runs -------------------------
+
+
+def exports(home: Path) -> list[Path]:
+    """The model exports in the home's stage cache."""
+    return sorted((home / "cache" / "export").glob("*"))
+
+
+def two_targets(compiler: str = "int8-ref", firmware: str = "1.1.0", option: str = "requant: fixed-point") -> str:
+    """The cpu pipeline with a second target after the (valid) cpu one."""
+    second = f'  - name: npu\n    compiler: {compiler}\n    firmware_revision: "{firmware}"\n    options:\n      {option}\n'
+    return pipeline_text().replace("\n\ngates:", f"\n{second}\ngates:")
+
+
+def test_misspelled_compiler_stops_every_target_and_suggests_the_plugin(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path, two_targets(compiler="int8-rf"))
+    exported = exports(home)
+    code, error = run_bad(capsys, home, pipeline)  # the registry is unchanged: cpu was not built
+    assert code == 2
+    line = pipeline.read_text().splitlines().index("    compiler: int8-rf") + 1
+    assert f"{pipeline}:{line}: targets[1].compiler: no compiler plugin named 'int8-rf' (did you mean 'int8-ref'?)" in error
+    assert "onnxruntime" in error  # the installed plugins are listed
+    assert exports(home) == exported
+
+
+def test_an_option_the_compiler_does_not_take_or_a_value_it_does_not_allow(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path / "name", two_targets(option="reqant: fixed-point"))
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    assert "targets[1].options.reqant: not an option of compiler 'int8-ref' (did you mean 'requant'?)" in error
+    pipeline = cpu_project(tmp_path / "value", two_targets(option="requant: fixedpoint"))
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    assert "targets[1].options.requant: expected one of ['ort', 'fixed-point'], found 'fixedpoint'" in error
+
+
+def test_firmware_the_compiler_cannot_build_for(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path, two_targets(firmware="0.9.0"))
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    assert "targets[1].firmware_revision: compiler 'int8-ref' builds for firmware 2.0.0 or newer, found '0.9.0'" in error
+
+
+def test_missing_calibration_set_is_named_by_its_field_before_the_export(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path, pipeline_text(calibration="data/calib.npz"))
+    exported = exports(home)
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    line = pipeline.read_text().splitlines().index("  set: data/calib.npz") + 1
+    assert f"{pipeline}:{line}: calibration.set: expected a sample set (.npz file or folder) at " in error
+    assert str(pipeline.parent / "data" / "calib.npz") in error
+    assert exports(home) == exported
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys, home):
     pipeline = cpu_project(tmp_path, pipeline_text(firmware="latest"))
     code = main(["run", str(pipeline), "--home", str(home), "--debug"])

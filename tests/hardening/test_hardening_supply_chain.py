@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tapeout.flows.cli import main
-from conftest import REPOSITORY
+from conftest import REPOSITORY, git
 from hardening_support import cpu_project
 
 sys.path.insert(0, str(REPOSITORY / "fuzz"))
@@ -170,7 +170,8 @@ def test_pytorch_weights_carrying_code_are_refused_without_running_it(tmp_path, 
     marker = tmp_path / "marker"
     pipeline = cpu_project(tmp_path)
     torch.save({"conv.weight": _Payload(marker)}, pipeline.parent / "weights.pt")
-    code = main(["run", str(pipeline), "--home", str(tmp_path / "home"), "--commit", "a" * 40])
+    git(pipeline.parent, "commit", "-qam", "weights that carry code")
+    code = main(["run", str(pipeline), "--home", str(tmp_path / "home")])
     error = capsys.readouterr().err
     assert code == 2
     assert "weights.pt: not a loadable state dict" in error and "Traceback" not in error

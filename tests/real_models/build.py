@@ -198,7 +198,11 @@ def _make_ranges_realistic(network: "torch.nn.Module", input_shape: tuple[int, .
     in training mode, cumulative average), and the affine parameters of every normalisation
     layer (weight 1, bias 0 when fresh) are drawn around those values: weight uniform in
     [0.5, 1.5], bias normal with deviation 0.2. ConvNeXt's layer scales start at 1e-6, which
-    would switch its residual branches off; they are drawn uniform in [0.1, 0.5].
+    would switch its residual branches off; they are drawn uniform in [0.1, 0.5]. Any other
+    parameter a fresh model sets to one constant (torchvision's ViT starts its classifier head
+    and its class token at zero, which makes the output independent of the input) is drawn as
+    a fresh layer of its kind draws its weights (Linear, Conv), or normal with deviation 0.02
+    (DeiT's initialisation of tokens and embeddings).
     """
     import torch
     from torch import nn
@@ -214,6 +218,16 @@ def _make_ranges_realistic(network: "torch.nn.Module", input_shape: tuple[int, .
         for name, parameter in network.named_parameters():
             if name.endswith("layer_scale"):
                 parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 + 0.1)
+        for module in network.modules():
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and _constant(module.weight):
+                bound = 1 / module.weight[0].numel() ** 0.5  # torch's default for a fresh layer
+                module.weight.copy_((torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound)
+                if module.bias is not None:
+                    module.bias.copy_((torch.rand(module.bias.shape, generator=generator) * 2 - 1) * bound)
+            elif not isinstance(module, normalisations):
+                for parameter in module.parameters(recurse=False):
+                    if parameter.numel() > 1 and _constant(parameter):
+                        parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
         if batch_norms:
             momenta = [module.momentum for module in batch_norms]
             for module in batch_norms:
@@ -225,6 +239,10 @@ def _make_ranges_realistic(network: "torch.nn.Module", input_shape: tuple[int, .
             for module, momentum in zip(batch_norms, momenta):
                 module.momentum = momentum
     network.eval()
+
+
+def _constant(parameter: "torch.Tensor") -> bool:  # noqa: F821
+    return bool((parameter == parameter.flatten()[0]).all())
 
 
 def _quantize(float_path: Path, calibration: np.ndarray, activations: str, path: Path) -> None:

@@ -18,26 +18,7 @@ TESTED = ("onnxruntime", "int8-ref ort")
 
 # The first op each compiler refuses in each model today. Each entry is a strict xfail: when
 # the compiler learns the op, the test fails until the entry is removed (or names the next op).
-KNOWN_REFUSALS: dict[tuple[str, str], str] = {
-    **{
-        (column, name): op
-        for column in ("int8-ref", "int8-ref ort")
-        for name, op in {
-            "resnet18": "ReduceMean",
-            "mobilenet_v2": "ReduceMean",
-            "mobilenet_v3_small": "HardSwish",
-            "efficientnet_b0": "ReduceMean",
-            "squeezenet1_1": "ReduceMean",
-            "shufflenet_v2_x0_5": "Split",
-            "regnet_x_400mf": "ReduceMean",
-            "mnasnet0_5": "ReduceMean",
-            "googlenet": "ReduceMean",
-            "densenet121": "BatchNormalization",
-            "convnext_tiny": "LayerNormalization",
-            "vit_tiny_d4": "LayerNormalization",
-        }.items()
-    },
-}
+KNOWN_REFUSALS: dict[tuple[str, str], str] = {}
 
 # Where the bound is top-1 agreement, not LSB: LayerNormalization's integer algorithm cannot
 # reproduce ONNX Runtime's float one bit for bit (docs/int8-ref.md).

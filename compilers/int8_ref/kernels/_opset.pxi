@@ -29,15 +29,24 @@ cdef enum:
     KIND_GLOBALAVGPOOL = 9
     KIND_ADD = 10
     KIND_MUL = 11
+    KIND_DIV = 43
     KIND_COPY = 12
     KIND_TRANSPOSE = 13
     KIND_CONCAT_PART = 14
     KIND_LUT = 15
+    KIND_LUT_CHANNELS = 41
     KIND_CLAMP = 16
     KIND_PAD = 17
     KIND_RESIZE_NEAREST = 18
     KIND_SOFTMAX = 19
+    KIND_REDUCE_MEAN = 40
+    KIND_AFFINE = 42
+    KIND_LRN = 44
     KIND_LOAD_CONST = 20
+    KIND_SLICE = 50
+    KIND_GATHER = 51
+    KIND_LAYERNORM = 52
+    KIND_QUANTIZE_AXIS = 53
 
 # QUANTIZE (ops/quantize.py, kernels/quantize.pxi)
 cdef struct QuantizeParams:
@@ -269,6 +278,34 @@ cdef enum:
     MUL_F_B_SCALE = 1
     MUL_F_Y_SCALE = 2
 
+# DIV (ops/div.py, kernels/div.pxi)
+cdef struct DivParams:
+    int64_t outer
+    int64_t mid
+    int64_t inner
+    int64_t a_so
+    int64_t a_sm
+    int64_t a_si
+    int64_t b_so
+    int64_t b_sm
+    int64_t b_si
+    int64_t azp
+    int64_t bzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t mode
+    int64_t mult
+    int64_t shift
+    int64_t frac
+    int64_t femu
+cdef enum:
+    DIV_F_A_SCALE = 0
+    DIV_F_B_SCALE = 1
+    DIV_F_Y_SCALE = 2
+
 # COPY (ops/copy.py, kernels/copy.pxi)
 cdef struct CopyParams:
     int64_t nbytes
@@ -304,6 +341,15 @@ cdef struct LutParams:
     int64_t sg_in
 cdef enum:
     LUT_C_TABLE = 0
+
+# LUT_CHANNELS (ops/lut_channels.py, kernels/lut_channels.pxi)
+cdef struct LutChannelsParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t out_bytes
+cdef enum:
+    LUT_CHANNELS_C_TABLES = 0
 
 # CLAMP (ops/clamp.py, kernels/clamp.pxi)
 cdef struct ClampParams:
@@ -350,11 +396,132 @@ cdef enum:
     SOFTMAX_C_EXP_TABLE = 0
     SOFTMAX_F_YSCALE = 0
 
+# REDUCE_MEAN (ops/reducemean.py, kernels/reducemean.pxi)
+cdef struct ReducemeanParams:
+    int64_t k0
+    int64_t k1
+    int64_t k2
+    int64_t ks0
+    int64_t ks1
+    int64_t ks2
+    int64_t r0
+    int64_t r1
+    int64_t r2
+    int64_t rs0
+    int64_t rs1
+    int64_t rs2
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t float_out
+    int64_t mode
+    int64_t mult
+    int64_t shift
+    int64_t wide_in
+cdef enum:
+    REDUCEMEAN_F_X_SCALE = 0
+    REDUCEMEAN_F_Y_SCALE = 1
+
+# AFFINE (ops/batchnorm.py, kernels/batchnorm.pxi)
+cdef struct BatchnormParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t mode
+cdef enum:
+    BATCHNORM_C_SCALE_OR_PRE = 0
+    BATCHNORM_C_BIAS_OR_OFFSET = 1
+    BATCHNORM_C_MULT = 2
+    BATCHNORM_C_SHIFT = 3
+    BATCHNORM_F_X_SCALE = 0
+    BATCHNORM_F_Y_SCALE = 1
+
+# LRN (ops/lrn.py, kernels/lrn.pxi)
+cdef struct LrnParams:
+    int64_t N
+    int64_t C
+    int64_t inner
+    int64_t size
+    int64_t pre
+    int64_t xzp
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t sg_in
+    int64_t sg_out
+    int64_t frac
+    int64_t octaves
+cdef enum:
+    LRN_C_TABLE = 0
+
 # LOAD_CONST (ops/load_const.py, kernels/load_const.pxi)
 cdef struct LoadConstParams:
     int64_t nbytes
 cdef enum:
     LOAD_CONST_C_DATA = 0
+
+# SLICE (ops/slice.py, kernels/slice.pxi)
+cdef struct SliceParams:
+    int64_t base
+    int64_t d0
+    int64_t d1
+    int64_t d2
+    int64_t d3
+    int64_t d4
+    int64_t d5
+    int64_t s0
+    int64_t s1
+    int64_t s2
+    int64_t s3
+    int64_t s4
+    int64_t s5
+
+# GATHER (ops/gather.py, kernels/gather.pxi)
+cdef struct GatherParams:
+    int64_t outer
+    int64_t n
+    int64_t axis
+    int64_t inner
+cdef enum:
+    GATHER_C_INDICES = 0
+
+# LAYERNORM (ops/layernorm.py, kernels/layernorm.pxi)
+cdef struct LayernormParams:
+    int64_t rows
+    int64_t n
+    int64_t sg_in
+    int64_t sg_out
+    int64_t yzp
+    int64_t qmin
+    int64_t qmax
+    int64_t vshift
+cdef enum:
+    LAYERNORM_C_GAMMA = 0
+    LAYERNORM_C_BIAS = 1
+    LAYERNORM_C_REQUANT = 2
+    LAYERNORM_C_OFFSET = 3
+
+# QUANTIZE_AXIS (ops/quantize_axis.py, kernels/quantize_axis.pxi)
+cdef struct QuantizeAxisParams:
+    int64_t outer
+    int64_t channels
+    int64_t inner
+    int64_t qmin
+    int64_t qmax
+    int64_t sg
+    int64_t dequantize
+cdef enum:
+    QUANTIZE_AXIS_C_SCALES = 0
+    QUANTIZE_AXIS_C_ZERO_POINTS = 1
 
 # An op's integer parameters: the raw record, or the fields of its kind.
 cdef union OpParams:
@@ -370,15 +537,24 @@ cdef union OpParams:
     GlobalavgpoolParams globalavgpool
     AddParams add
     MulParams mul
+    DivParams div
     CopyParams copy
     TransposeParams transpose
     ConcatParams concat
     LutParams lut
+    LutChannelsParams lut_channels
     ClampParams clamp
     PadParams pad
     ResizeParams resize
     SoftmaxParams softmax
+    ReducemeanParams reducemean
+    BatchnormParams batchnorm
+    LrnParams lrn
     LoadConstParams load_const
+    SliceParams slice
+    GatherParams gather
+    LayernormParams layernorm
+    QuantizeAxisParams quantize_axis
 
 cdef struct OpDesc:
     int kind
@@ -400,15 +576,24 @@ include "avgpool.pxi"
 include "globalavgpool.pxi"
 include "add.pxi"
 include "mul.pxi"
+include "div.pxi"
 include "copy.pxi"
 include "transpose.pxi"
 include "concat.pxi"
 include "lut.pxi"
+include "lut_channels.pxi"
 include "clamp.pxi"
 include "pad.pxi"
 include "resize.pxi"
 include "softmax.pxi"
+include "reducemean.pxi"
+include "batchnorm.pxi"
+include "lrn.pxi"
 include "load_const.pxi"
+include "slice.pxi"
+include "gather.pxi"
+include "layernorm.pxi"
+include "quantize_axis.pxi"
 
 
 cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch,
@@ -436,6 +621,8 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratc
         add_eval(d, a, cb, scratch, host)
     elif kind == KIND_MUL:
         mul_eval(d, a, cb, scratch, host)
+    elif kind == KIND_DIV:
+        div_eval(d, a, cb, scratch, host)
     elif kind == KIND_COPY:
         copy_eval(d, a, cb, scratch, host)
     elif kind == KIND_TRANSPOSE:
@@ -444,6 +631,8 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratc
         concat_eval(d, a, cb, scratch, host)
     elif kind == KIND_LUT:
         lut_eval(d, a, cb, scratch, host)
+    elif kind == KIND_LUT_CHANNELS:
+        lut_channels_eval(d, a, cb, scratch, host)
     elif kind == KIND_CLAMP:
         clamp_eval(d, a, cb, scratch, host)
     elif kind == KIND_PAD:
@@ -452,5 +641,19 @@ cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratc
         resize_eval(d, a, cb, scratch, host)
     elif kind == KIND_SOFTMAX:
         softmax_eval(d, a, cb, scratch, host)
+    elif kind == KIND_REDUCE_MEAN:
+        reducemean_eval(d, a, cb, scratch, host)
+    elif kind == KIND_AFFINE:
+        batchnorm_eval(d, a, cb, scratch, host)
+    elif kind == KIND_LRN:
+        lrn_eval(d, a, cb, scratch, host)
     elif kind == KIND_LOAD_CONST:
         load_const_eval(d, a, cb, scratch, host)
+    elif kind == KIND_SLICE:
+        slice_eval(d, a, cb, scratch, host)
+    elif kind == KIND_GATHER:
+        gather_eval(d, a, cb, scratch, host)
+    elif kind == KIND_LAYERNORM:
+        layernorm_eval(d, a, cb, scratch, host)
+    elif kind == KIND_QUANTIZE_AXIS:
+        quantize_axis_eval(d, a, cb, scratch, host)

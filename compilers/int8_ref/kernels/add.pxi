@@ -50,17 +50,18 @@ cdef void add_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
                     iy += 1
             elif mode == MODE_ORT:
                 # ORT MlasQLinearAddKernelAvx2Helper: FixedPart = zc - (rAC*za + rBC*zb);
-                # when one side is a scalar over the span it is folded into FixedPart with
-                # a separate multiply and add, else c = fma(a, rAC, fma(b, rBC, FixedPart));
-                # cvtps2dq (round half to even), saturating packs.
+                # when one side is a scalar over the span it is folded into FixedPart,
+                # FixedPart + b*rBC (contracted to an fma, as the compiler builds ORT's AVX2
+                # unit), else c = fma(a, rAC, fma(b, rBC, FixedPart)); cvtps2dq (round half
+                # to even), saturating packs.
                 if bsi == 0 and asi != 0:
-                    fx = fixed + <float>(ld(B, ib, sg) + off) * rbc
+                    fx = fmaf(<float>(ld(B, ib, sg) + off), rbc, fixed)
                     for i in range(I):
                         v = fmaf(<float>(ld(A, ia + i, sg) + off), rac, fx)
                         y[iy] = <uint8_t>(f2q(v, 0, qmin + off, qmax + off) - off)
                         iy += 1
                 elif asi == 0 and bsi != 0:
-                    fx = fixed + <float>(ld(A, ia, sg) + off) * rac
+                    fx = fmaf(<float>(ld(A, ia, sg) + off), rac, fixed)
                     for i in range(I):
                         v = fmaf(<float>(ld(B, ib + i, sg) + off), rbc, fx)
                         y[iy] = <uint8_t>(f2q(v, 0, qmin + off, qmax + off) - off)

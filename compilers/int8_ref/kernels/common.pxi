@@ -133,8 +133,8 @@ cdef inline int32_t f2q(float v, int32_t zp, int32_t qmin, int32_t qmax) noexcep
         v = lo
     if v > hi:
         v = hi
-    if v != v:  # NaN
-        v = 0
+    if v != v:  # NaN: maxps(NaN, lo) is lo in MLAS's clamp, so ORT stores qmin
+        v = lo
     # |v| <= 65535 here (int16 with a zero point at most), so adding and subtracting
     # 1.5 * 2^23 rounds to an integer, half to even, in float32 arithmetic (MLAS's MagicBias
     # trick, exact for |v| < 2^22); the cast is then exact.

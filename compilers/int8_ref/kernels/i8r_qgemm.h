@@ -958,7 +958,7 @@ typedef struct {
     int32_t x_signed;
 } i8r_gemm_t;
 
-static int64_t i8r_gemm_scratch(const i8r_gemm_t* g) { return i8r_align64(g->Mr * 4); }
+static inline int64_t i8r_gemm_scratch(const i8r_gemm_t* g) { return i8r_align64(g->Mr * 4); }
 
 typedef struct {
     int isa;

@@ -36,6 +36,12 @@ cdef void mul_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
                               * (ld(B, ib + i * bsi, sg) - bzp))
                     st(y, iy, so, requant64(prod64, mode, scale, mult, shift, yzp, qmin,
                                             qmax))
+                elif mode == MODE_ORT:
+                    # ORT MlasQLinearMulKernel: the output zero point is added in float
+                    # before rounding, float(prod) * scale + zc, then round half to even
+                    # (a product that lands on .5 rounds with the zero point's parity).
+                    prod = (ld(A, ia + i * asi, sg) - azp) * (ld(B, ib + i * bsi, sg) - bzp)
+                    st(y, iy, so, f2q(<float>prod * scale + <float>yzp, 0, qmin, qmax))
                 else:
                     prod = (ld(A, ia + i * asi, sg) - azp) * (ld(B, ib + i * bsi, sg) - bzp)
                     st(y, iy, so, requant(prod, mode, scale, mult, shift, yzp, qmin, qmax))

@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import qgemm_pack
 from .. import requantize as rq
-from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
+from ..kernel_abi import (MAX_REDUCTION, MODE_FIXED, MODE_INT32, MODE_ORT, KernelSpec, OnnxOp,
+                          align16)
 from ..program import I8, I16, Q, attr
 from ._window import pads, window_rules
 
@@ -50,7 +51,8 @@ def narrow_scratch(p) -> int:
 
 
 def prepare_weights(w: np.ndarray, wzp: np.ndarray) -> np.ndarray:
-    """[M, K] int16 `w - zero point` (|w - zp| <= 255), the layout the int16 kernel reads."""
+    """[M, K] int16 `w - zero point` (|w - zp| <= 255) of weights [M, ...] with per-channel
+    zero points [M]: the layout the CONV and GEMM kernels over int16 inputs read."""
     M = w.shape[0]
     return (w.astype(np.int32).reshape(M, -1) - wzp[:, None]).astype(np.int16)
 
@@ -169,18 +171,13 @@ def validate(c) -> None:
     c.positive("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "dh", "dw", "groups", "OH",
                "OW", "rows")
     c.nonneg("pt", "pl")
-    c.type_codes("sg_in", "sg_out")
-    c.flag("mode", hi=2)
     c.flag("depthwise")
     if p["C"] % p["groups"] or p["M"] % p["groups"]:
         c.fail("groups does not divide the channels")
     Cg, M = p["C"] // p["groups"], p["M"]
     kk = Cg * p["kh"] * p["kw"]
     P = p["OH"] * p["OW"]
-    if kk > MAX_REDUCTION:
-        c.fail(f"reduction of {kk} terms can overflow int32")
-    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
-        c.fail("an int16 input has no int32-output form")
+    accumulator(c, kk)
     wide = p["sg_in"] == I16
     if p["depthwise"] and (Cg != 1 or wide):
         c.fail("depthwise=1 needs one 8-bit input channel per group")
@@ -206,18 +203,40 @@ def validate(c) -> None:
         blocks = p["groups"] * -(-(M // p["groups"]) // 16)
         c.const("weights", "int8", blocks * -(-Cg // 4) * p["kh"] * p["kw"] * 64)
         c.scratch(narrow_scratch(p))
-    c.const("bias", "int32", M * 4)
-    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", M * 4)
-    c.const("shifts", "int32", M * 4)
-    c.const("sum_factor", "int32", M * 4)
+    per_channel_constants(c, M, M)
     c.qrange("xzp", "yzp", "qmin", "qmax")
-    if p["mode"] == 1:
-        sh = c.const_values("shifts", np.int32, M)
+
+
+def accumulator(c, k: int) -> None:
+    """The rules of an op that sums `k` products (CONV, GEMM, MATMUL): type codes, a mode of
+    0 / 1 / 2 (int32 out), at most MAX_REDUCTION terms (the accumulator bound in
+    kernels/common.pxi), no int32-output form for an int16 input."""
+    c.type_codes("sg_in", "sg_out")
+    c.flag("mode", hi=MODE_INT32)
+    if k > MAX_REDUCTION:
+        c.fail(f"reduction of {k} terms can overflow int32")
+    if c.p["sg_in"] == I16 and c.p["mode"] == MODE_INT32:
+        c.fail("an int16 input has no int32-output form")
+
+
+def per_channel_constants(c, channels: int, stored: int) -> None:
+    """The per-channel constants of a requantized accumulator (CONV, GEMM), `stored` entries
+    each (the channels, padded where the kernel reads whole blocks): the int32 folded bias,
+    multipliers (int32 mantissas in `fixed-point`, float32 otherwise) and shifts, the int32
+    input-sum factor; each used shift in [-31, 30], each used float multiplier finite (the
+    vector requantization relies on a product that is never NaN). The weights' layout is
+    each op's own."""
+    fixed = c.p["mode"] == MODE_FIXED
+    c.const("bias", "int32", stored * 4)
+    c.const("multipliers", "int32" if fixed else "float32", stored * 4)
+    c.const("shifts", "int32", stored * 4)
+    c.const("sum_factor", "int32", stored * 4)
+    if fixed:
+        sh = c.const_values("shifts", np.int32, channels)
         if sh.min() < -31 or sh.max() > 30:
             c.fail("a per-channel shift is outside [-31, 30]")
-    if p["mode"] == 0 and not np.isfinite(c.const_values("multipliers", np.float32, M)).all():
-        # a finite multiplier keeps every product a number (never NaN), which the vector
-        # requantization relies on
+    if c.p["mode"] == MODE_ORT and not np.isfinite(
+            c.const_values("multipliers", np.float32, channels)).all():
         c.fail("a float32 multiplier is not finite")
 
 
@@ -225,8 +244,8 @@ def work(p) -> int:
     """8-bit inputs, per image and group: the packed input (its padded extent), the gathered
     columns of a strided convolution, then every output channel over every column of the
     padded width with its packed k (four per k group) and store; the depthwise path visits
-    every tap of every output. int16 inputs: `x - zp` (C*H*W), im2col (C*kh*kw*OH*OW), then per output channel
-    the bias, the K-term sums and the store (OH*OW*(K + 2))."""
+    every tap of every output. int16 inputs: `x - zp` (C*H*W), im2col (C*kh*kw*OH*OW), then
+    per output channel the bias, the K-term sums and the store (OH*OW*(K + 2))."""
     G, Cg = p["groups"], p["C"] // max(p["groups"], 1)
     taps, P = p["kh"] * p["kw"], p["OH"] * p["OW"]
     Hp = (p["OH"] - 1) * p["sh"] + (p["kh"] - 1) * p["dh"] + 1

@@ -79,8 +79,6 @@ def dropout_rules(node):
 
 
 def lower_dropout(low, node) -> None:
-    if len(node.output) > 1 and node.output[1]:
-        low.fail(node, "the mask output is not supported", "mask")
     xq = low.act(node, node.input[0])
     reshaped(low, node, xq, low.shape(xq.tid))
 

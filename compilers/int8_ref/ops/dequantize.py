@@ -2,7 +2,8 @@
 ((x - zero_point) * scale). A DequantizeLinear node usually emits nothing: its consumers read
 the integers behind it (OnnxOp.reads_dequantized), and a DequantizeLinear of an initializer
 is a weight the consuming op prepares. Only a float consumer (a graph output, an op that
-reads floats) gets a DEQUANTIZE op.
+reads floats) gets a DEQUANTIZE op; per-axis parameters give a QUANTIZE_AXIS op in its
+dequantizing form (ops/quantize_axis.py).
 
 Kernel unit: kernels/dequantize.pxi.
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..kernel_abi import KernelSpec, OnnxOp
 from ..program import Q, attr
+from . import quantize_axis
 
 PARAMS = ("n", "zp", "sg_in")
 
@@ -34,6 +36,10 @@ def lower_dequantize_linear(low, node) -> None:
         low.fail(node, f"input {x!r} is not a quantized tensor", "input")
     if low.tensors[src.tid].dtype not in ("int8", "uint8", "int16"):
         low.fail(node, f"dequantizing {low.tensors[src.tid].dtype} is not supported", "input")
+    if low.init.get(node.input[1], np.zeros(())).size > 1:
+        # per-axis: always to float32 (no op reads per-axis integers)
+        quantize_axis.lower_dequantize(low, node, src, out)
+        return
     scale, zp, code = low.qparams(node, low.input_name(node, 1, "x_scale"),
                                   low.optional_input(node, 2), allow_int16=True)
     if code != src.code:

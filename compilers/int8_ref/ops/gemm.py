@@ -19,6 +19,7 @@ from .. import qgemm_pack
 from .. import requantize as rq
 from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
 from ..program import I8, I16, Q, attr
+from .conv import accumulator, per_channel_constants, prepare_weights
 
 PARAMS = ("M", "K", "N", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
 CONSTS = ("weights", "bias", "multipliers", "shifts", "sum_factor")
@@ -117,7 +118,7 @@ def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_param
         mode = low.mode
     bias = np.broadcast_to(np.asarray(bias, np.int32), (Nn,))
     if xq.code == I16:
-        weights = (wT.astype(np.int32) - wzp[:, None]).astype(np.int16)
+        weights = prepare_weights(wT, wzp)
         bias, factor = pad(bias), pad(np.zeros(Nn, np.int32))
     else:
         packed = qgemm_pack.gemm(wT, wzp, bias, xzp, xq.code == I8)
@@ -131,12 +132,7 @@ def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_param
 def validate(c) -> None:
     p = c.p
     c.positive("M", "K", "N")
-    c.type_codes("sg_in", "sg_out")
-    c.flag("mode", hi=2)
-    if p["K"] > MAX_REDUCTION:
-        c.fail("reduction can overflow int32")
-    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
-        c.fail("an int16 input has no int32-output form")
+    accumulator(c, p["K"])
     wide = p["sg_in"] == I16
     c.qtype(c.ins[0], "sg_in", "input")
     c.size(c.ins[0], p["M"] * p["K"] * c.itemsize("sg_in"), "input")
@@ -147,20 +143,9 @@ def validate(c) -> None:
     else:  # the signed operand of the dot product is x when x is int8
         c.const("weights", "uint8" if p["sg_in"] == I8 else "int8",
                 channels * -(-p["K"] // 4) * 4)
-    c.const("bias", "int32", channels * 4)
-    c.const("multipliers", "float32" if p["mode"] != 1 else "int32", channels * 4)
-    c.const("shifts", "int32", channels * 4)
-    c.const("sum_factor", "int32", channels * 4)
+    per_channel_constants(c, p["N"], channels)
     c.scratch(gemm_scratch(p["M"], p["K"], p["N"], wide))
     c.qrange("xzp", "yzp", "qmin", "qmax")
-    if p["mode"] == 1:
-        sh = c.const_values("shifts", np.int32, p["N"])
-        if sh.min() < -31 or sh.max() > 30:
-            c.fail("a per-channel shift is outside [-31, 30]")
-    if p["mode"] == 0 and not np.isfinite(c.const_values("multipliers", np.float32, p["N"])).all():
-        # a finite multiplier keeps every product a number (never NaN), which the vector
-        # requantization relies on
-        c.fail("a float32 multiplier is not finite")
 
 
 def work(p) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import requantize as rq
-from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
+from ..kernel_abi import MODE_INT32, KernelSpec, OnnxOp, align16
 from ..program import I16, Q
 from . import load_const
+from .conv import accumulator
 from .gemm import fully_connected
 from .requant import widen
 
@@ -136,13 +137,8 @@ def matmul(low, node, aq: Q, bq: Q, as_, azp, bs, bzp, outp, int32_out=False) ->
 def validate(c) -> None:
     p = c.p
     c.positive("B", "M", "K", "N")
-    c.type_codes("sg_in", "sg_out")
     c.flag("b_batch")
-    c.flag("mode", hi=2)
-    if p["K"] > MAX_REDUCTION:
-        c.fail("reduction can overflow int32")
-    if p["sg_in"] == I16 and p["mode"] == MODE_INT32:
-        c.fail("an int16 input has no int32-output form")
+    accumulator(c, p["K"])
     c.qtype(c.ins[0], "sg_in", "A")
     c.qtype(c.ins[1], "sg_in", "B")
     e = c.itemsize("sg_in")

@@ -21,8 +21,6 @@ def maxpool_rules(node):
 
 def lower_maxpool(low, node) -> None:
     xq = low.act(node, node.input[0])
-    if len(node.output) > 1 and node.output[1]:
-        low.fail(node, "the Indices output is not supported", "Indices")
     if attr(node, "storage_order", 0):
         low.fail(node, "storage_order=1 is not supported", "storage_order")
     N, C, H, W, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, OH, OW = pool_geometry(

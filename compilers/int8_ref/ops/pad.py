@@ -20,9 +20,6 @@ def pad_rules(node):
 def lower_pad(low, node) -> None:
     xq = low.act(node, node.input[0])
     shape = low.shape(xq.tid)
-    mode = attr(node, "mode", "constant")
-    if mode != "constant":
-        low.fail(node, f"mode {mode} is not supported (constant only)", "mode")
     pads = attr(node, "pads")
     if pads is None:
         pads = low.const_input(node, 1, "pads").reshape(-1).tolist()

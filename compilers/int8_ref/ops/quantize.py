@@ -1,7 +1,8 @@
 """QUANTIZE: float32 -> int8 / uint8 / int16, as ONNX QuantizeLinear defines it
 (saturate(round_half_even(x / scale) + zero_point)). Also the other forms of a QuantizeLinear
 node: after a DequantizeLinear it is a requantization (ops/requant.py), on a constant it is
-folded at compile time.
+folded at compile time; with per-axis parameters on a float tensor it is QUANTIZE_AXIS
+(ops/quantize_axis.py).
 
 Kernel unit: kernels/quantize.pxi.
 """
@@ -13,16 +14,19 @@ import numpy as np
 from .. import requantize as rq
 from ..kernel_abi import KernelSpec, OnnxOp
 from ..program import CODE_DTYPE, I16, attr
-from . import requant
+from . import quantize_axis, requant
 
 PARAMS = ("n", "zp", "qmin", "qmax", "sg_out")
 
 
 def lower_quantize_linear(low, node) -> None:
     x = node.input[0]
+    out = node.output[0]
+    if x in low.fval and low.init.get(node.input[1], np.zeros(())).size > 1:
+        quantize_axis.lower_quantize(low, node, low.fval[x], out)
+        return
     scale, zp, code = low.qparams(node, low.input_name(node, 1, "y_scale"),
                                   low.optional_input(node, 2), allow_int16=True)
-    out = node.output[0]
     if attr(node, "saturate", 1) != 1:
         low.fail(node, "saturate=0 is not supported", "saturate")
     if code == I16 and out in low.graph_outputs:

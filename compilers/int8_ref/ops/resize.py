@@ -53,9 +53,6 @@ def _source(o: int, o_len: int, i_len: int, s: float, ctm: str, nm: str) -> int 
 def lower_resize(low, node) -> None:
     xq = low.act(node, node.input[0])
     shape = low.shape(xq.tid)
-    mode = attr(node, "mode", "nearest")
-    if mode != "nearest":
-        low.fail(node, f"mode {mode} is not supported (nearest only)", "mode")
     if len(shape) != 4:
         low.fail(node, "only 4-D inputs", "X")
     ctm = attr(node, "coordinate_transformation_mode", "half_pixel")

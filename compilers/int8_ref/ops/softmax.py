@@ -1,6 +1,7 @@
-"""SOFTMAX: softmax over the last axis with a 256-entry exp table indexed by the distance to
+"""SOFTMAX: softmax over contiguous rows with a 256-entry exp table indexed by the distance to
 the row maximum (ORT QLinearSoftmax, contrib_ops/cpu/quantization/qlinear_softmax.cc; ONNX
-Softmax in a QDQ island, QLinearSoftmax).
+Softmax in a QDQ island, QLinearSoftmax). A Softmax (opset 13) over an inner axis is
+lowered as TRANSPOSE -> SOFTMAX -> TRANSPOSE, so the kernel always sees contiguous rows.
 
 Prepare (compile time): the exp table and floor(1 / y_scale) (`softmax_table`). `ort`: a
 float32 table and running sum, ORT's rounding and store; `fixed-point`: a uint32 table,
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..kernel_abi import MODE_ORT, KernelSpec, OnnxOp
 from ..program import Q, attr
+from .transpose import permuted
 
 PARAMS = ("rows", "cols", "sg_in", "sg_out", "yzp", "qmin", "qmax", "mode", "yscale_int",
           "off")
@@ -50,20 +52,37 @@ def lower_qlinear_softmax(low, node) -> None:
 
 def softmax(low, node, xq: Q, outp) -> None:
     shape = low.shape(xq.tid)
+    r = len(shape)
     opset = attr(node, "opset") or next(
         (o.version for o in low.model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    axis = attr(node, "axis", -1 if opset >= 13 else 1) % len(shape)
-    if axis != len(shape) - 1:
-        low.fail(node, "softmax only over the last axis", "axis")
+    axis = attr(node, "axis", -1 if opset >= 13 else 1)
+    if not -r <= axis < r:
+        low.fail(node, f"axis {axis} is out of range for rank {r}", "axis")
+    axis %= r
     name, ys, yzp, ysg, lo, hi = outp or low.output_q(node, node.output[0])
     if ysg != xq.code:
         low.fail(node, "input and output must both be int8 or both uint8", "y")
-    tid = low.define_q(name, ysg, shape, ys, yzp).tid
-    table, yscale = softmax_table(float(xq.scale), float(ys), shape[-1], xq.code, low.mode)
+    if opset < 13:
+        # Softmax before opset 13 (and QLinearSoftmax with opset < 13) flattens the input to 2-D at `axis`
+        # and normalize each row of prod(shape[axis:]) values: contiguous rows
+        rows, cols = int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))
+        perm = None
+    else:
+        # opset 13: one axis. An inner axis is moved last and back (ORT's QLinearSoftmax
+        # transposes the same way), so every row the kernel sees is contiguous.
+        rows, cols = int(np.prod(shape)) // shape[axis], shape[axis]
+        perm = None if axis == r - 1 else [i for i in range(r) if i != axis] + [axis]
+    if perm is not None:
+        xq = permuted(low, node, xq, perm, f"{name}__in")
+    tname = name if perm is None else f"{name}__out"
+    tid = low.define_q(tname, ysg, low.shape(xq.tid), ys, yzp).tid
+    table, yscale = softmax_table(float(xq.scale), float(ys), cols, xq.code, low.mode)
     low.emit(node, KERNEL, [xq.tid], tid, consts=[low.const(table)], floats=[yscale],
-             rows=int(np.prod(shape[:-1])), cols=shape[-1], sg_in=xq.code, sg_out=ysg,
+             rows=rows, cols=cols, sg_in=xq.code, sg_out=ysg,
              yzp=yzp, qmin=lo, qmax=hi, mode=low.mode, yscale_int=int(yscale),
              off=128 if ysg and outp is None else 0)
+    if perm is not None:
+        permuted(low, node, low.qname[tname], [int(i) for i in np.argsort(perm)], name)
 
 
 def validate(c) -> None:

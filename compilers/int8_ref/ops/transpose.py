@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernel_abi import KernelSpec, OnnxOp
-from ..program import I16, attr
+from ..program import I16, Q, attr
 
 DIMS = tuple(f"d{i}" for i in range(6))
 STRIDES = tuple(f"s{i}" for i in range(6))
@@ -19,24 +19,40 @@ PARAMS = DIMS + STRIDES
 def lower_transpose(low, node) -> None:
     xq = low.act(node, node.input[0])
     shape = low.shape(xq.tid)
+    perm = attr(node, "perm", list(range(len(shape)))[::-1])
+    low.layout(node, xq, tuple(shape[p] for p in perm), KERNEL,
+               **transpose_params(low, node, shape, perm, xq.code))
+
+
+def transpose_params(low, node, shape, perm, code) -> dict[str, int]:
+    """The TRANSPOSE parameters of permuting a tensor of `shape` by `perm`."""
     r = len(shape)
     if r > 6:
         low.fail(node, "more than 6 dimensions", "perm")
-    perm = attr(node, "perm", list(range(r))[::-1])
     if sorted(perm) != list(range(r)):
         low.fail(node, f"perm {perm} is not a permutation of {r} axes", "perm")
     oshape = tuple(shape[p] for p in perm)
     strides = [int(np.prod(shape[i + 1:])) for i in range(r)]
     d = [1] * (6 - r) + list(oshape)
     s = [0] * (6 - r) + [strides[p] for p in perm]
-    if xq.code == I16:
+    if code == I16:
         # The kernel moves bytes: an int16 tensor is a byte tensor with one more axis of
         # 2 that stays last (strides in bytes).
         if r > 5:
             low.fail(node, "an int16 transpose of more than 5 dimensions", "perm")
         d = d[1:] + [2]
         s = [2 * v for v in s[1:]] + [1]
-    low.layout(node, xq, oshape, KERNEL, **dict(zip(DIMS, d)), **dict(zip(STRIDES, s)))
+    return {**dict(zip(DIMS, d)), **dict(zip(STRIDES, s))}
+
+
+def permuted(low, node, xq: Q, perm, name: str) -> Q:
+    """`xq` permuted by `perm` into a new tensor `name` with the same quantization (for ops
+    that compute along one axis at a time, e.g. a Softmax over an inner axis)."""
+    shape = low.shape(xq.tid)
+    out = low.define_q(name, xq.code, tuple(shape[p] for p in perm), xq.scale, xq.zp)
+    low.emit(node, KERNEL, [xq.tid], out.tid,
+             **transpose_params(low, node, shape, perm, xq.code))
+    return out
 
 
 def validate(c) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-OPSET = 17
+OPSET = 18  # the opset tapeout's PyTorch front end exports at
 
 
 def tensor(name: str, shape) -> object:
@@ -23,11 +23,11 @@ def weight(name: str, shape, seed: int) -> object:
     return numpy_helper.from_array(values, name)
 
 
-def make_model(nodes, inputs, outputs, initializers=()) -> object:
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = OPSET) -> object:
     from onnx import helper
 
     graph = helper.make_graph(list(nodes), "op_test", list(inputs), list(outputs), list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
 
@@ -71,18 +71,20 @@ def random_feeds(model, count: int, seed: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def quantize_model(model, directory: Path, seed: int = 0) -> Path:
-    """QDQ int8 as tapeout's quantizer: per-channel symmetric weights, asymmetric activations."""
+def quantize_model(model, directory: Path, seed: int = 0, activations: str = "int8") -> Path:
+    """QDQ as tapeout's quantizer: per-channel symmetric int8 weights, asymmetric activations
+    (int8, or uint8: ONNX Runtime's default)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     float_path = directory / "float.onnx"
-    qdq_path = directory / "model.qdq.onnx"
+    qdq_path = directory / f"model.{activations}.qdq.onnx"
     onnx.save(model, str(float_path))
     quantize_static(
         str(float_path), str(qdq_path), _Reader(random_feeds(model, 16, seed)),
         quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activations],
+        weight_type=QuantType.QInt8,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     return qdq_path

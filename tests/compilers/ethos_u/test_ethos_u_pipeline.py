@@ -31,11 +31,22 @@ ETHOS_U55_TARGET = """\
 """
 
 
+# Gates of the ethos-u55 target alone: the pipeline's accuracy gate and the NPU's share of MACs.
+TARGET_GATES = """\
+    gates:
+      accuracy_drop: {max: 0.05}
+      npu_mac_share: {min: 1.0}
+"""
+
+
 def test_example_pipeline_builds_the_ethos_u55_target(tmp_path, capsys):
     pipeline = make_project(tmp_path)
     text = pipeline.read_text()
     if "compiler: ethos-u" not in text:
-        pipeline.write_text(text.replace("\ngates:", "\n" + ETHOS_U55_TARGET + "\ngates:", 1))
+        text = text.replace("\ngates:", "\n" + ETHOS_U55_TARGET + "\ngates:", 1)
+    target = text.index("  - name: ethos-u55\n")
+    end = text.index("  - name:", target + 1)
+    pipeline.write_text(text[:end] + TARGET_GATES + text[end:])
     code = main(["run", str(pipeline), "--home", str(tmp_path / "home"), "--json"])
     assert code == 0
     capsys.readouterr()
@@ -45,5 +56,6 @@ def test_example_pipeline_builds_the_ethos_u55_target(tmp_path, capsys):
     benchmark = json.loads((bundles[-1] / "reports" / "benchmark.json").read_text())
     estimate = benchmark["compiler_report"]["vela_estimate"]
     assert estimate["label"] == "Vela estimate" and estimate["cpu_operators"] == []
-    gates = json.loads((bundles[-1] / "reports" / "gates.json").read_text())
-    assert "accuracy_drop" in json.dumps(gates)
+    gates = {gate["metric"]: gate for gate in json.loads((bundles[-1] / "reports" / "gates.json").read_text())["gates"]}
+    assert gates["npu_mac_share"]["observed"] == 1.0 and gates["npu_mac_share"]["passed"]
+    assert "accuracy_drop" in gates

@@ -355,3 +355,18 @@ def mobilenet(seed: int = 0, hw: int = 64, width: int = 16) -> onnx.ModelProto:
     x = b.op("GlobalAveragePool", [x])
     x = b.op("Flatten", [x])
     return b.model((1, 3, hw, hw), b.gemm(x, c, 10))
+
+
+def run_loader_fuzz(script: str, image: Path, args, workdir: Path, timeout: int = 600) -> dict:
+    """Run a loader fuzz script (test_int8_ref_artifact.FUZZ, test_int8_ref_int16.STRUCT_FUZZ)
+    on `image` in a subprocess, so that a crash shows as a failed run instead of taking the
+    test session down; returns the counts it prints."""
+    import subprocess
+    import sys
+
+    path = workdir / "fuzz.py"
+    path.write_text(script)
+    proc = subprocess.run([sys.executable, str(path), str(image), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - the script's own output

@@ -17,7 +17,7 @@ from tapeout.compilers.errors import (CompilationFailed, InvalidInput, TapeoutEr
 from tapeout.compilers.interface import Compiler, Runner
 from tapeout.compilers.int8_ref import (ARTIFACT_FILE, FIRMWARE_REVISION, ArtifactRejected,
                                         FirmwareTooOld, IncompatibleModel, Int8ReferenceCompiler,
-                                        MemoryBudgetExceeded, compatibility_report, load_file)
+                                        compatibility_report, load_file)
 from tapeout.compilers.int8_ref.artifact_format import HEADER, image_digest, read_image
 
 
@@ -149,15 +149,17 @@ def test_wrong_compiler_is_refused(artifact, tmp_path):
         Int8ReferenceCompiler().load(dataclasses.replace(artifact, directory=tmp_path))
 
 
-def test_memory_budget_names_the_op(cnn, tmp_path):
+def test_memory_budget_is_reported_with_its_op_not_refused(cnn, tmp_path):
+    """The compiler reports the peak and the op where it is, whatever the budget: the pipeline
+    gates peak_memory_bytes against memory_budget_bytes (docs/accuracy.md)."""
     model, qdq = cnn
-    with pytest.raises(MemoryBudgetExceeded) as exc:
-        M.compile_path(qdq, M.input_specs(model), tmp_path / "small", budget=2048)
-    msg = str(exc.value)
-    assert exc.value.node in msg and exc.value.op_type in msg and "2048" in msg
-    assert isinstance(exc.value, CompilationFailed)
-    _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "big", budget=1 << 20)
-    assert art.report["peak_memory_bytes"] <= 1 << 20
+    _, small = M.compile_path(qdq, M.input_specs(model), tmp_path / "small", budget=2048)
+    _, big = M.compile_path(qdq, M.input_specs(model), tmp_path / "big", budget=1 << 20)
+    assert small.report["peak_memory_bytes"] == big.report["peak_memory_bytes"] > 2048
+    peak = small.report["peak_memory_op"]
+    assert peak == big.report["peak_memory_op"]
+    assert peak["node"] in {node.name for node in onnx.load(str(qdq)).graph.node}
+    assert 0 < peak["live_bytes"] + peak["scratch_bytes"] <= small.report["peak_memory_bytes"]
 
 
 def test_memory_plan_reuses_the_arena(tmp_path):
@@ -187,8 +189,8 @@ def test_memory_plan_reuses_the_arena(tmp_path):
 def _unsupported_model():
     b = M._Builder(0)
     x = b.conv("input", 1, 4)
-    x = b.op("Erf", [x])
-    x = b.op("HardSwish", [x])
+    x = b.op("Hardmax", [x])
+    x = b.op("LpNormalization", [x])
     x = b.op("Resize", [x, "", b.const(np.array([1, 1, 2, 2], np.float32), "s")], mode="linear")
     return b.model((1, 1, 8, 8), x)
 
@@ -199,7 +201,7 @@ def test_unsupported_ops_are_all_named(tmp_path):
     onnx.save(model, str(path))
     problems = compatibility_report(path)
     assert [(p.node, p.op_type) for p in problems] == [
-        ("erf4", "Erf"), ("hardswish5", "HardSwish"), ("resize7", "Resize")]
+        ("hardmax4", "Hardmax"), ("lpnormalization5", "LpNormalization"), ("resize7", "Resize")]
     assert problems[2].attribute == "mode" and "linear" in problems[2].reason
     from tapeout.compilers.interface import QuantizedModel, TargetProfile
 
@@ -207,7 +209,7 @@ def test_unsupported_ops_are_all_named(tmp_path):
     with pytest.raises(IncompatibleModel) as exc:
         Int8ReferenceCompiler().compile(qm, TargetProfile("t", "int8-ref", FIRMWARE_REVISION), tmp_path)
     assert isinstance(exc.value, UnsupportedOperator)
-    for name in ("erf4", "hardswish5", "resize7"):
+    for name in ("hardmax4", "lpnormalization5", "resize7"):
         assert name in str(exc.value)
     assert exc.value.exit_code == 2
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 from onnx.backend.test.case.node import collect_testcases
 
-from tapeout.compilers.int8_ref import compatibility_report
+from tapeout.compilers.int8_ref import FIRMWARE_REVISION, compatibility_report
 from tapeout.compilers.int8_ref.compat import report_for_model
 import int8_ref_models as M
 
@@ -27,6 +27,7 @@ SUPPORTED = {
     "test_qlinearmatmul_2D_int8_float32", "test_qlinearmatmul_3D_int8_float32",
     "test_quantizelinear", "test_dequantizelinear", "test_matmulinteger",
     "test_convinteger_with_padding", "test_convinteger_without_padding",
+    "test_quantizelinear_axis", "test_dequantizelinear_axis",
 }
 
 
@@ -77,7 +78,8 @@ def compile_case(model, feed, tmp_path, mode):
     path = tmp_path / "case.onnx"
     onnx.save(model, str(path))
     specs = [TensorSpec(k, tuple(v.shape), str(v.dtype)) for k, v in feed.items()]
-    compiler, art = M.compile_path(path, specs, tmp_path / mode, mode)
+    compiler, art = M.compile_path(path, specs, tmp_path / mode, mode,
+                                   firmware=FIRMWARE_REVISION)
     return compiler.load(art)
 
 
@@ -100,6 +102,25 @@ def test_supported_case(name, mode, const_b, tmp_path):
             np.testing.assert_array_equal(have, want)
         else:  # fixed-point: one LSB
             assert np.abs(have.astype(np.int64) - want.astype(np.int64)).max() <= 1
+
+
+def _eight_bit(case) -> bool:
+    """An 8-bit case: every integer tensor int8 or uint8, float32 scales, per-tensor or
+    per-axis (not blocked) quantization."""
+    node = case.model.graph.node[0]
+    types = {vi.type.tensor_type.elem_type for vi in case.model.graph.input}
+    types |= {vi.type.tensor_type.elem_type for vi in case.model.graph.output}
+    integer = types - {onnx.TensorProto.FLOAT}
+    return (integer <= {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
+            and not any(a.name == "block_size" for a in node.attribute)
+            and bool(integer - {onnx.TensorProto.INT32}))
+
+
+def test_every_eight_bit_case_is_supported():
+    """ONNX's 8-bit cases of these ops (12 in onnx 1.23) are exactly the ones run above."""
+    eight_bit = {name for name, case in CASES.items() if _eight_bit(case)}
+    assert eight_bit == SUPPORTED
+    assert len(eight_bit) == 12
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if n not in SUPPORTED))

@@ -9,8 +9,6 @@ QuantizeLinear, so the bar is one LSB (of the output's own type) per op, not bit
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -550,12 +548,7 @@ def test_loader_fuzz_on_an_int16_image(script, args, cnn_table, tmp_path):
     qdq = quantize16(model, tmp_path / "q", ["relu4_out0", "add7_out0"])
     _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "a", "fixed-point")
     assert art.report["format_version"] == FORMAT_VERSION
-    path = tmp_path / "fuzz.py"
-    path.write_text(script)
-    proc = subprocess.run([sys.executable, str(path), str(art.directory / "model.i8r"), *args],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    counts = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own output
+    counts = M.run_loader_fuzz(script, art.directory / "model.i8r", args, tmp_path, 300)
     assert counts["rejected"] > 0
 
 

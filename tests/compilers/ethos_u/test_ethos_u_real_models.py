@@ -1,0 +1,108 @@
+"""Every model of the real-model suite through the `ethos-u` compiler: converted to int8 TFLite,
+placed by Vela on the U55-128 (any op may fall back to the CPU), and the TFLite model run by
+LiteRT against ONNX Runtime on the same QDQ model (tests/real_models: the `ethos-u` column).
+
+Markers as the suite's own tests: `real_models` on all, `slow` beyond the fast tier.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ethosu.vela")
+pytest.importorskip("ai_edge_litert")
+
+from real_models import ARCHITECTURES, FAST_TIER  # noqa: E402
+from real_models.architectures import MLPERF_TINY  # noqa: E402
+from real_models.measure import COLUMNS, compare_with_onnxruntime, compile_model, load_runner  # noqa: E402
+
+pytestmark = pytest.mark.real_models
+
+COLUMN = COLUMNS["ethos-u"]
+
+# LayerNormalization runs in float between int8 tensors (docs/ethos-u.md): the bound is ONNX
+# Runtime's top-1 on every test input, not LSB.
+LAYERNORM_HEAVY = ("convnext_tiny", "vit_tiny_d4")
+
+# Models whose output is further than 2 LSB from ONNX Runtime's, measured: each has an op whose
+# TFLite kernel rounds a tie differently from ONNX Runtime's (docs/ethos-u.md, "Exactness per
+# op") on a few values, and the difference grows layer by layer. ONNX Runtime's own unoptimized
+# session (float ops between DequantizeLinear and QuantizeLinear) differs from its optimized
+# one by as much on these models. Strict: a model that comes within 2 LSB fails here until
+# its entry goes.
+BEYOND_TWO_LSB = {
+    "mobilenet_v3_small": "8 LSB: HARD_SWISH's fixed point first (ONNX Runtime unoptimized vs optimized: 7)",
+    "efficientnet_b0": "31 LSB: LOGISTIC's 1/256 output requantized first (ONNX Runtime unoptimized vs optimized: 15)",
+    "regnet_x_400mf": "6 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
+    "mnasnet0_5": "4 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
+    "densenet121": "13 LSB: BatchNormalization's rounded offset first (ONNX Runtime unoptimized vs optimized: 8)",
+}
+# The ViT with a classifier head that depends on its input (the suite used to leave
+# torchvision's zero-initialised head): 17 LSB, top-1 on 2 of 4 test inputs; not yet explained.
+TOP1_DIFFERS = {"vit_tiny_d4": "17 LSB, top-1 agrees on 2 of 4 inputs"}
+
+
+def _cases():
+    for name in ARCHITECTURES:
+        marks = [] if name in FAST_TIER else [pytest.mark.slow]
+        reason = BEYOND_TWO_LSB.get(name) or TOP1_DIFFERS.get(name)
+        if reason:
+            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+        yield pytest.param(name, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_converts_compiles_and_agrees_with_onnxruntime(name, real_model, tmp_path):
+    model = real_model(name, COLUMN.activations)
+    artifact = compile_model(model, COLUMN, tmp_path)
+    report = artifact.report
+    assert report["macs_total"] > 0 and 0.99 <= report["npu_mac_share"] <= 1.0
+    if ARCHITECTURES[name].factory_file == MLPERF_TINY:
+        assert report["cpu_operators"] == [], "MLPerf Tiny runs every op on the U55-128's NPU"
+    agreement = compare_with_onnxruntime(model, load_runner(artifact))
+    if name in LAYERNORM_HEAVY:
+        assert agreement.top1_agreement == 1.0, agreement
+        assert {op["op"] for op in report["cpu_operators"]} >= {"DEQUANTIZE", "RSQRT", "QUANTIZE"}
+    else:
+        assert agreement.max_lsb is not None and agreement.max_lsb <= 2, agreement
+
+
+def test_uint8_and_int8_models_convert_to_the_same_arithmetic(real_model, tmp_path):
+    """ONNX Runtime's default uint8 activations and the int8 switch of the suite quantize one
+    network to the same scales (zero points 128 apart): the converted models agree."""
+    import numpy as np
+
+    from tapeout.compilers.tflite import convert
+    from tapeout.compilers.tflite.runner import TfliteRunner
+
+    runners = []
+    for activations in ("uint8", "int8"):
+        conversion = convert(real_model("ic_resnet8", activations).qdq_path, tmp_path / f"{activations}.tflite")
+        runners.append(TfliteRunner(conversion.path, conversion.inputs, conversion.outputs))
+    for feed in real_model("ic_resnet8").feeds():
+        first, second = (runner.run(feed) for runner in runners)
+        np.testing.assert_array_equal(first["output"], second["output"])
+
+
+
+def test_the_benchmark_table_gains_the_ethos_u_part(tmp_path):
+    """benchmarks/real_models.py with the `ethos-u` column writes its row in the main table and
+    the Ethos-U table: CPU ops, NPU share of MACs, LSB, Vela's estimates on U55-128 and U85-256."""
+    import subprocess
+    import sys
+
+    from conftest import REPOSITORY
+
+    readme = tmp_path / "README.md"
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY / "benchmarks" / "real_models.py"), "--models", "ad_autoencoder",
+         "--columns", "onnxruntime,ethos-u", "--write-readme", "--readme", str(readme)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = [line.split(" | ") for line in readme.read_text().splitlines() if line.startswith("| ad_autoencoder |")]
+    main_row, ethos_row = rows[1], rows[2]
+    assert main_row[1:4] == ["ethos-u", "yes", "none"] and main_row[4] == "0"
+    assert ethos_row[1:5] == ["yes", "none", "100.00%", "0"]
+    u55, u85 = (float(cell.strip(" |").replace(",", "")) for cell in ethos_row[5:7])
+    assert u85 > u55 > 0  # the U85-256 has more MACs per cycle than the U55-128
