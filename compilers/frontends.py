@@ -195,7 +195,7 @@ class OnnxFrontEnd:
             return
         import onnx
 
-        model = load_model(source.path)
+        model = read_onnx_model(source.path)
         if static:  # weights in files beside the model: the copy holds them itself
             onnx.save(model, str(output_path))
             return
@@ -244,7 +244,7 @@ def check_model(
     """
     import onnx
 
-    model = load_model(path)
+    model = read_onnx_model(path)
     digest = _model_digest(path, model)
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -290,7 +290,7 @@ def check_model(
 MAXIMUM_SINGLE_FILE_BYTES = 2**31
 
 
-def load_model(path: Path) -> "onnx.ModelProto":  # noqa: F821
+def read_onnx_model(path: Path) -> "onnx.ModelProto":  # noqa: F821
     """An ONNX file with its weights: those in the file, and those PyTorch's exporter (and
     onnx.save with `save_as_external_data`) writes to files beside it.
 
@@ -333,7 +333,7 @@ def external_data_files(path: Path, model: "onnx.ModelProto | None" = None) -> t
     if model is None:
         try:
             model = onnx.load(str(path), load_external_data=False)
-        except Exception:  # noqa: BLE001 - not a model: load_model names the problem
+        except Exception:  # noqa: BLE001 - not a model: read_onnx_model names the problem
             return ()
     folder = path.resolve().parent
     files: dict[Path, None] = {}

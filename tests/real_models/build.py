@@ -218,12 +218,14 @@ def _make_ranges_realistic(network: "torch.nn.Module", input_shape: tuple[int, .
         for name, parameter in network.named_parameters():
             if name.endswith("layer_scale"):
                 parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.4 + 0.1)
+        layers = (nn.Linear, nn.modules.conv._ConvNd)
         for module in network.modules():
-            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and _constant(module.weight):
-                bound = 1 / module.weight[0].numel() ** 0.5  # torch's default for a fresh layer
-                module.weight.copy_((torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound)
-                if module.bias is not None:
-                    module.bias.copy_((torch.rand(module.bias.shape, generator=generator) * 2 - 1) * bound)
+            if isinstance(module, layers):
+                if _constant(module.weight):  # a zero bias beside real weights is a fresh layer's own
+                    bound = 1 / module.weight[0].numel() ** 0.5  # torch's default for a fresh layer
+                    module.weight.copy_((torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound)
+                    if module.bias is not None:
+                        module.bias.copy_((torch.rand(module.bias.shape, generator=generator) * 2 - 1) * bound)
             elif not isinstance(module, normalisations):
                 for parameter in module.parameters(recurse=False):
                     if parameter.numel() > 1 and _constant(parameter):

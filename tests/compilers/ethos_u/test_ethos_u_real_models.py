@@ -37,17 +37,13 @@ BEYOND_TWO_LSB = {
     "mnasnet0_5": "4 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
     "densenet121": "13 LSB: BatchNormalization's rounded offset first (ONNX Runtime unoptimized vs optimized: 8)",
 }
-# The ViT with a classifier head that depends on its input (the suite used to leave
-# torchvision's zero-initialised head): 17 LSB, top-1 on 2 of 4 test inputs; not yet explained.
-TOP1_DIFFERS = {"vit_tiny_d4": "17 LSB, top-1 agrees on 2 of 4 inputs"}
 
 
 def _cases():
     for name in ARCHITECTURES:
         marks = [] if name in FAST_TIER else [pytest.mark.slow]
-        reason = BEYOND_TWO_LSB.get(name) or TOP1_DIFFERS.get(name)
-        if reason:
-            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+        if name in BEYOND_TWO_LSB:
+            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=BEYOND_TWO_LSB[name]))
         yield pytest.param(name, marks=marks, id=name)
 
 
