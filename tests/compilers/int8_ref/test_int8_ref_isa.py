@@ -1,6 +1,7 @@
 """Every instruction-set path of the runtime gives the same bytes, and so does every thread
-count: on every op's output of real networks (the real-model suite's MLPerf Tiny models:
-depthwise, pointwise, strided and fully connected layers as people ship them), and on the
+count: on every op's output of real networks (the real-model suite's MLPerf Tiny models,
+ResNet-18 and MobileNet v2: depthwise, pointwise, strided and fully connected layers as
+people ship them), and on the
 values where a saturating dot product would go wrong, there also against ONNX Runtime."""
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def assert_same_bytes(want: dict, got: dict, what: str):
 
 
 @pytest.mark.real_models
-@pytest.mark.parametrize("name", ["kws_ds_cnn", "vww_mobilenet_v1", "ic_resnet8"])
+@pytest.mark.parametrize("name", ["kws_ds_cnn", "vww_mobilenet_v1", "ic_resnet8", "resnet18",
+                                  "mobilenet_v2"])
 @pytest.mark.parametrize("mode", ["fixed-point", "ort"])
 def test_every_path_and_thread_count_gives_the_same_bytes_on_real_networks(
         real_model, name, mode, tmp_path):
