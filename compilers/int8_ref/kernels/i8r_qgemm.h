@@ -140,7 +140,14 @@ typedef struct {
     int esz;
     i8r_map_t map;
     const int64_t* pan; /* the map's panel table (i8r_panel_table) */
+    int dense;          /* the map keeps every column, in order (i8r_map_dense) */
 } i8r_cplan_t;
+
+/* Whether column j of a map is element j: every panel but a last partial one is stored
+   whole, without its panel table. */
+static int i8r_map_dense(const i8r_map_t* m) {
+    return m->jofs == 0 && m->L == m->V && m->V == m->S;
+}
 
 /* One Gemm: x [Mr][K] (in place) times packed w [Nb][Kq][16][4] into y [Mr][N]. */
 typedef struct {
@@ -325,15 +332,18 @@ TGT static inline void i8r_interleave_avx512(const __m512i* e, const __m512i* o,
 #define CONV_TMAX 4
 #define GEMM_RMAX 4
 #define GEMM_TMAX 4
-TGT static inline __m512i i8r_mulhi31_avx512(__m512i x, __m512i m) {
+/* mhi: the odd lanes' multipliers in the even ones (vodd(m)). The odd quotients' low 32 bits
+   are bits 31..62 of their sums: shifted left by one they are the high halves, which the
+   blend keeps. */
+TGT static inline __m512i i8r_mulhi31_avx512(__m512i x, __m512i m, __m512i mhi) {
     __m512i nudge = _mm512_set1_epi64(1LL << 30);
     __m512i e = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), nudge), 31);
-    __m512i o = _mm512_add_epi64(
-        _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(m, 32)), nudge);
-    o = _mm512_slli_epi64(_mm512_srli_epi64(o, 31), 32);
-    return _mm512_mask_blend_epi32(0xAAAA, e, o);
+    __m512i o = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(x, 32), mhi), nudge);
+    return _mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64(o, 1));
 }
 #define vmulhi31 i8r_mulhi31_avx512
+#define vodd(m) _mm512_srli_epi64(m, 32)
+#define vinc_gt(r, a, b) _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(a, b), r, vset1(1))
 #define vany(m) (_mm512_movepi32_mask(m) != 0)
 #define vgather2(p)                                                                          \
     _mm512_permutex2var_epi32(                                                              \
@@ -404,15 +414,15 @@ TGT static inline void i8r_interleave_avx2(const __m256i* e, const __m256i* o, _
 #define CONV_TMAX 1
 #define GEMM_RMAX 4
 #define GEMM_TMAX 1
-TGT static inline __m256i i8r_mulhi31_avx2(__m256i x, __m256i m) {
+TGT static inline __m256i i8r_mulhi31_avx2(__m256i x, __m256i m, __m256i mhi) {
     __m256i nudge = _mm256_set1_epi64x(1LL << 30);
     __m256i e = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, m), nudge), 31);
-    __m256i o = _mm256_add_epi64(
-        _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(m, 32)), nudge);
-    o = _mm256_slli_epi64(_mm256_srli_epi64(o, 31), 32);
-    return _mm256_blend_epi32(e, o, 0xAA);
+    __m256i o = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), mhi), nudge);
+    return _mm256_blend_epi32(e, _mm256_slli_epi64(o, 1), 0xAA);
 }
 #define vmulhi31 i8r_mulhi31_avx2
+#define vodd(m) _mm256_srli_epi64(m, 32)
+#define vinc_gt(r, a, b) _mm256_sub_epi32(r, _mm256_cmpgt_epi32(a, b))
 #define vany(m) (_mm256_movemask_epi8(m) != 0)
 TGT static inline __m256i i8r_gather2_avx2(const void* p) {
     __m256 a = _mm256_loadu_ps((const float*)p), b = _mm256_loadu_ps((const float*)p + 8);
@@ -741,12 +751,84 @@ static void i8r_pack_input(int isa, const i8r_conv_t* c, const i8r_conv_dims_t* 
     memset(dst + d->Cq * d->Hp * d->Wp * 4, 0, (size_t)((32 + (c->kw - 1) * c->dw) * 4));
 }
 
+#if I8R_X86
+/* SSE2 (every x86-64): x - zp of n >= 8 elements, int16, in steps of 16 or 8 and a last step
+   that overlaps the one before (it rewrites the same values) instead of a scalar tail. */
+static inline void i8r_widen_sse2(const uint8_t* s, int16_t* o, int64_t n, int x_signed,
+                                  int16_t xzp) {
+    __m128i zp = _mm_set1_epi16(xzp), z = _mm_setzero_si128();
+    int64_t i = 0;
+    if (n >= 16) {
+        for (;; i += 16) {
+            if (i + 16 > n) i = n - 16;
+            __m128i v = _mm_loadu_si128((const __m128i*)(s + i));
+            __m128i ext = x_signed ? _mm_cmpgt_epi8(z, v) : z;
+            _mm_storeu_si128((__m128i*)(o + i), _mm_sub_epi16(_mm_unpacklo_epi8(v, ext), zp));
+            _mm_storeu_si128((__m128i*)(o + i + 8), _mm_sub_epi16(_mm_unpackhi_epi8(v, ext), zp));
+            if (i + 16 == n) break;
+        }
+    } else {
+        for (;; i += 8) {
+            if (i + 8 > n) i = n - 8;
+            __m128i v = _mm_loadl_epi64((const __m128i*)(s + i));
+            __m128i ext = x_signed ? _mm_cmpgt_epi8(z, v) : z;
+            _mm_storeu_si128((__m128i*)(o + i), _mm_sub_epi16(_mm_unpacklo_epi8(v, ext), zp));
+            if (i + 8 == n) break;
+        }
+    }
+}
+
+/* The lanes [a, b) of 32 as a mask. */
+static inline uint32_t i8r_lanes32(int64_t a, int64_t b) {
+    uint32_t hi = b <= 0 ? 0u : (b >= 32 ? 0xFFFFFFFFu : (1u << b) - 1);
+    uint32_t lo = a <= 0 ? 0u : (a >= 32 ? 0xFFFFFFFFu : (1u << a) - 1);
+    return hi & ~lo;
+}
+
+/* AVX-512 (BW): 32 elements of a padded row per masked load, widening, masked subtraction
+   and masked store; the masked-out bytes (the padding) are neither read nor kept. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void i8r_pack_plane_avx512(
+    const i8r_conv_t* c, const i8r_conv_dims_t* d, const uint8_t* src, int16_t* plane) {
+    int64_t r, c0, Wp = d->Wp;
+    int64_t x0 = c->pl < Wp ? c->pl : Wp, x1 = c->pl + c->W < Wp ? c->pl + c->W : Wp;
+    __m512i zp = _mm512_set1_epi16((short)c->xzp), zero = _mm512_setzero_si512();
+    for (r = 0; r < d->Hp; r++) {
+        int64_t iy = r - c->pt;
+        int16_t* o = plane + r * Wp;
+        if (iy < 0 || iy >= c->H || x1 <= x0) {
+            for (c0 = 0; c0 < Wp; c0 += 32)
+                _mm512_mask_storeu_epi16(o + c0, i8r_lanes32(0, Wp - c0), zero);
+            continue;
+        }
+        /* padded column col of this row is s[col] (read only for x0 <= col < x1) */
+        const uint8_t* s = src + iy * c->W - c->pl;
+        for (c0 = 0; c0 < Wp; c0 += 32) {
+            __mmask32 in = i8r_lanes32(x0 - c0, x1 - c0);
+            __m512i v = zero;
+            if (in) {
+                __m256i b = _mm256_maskz_loadu_epi8(in, s + c0);
+                v = c->x_signed ? _mm512_cvtepi8_epi16(b) : _mm512_cvtepu8_epi16(b);
+                v = _mm512_maskz_sub_epi16(in, v, zp);
+            }
+            _mm512_mask_storeu_epi16(o + c0, i8r_lanes32(0, Wp - c0), v);
+        }
+    }
+}
+#endif
+
 /* Depthwise: one channel's padded int16 plane of x - zp (padding 0), then zeroed slack. */
 static void i8r_pack_plane(int isa, const i8r_conv_t* c, const i8r_conv_dims_t* d,
                            const uint8_t* src, int16_t* plane) {
     int64_t r, i;
     int64_t x0 = c->pl < d->Wp ? c->pl : d->Wp, x1 = c->pl + c->W < d->Wp ? c->pl + c->W : d->Wp;
-    (void)isa;
+    int16_t xzp = (int16_t)c->xzp;
+    memset(plane + d->Hp * d->Wp, 0, (size_t)((128 + (c->kw - 1) * c->dw) * 2));
+#if I8R_X86
+    if (isa == I8R_AVX512VNNI) {
+        i8r_pack_plane_avx512(c, d, src, plane);
+        return;
+    }
+#endif
     for (r = 0; r < d->Hp; r++) {
         int64_t iy = r - c->pt;
         int16_t* o = plane + r * d->Wp;
@@ -754,26 +836,20 @@ static void i8r_pack_plane(int isa, const i8r_conv_t* c, const i8r_conv_dims_t* 
             memset(o, 0, (size_t)(d->Wp * 2));
             continue;
         }
-        memset(o, 0, (size_t)(x0 * 2));
-        memset(o + x1, 0, (size_t)((d->Wp - x1) * 2));
+        for (i = 0; i < x0; i++) o[i] = 0;
+        for (i = x1; i < d->Wp; i++) o[i] = 0;
         const uint8_t* s = src + iy * c->W - c->pl;
-        i = x0;
 #if I8R_X86
-        if (isa != I8R_PORTABLE) {
-            __m128i zp = _mm_set1_epi16((short)c->xzp), z = _mm_setzero_si128();
-            for (; i + 16 <= x1; i += 16) {
-                __m128i v = _mm_loadu_si128((const __m128i*)(s + i));
-                __m128i ext = c->x_signed ? _mm_cmpgt_epi8(z, v) : z; /* SSE2 widening */
-                _mm_storeu_si128((__m128i*)(o + i), _mm_sub_epi16(_mm_unpacklo_epi8(v, ext), zp));
-                _mm_storeu_si128((__m128i*)(o + i + 8),
-                                 _mm_sub_epi16(_mm_unpackhi_epi8(v, ext), zp));
-            }
+        if (isa != I8R_PORTABLE && x1 - x0 >= 8) {
+            i8r_widen_sse2(s + x0, o + x0, x1 - x0, c->x_signed, xzp);
+            continue;
         }
 #endif
-        for (; i < x1; i++)
-            o[i] = (int16_t)((c->x_signed ? (int32_t)(int8_t)s[i] : (int32_t)s[i]) - c->xzp);
+        if (c->x_signed)
+            for (i = x0; i < x1; i++) o[i] = (int16_t)((int8_t)s[i] - xzp);
+        else
+            for (i = x0; i < x1; i++) o[i] = (int16_t)(s[i] - xzp);
     }
-    memset(plane + d->Hp * d->Wp, 0, (size_t)((128 + (c->kw - 1) * c->dw) * 2));
 }
 
 /* Column sums of the packed data: over every k group, a column's four bytes. */
@@ -814,10 +890,12 @@ typedef struct {
     const i8r_conv_t* c;
     const i8r_conv_dims_t* d;
     const i8r_dwplan_t* dp;
-    const int16_t* planes; /* the image's, one per input channel, `stride` apart */
+    int16_t* planes; /* the image's, one per input channel, `stride` apart */
     int64_t stride;
     const int16_t* w;
-    uint8_t* y; /* the image's output */
+    uint8_t* y;       /* the image's output */
+    const uint8_t* x; /* one output channel per input channel: the image's input, whose
+                         planes are packed here, each just before it is used */
 } i8r_dw_job_t;
 
 static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
@@ -825,10 +903,18 @@ static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
     i8r_dwplan_t dp = *j->dp;
     int64_t ch;
     for (ch = b; ch < e; ch++) {
+        const int16_t* plane = j->planes + (ch / j->d->Mg) * j->stride;
+        if (j->x) {
+            /* the slot of the part's first channel (parts are disjoint), so the plane is
+               still in the cache when it is read */
+            int16_t* slot = j->planes + b * j->stride;
+            i8r_pack_plane(j->isa, j->c, j->d, j->x + ch * j->c->H * j->c->W, slot);
+            plane = slot;
+        }
         dp.cp.ch0 = ch;
         dp.cp.y = j->y + ch * dp.cp.map.plane * dp.cp.esz;
-        i8r_dw_run(j->isa, &dp, j->planes + (ch / j->d->Mg) * j->stride, ch,
-                   j->w + ch * j->d->taps, j->c->kh, j->c->kw, j->c->sw, j->c->dw);
+        i8r_dw_run(j->isa, &dp, plane, ch, j->w + ch * j->d->taps, j->c->kh, j->c->kw,
+                   j->c->sw, j->c->dw);
     }
 }
 
@@ -866,6 +952,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         else
             cp.map.L = c->OW, cp.map.V = c->OW, cp.map.S = c->OW, cp.map.J = c->OW;
         i8r_panel_table(&cp.map, pan);
+        cp.dense = i8r_map_dense(&cp.map);
         dp.taps = d.taps;
         dp.off = koff;
         dp.bias = bias;
@@ -885,8 +972,10 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         job.stride = d.plane;
         job.w = (const int16_t*)w;
         for (n = 0; n < c->N; n++) {
-            for (ci = 0; ci < c->C; ci++)
-                i8r_pack_plane(isa, c, &d, x + (n * c->C + ci) * HW, plane + ci * d.plane);
+            job.x = d.Mg == 1 ? x + n * c->C * HW : NULL;
+            if (!job.x) /* channels that share a plane may be in different parts */
+                for (ci = 0; ci < c->C; ci++)
+                    i8r_pack_plane(isa, c, &d, x + (n * c->C + ci) * HW, plane + ci * d.plane);
             job.y = y + n * c->M * P * esz;
             i8r_pool_run(pool, i8r_dw_job, &job, c->M);
         }
@@ -909,6 +998,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
         cp.koff = koff;
         cp.map.L = d.Wp, cp.map.V = c->OW, cp.map.S = c->OW, cp.map.J = d.cols;
         i8r_panel_table(&cp.map, pan);
+        cp.dense = i8r_map_dense(&cp.map);
         for (n = 0; n < c->N; n++)
             for (g = 0; g < c->G; g++) {
                 i8r_pack_input(isa, c, &d, x + (n * c->C + g * d.Cg) * HW, xzpu, flip, x4);
@@ -940,6 +1030,7 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
                         ncols = (oy1 - oy0) * c->OW;
                         cp.map.J = ncols;
                         i8r_panel_table(&cp.map, pan);
+                        cp.dense = i8r_map_dense(&cp.map);
                     }
                     i8r_im2col(isa, &cp, x4, koff, c->sh, c->sw, d.Wp, c->OW, oy0, oy1, cols,
                                d.QS);

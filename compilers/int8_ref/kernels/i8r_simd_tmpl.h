@@ -16,6 +16,9 @@
      vgather2(p)    VW dwords at p, p + 8, p + 16, ... bytes (every other dword)
      vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
      vputmask(p, b, m) store the bytes of lanes m (a contiguous set of bits) at p + lane
+     vmulhi31(x, m, mhi)  per lane the low 32 bits of (x m + 2^30) >> 31, mhi = vodd(m)
+     vodd(m)        the odd lanes' values in the even lanes (64-bit shift right by 32)
+     vinc_gt(r, a, b)  r + 1 in the lanes where a > b
      VEC_REQUANT    1 when the vector requantization is compiled (it needs per-lane variable
                     shifts, AVX2 and up); otherwise i8r_store1 requantizes each element
 
@@ -27,52 +30,83 @@
 #define NV (16 / VW)
 
 #if VEC_REQUANT
-/* One channel's (or one panel's, per lane) requantization constants. */
+/* Requantization constants: an op's (rqo, set up once per kernel call) and one channel's,
+   broadcast, or VW channels', per lane (rqch, set up per tile: only what the mode reads). */
 typedef struct {
-    VF scale, lo, hi;
-    V zp, qmin, qmax, mult, shift, rs, mask, thr;
+    VF lo, hi;
+    V zp, qmin, qmax;
     int mode, general;
-} SFX(rqc_t);
+} SFX(rqo_t);
+typedef struct {
+    VF scale;
+    V mult, mhi, shift, rs, mask, thr;
+} SFX(rqch_t);
 
-/* `general`: a left shift or an INT32_MIN multiplier somewhere, so rq_fixed must take the
-   saturating steps; requantize.py never writes either, a crafted artifact may. */
-TGT static inline void SFX(rqc_finish)(SFX(rqc_t) * c, const i8r_requant_t* q) {
+/* `general`: a left shift or an INT32_MIN multiplier among channels [c0, c1), so rq_fixed
+   must take the saturating steps; requantize.py never writes either, a crafted artifact
+   may. */
+TGT static inline void SFX(rqo_init)(SFX(rqo_t) * o, const i8r_requant_t* q, int64_t c0,
+                                    int64_t c1) {
+    int64_t ch;
+    o->mode = q->mode;
+    o->zp = vset1(q->zp);
+    o->qmin = vset1(q->qmin);
+    o->qmax = vset1(q->qmax);
+    o->lo = vf_set1((float)(q->qmin - q->zp));
+    o->hi = vf_set1((float)(q->qmax - q->zp));
+    o->general = 0;
+    if (q->mode == 1)
+        for (ch = c0; ch < c1; ch++)
+            if (q->shift[ch] > 0 || q->mult[ch] == INT32_MIN) o->general = 1;
+}
+
+/* Every field set (the unused ones to 0, which the compiler drops). */
+TGT static inline void SFX(rqch_zero)(SFX(rqch_t) * c) {
+    c->scale = vf_set1(0.0f);
+    c->mult = c->mhi = c->shift = c->rs = c->mask = c->thr = vzero();
+}
+
+TGT static inline void SFX(rqch_shift)(SFX(rqch_t) * c) {
     V zero = vzero(), one = vset1(1);
-    c->mode = q->mode;
-    c->zp = vset1(q->zp);
-    c->qmin = vset1(q->qmin);
-    c->qmax = vset1(q->qmax);
-    c->lo = vf_set1((float)(q->qmin - q->zp));
-    c->hi = vf_set1((float)(q->qmax - q->zp));
     c->rs = vmax(vsub(zero, c->shift), zero);
     c->mask = vsub(vsllv(one, c->rs), one);
     c->thr = vsrai(c->mask, 1);
-    c->general = vany(vcmpgt(c->shift, zero)) || vany(vcmpeq(c->mult, vset1(INT32_MIN)));
 }
 
 /* Constants broadcast from channel `ch` (Conv). */
-TGT static inline void SFX(rqc_channel)(SFX(rqc_t) * c, const i8r_requant_t* q, int64_t ch) {
-    c->scale = vf_set1(q->mode == 0 ? q->scale[ch] : 0.0f);
-    c->mult = vset1(q->mode == 1 ? q->mult[ch] : 0);
-    c->shift = vset1(q->mode == 1 ? q->shift[ch] : 0);
-    SFX(rqc_finish)(c, q);
+TGT static inline void SFX(rqch_channel)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
+                                        const i8r_requant_t* q, int64_t ch) {
+    SFX(rqch_zero)(c);
+    if (o->mode == 0) {
+        c->scale = vf_set1(q->scale[ch]);
+    } else if (o->mode == 1) {
+        c->mult = c->mhi = vset1(q->mult[ch]);
+        c->shift = vset1(q->shift[ch]);
+        SFX(rqch_shift)(c);
+    }
 }
 
 /* Constants per lane from channels n.. (Gemm; the arrays are padded to whole panels). */
-TGT static inline void SFX(rqc_lanes)(SFX(rqc_t) * c, const i8r_requant_t* q, int64_t n) {
-    c->scale = q->mode == 0 ? vf_load(q->scale + n) : vf_set1(0.0f);
-    c->mult = q->mode == 1 ? vload(q->mult + n) : vzero();
-    c->shift = q->mode == 1 ? vload(q->shift + n) : vzero();
-    SFX(rqc_finish)(c, q);
+TGT static inline void SFX(rqch_lanes)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
+                                      const i8r_requant_t* q, int64_t n) {
+    SFX(rqch_zero)(c);
+    if (o->mode == 0) {
+        c->scale = vf_load(q->scale + n);
+    } else if (o->mode == 1) {
+        c->mult = vload(q->mult + n);
+        c->mhi = vodd(c->mult);
+        c->shift = vload(q->shift + n);
+        SFX(rqch_shift)(c);
+    }
 }
 
 /* i8r_f2q on VW lanes: multiply, clamp, convert half to even (the default MXCSR), add zp.
    No NaN can arise: the loader refuses a non-finite multiplier (ops/conv.py, ops/gemm.py), and
    an int32 times a finite float32 is a number (at worst an infinity, which the clamp bounds). */
-TGT static inline V SFX(rq_ort)(const SFX(rqc_t) * c, V acc) {
+TGT static inline V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     VF v = vf_mul(vf_cvt(acc), c->scale);
-    v = vf_min(c->hi, vf_max(c->lo, v));
-    return vadd(vf_round(v), c->zp);
+    v = vf_min(o->hi, vf_max(o->lo, v));
+    return vadd(vf_round(v), o->zp);
 }
 
 /* i8r_mbqm on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
@@ -82,27 +116,27 @@ TGT static inline V SFX(rq_ort)(const SFX(rqc_t) * c, V acc) {
    RoundingDivideByPOT: (h >> rs) + 1 when the remainder exceeds half (half plus one when h is
    negative). The general form first shifts left with saturation and saturates
    INT32_MIN * INT32_MIN. */
-TGT static inline V SFX(rq_fixed)(const SFX(rqc_t) * c, V x) {
+TGT static inline V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
     V h;
-    if (c->general) {
+    if (o->general) {
         V zero = vzero(), imax = vset1(INT32_MAX), imin = vset1(INT32_MIN);
         V ls = vmax(c->shift, zero);
         V xs = vsllv(x, ls);
         xs = vblend(xs, imax, vcmpgt(x, vsrav(imax, ls)));
         xs = vblend(xs, imin, vcmpgt(vsrav(imin, ls), x));
-        h = vmulhi31(xs, c->mult);
+        h = vmulhi31(xs, c->mult, c->mhi);
         h = vblend(h, imax, vand(vcmpeq(xs, imin), vcmpeq(c->mult, imin)));
     } else {
-        h = vmulhi31(x, c->mult);
+        h = vmulhi31(x, c->mult, c->mhi);
     }
     V thr = vadd(c->thr, vsrli(h, 31));
-    V up = vcmpgt(vand(h, c->mask), thr); /* all ones: -1 */
-    return vadd(vsub(vsrav(h, c->rs), up), c->zp);
+    return vadd(vinc_gt(vsrav(h, c->rs), vand(h, c->mask), thr), o->zp);
 }
 
-TGT static inline V SFX(rq_apply)(const SFX(rqc_t) * c, V acc) {
-    V r = c->mode == 0 ? SFX(rq_ort)(c, acc) : SFX(rq_fixed)(c, acc);
-    return vmin(vmax(r, c->qmin), c->qmax);
+/* The output value: the float clamp of rq_ort already keeps it in [qmin, qmax]. */
+TGT static inline V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
+    if (o->mode == 0) return SFX(rq_ort)(o, c, acc);
+    return vmin(vmax(SFX(rq_fixed)(o, c, acc), o->qmin), o->qmax);
 }
 
 /* One panel's 16 bytes through its entry of the panel table (i8r_panel_table): a masked
@@ -125,19 +159,24 @@ TGT static inline __attribute__((always_inline)) void SFX(put_panel)(
 #endif
 
 #if !VEC_REQUANT
-typedef int SFX(rqc_t); /* the scalar requantization needs no prepared constants */
-#define SFX_RQC_PREPARE(c, q, ch) (void)(c)
+typedef int SFX(rqo_t); /* the scalar requantization needs no prepared constants */
+typedef int SFX(rqch_t);
+#define SFX_RQO_INIT(o, q, c0, c1) (void)(o)
+#define SFX_RQCH_CHANNEL(c, o, q, ch) (void)(c)
 #else
-#define SFX_RQC_PREPARE(c, q, ch) SFX(rqc_channel)(c, q, ch)
+#define SFX_RQO_INIT(o, q, c0, c1) SFX(rqo_init)(o, q, c0, c1)
+#define SFX_RQCH_CHANNEL(c, o, q, ch) SFX(rqch_channel)(c, o, q, ch)
 #endif
 
 /* The final accumulators of `count` consecutive panels (from panel p) of group channel `ml`,
-   with the channel's requantization constants `c` (SFX_RQC_PREPARE): add the folded bias,
-   subtract the column-sum term, requantize, store. Everything the loop reads is copied to
-   locals first: a byte store may alias anything, so the compiler would otherwise reload the
-   plan after each one. */
-TGT static inline __attribute__((always_inline)) void SFX(store_panels)(const i8r_cplan_t* cp, const SFX(rqc_t) * c, int64_t ml,
-                                  int64_t p, int64_t count, V* acc) {
+   with the op's and the channel's requantization constants (SFX_RQO_INIT, SFX_RQCH_CHANNEL):
+   add the folded bias, subtract the column-sum term, requantize, store. A dense map (every
+   column kept, in order) stores each panel whole, the last one masked; others go through the
+   panel table. Everything the loop reads is copied to locals first: a byte store may alias
+   anything, so the compiler would otherwise reload the plan after each one. */
+TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
+    const i8r_cplan_t* cp, const SFX(rqo_t) * o, const SFX(rqch_t) * c, int64_t ml, int64_t p,
+    int64_t count, V* acc) {
     const i8r_requant_t* q = cp->rq;
     const int32_t* colsum = cp->colsum;
     const int64_t* pan = cp->pan + I8R_PAN * p;
@@ -147,7 +186,7 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(const i8
     uint8_t* ych = cp->y + ml * map.plane * esz;
     V add = vset1(cp->bias[ch]), zb = colsum ? vset1(cp->zb[ch]) : vzero();
     int v;
-    (void)c;
+    (void)o, (void)c;
     for (t = 0; t < count * NV; t++) {
         acc[t] = vadd(acc[t], add);
         if (colsum) acc[t] = vsub(acc[t], vmullo(zb, vload(colsum + 16 * p + VW * t)));
@@ -155,18 +194,15 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(const i8
 #if VEC_REQUANT
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
-        if (c->mode == 0) {
-            /* the float clamp already keeps the result in [qmin, qmax] */
-            for (t = 0; t < count; t++) {
-                for (v = 0; v < NV; v++) r[v] = SFX(rq_ort)(c, acc[t * NV + v]);
-                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, 16 * (p + t), vpack16(r));
-            }
-        } else {
-            for (t = 0; t < count; t++) {
-                for (v = 0; v < NV; v++)
-                    r[v] = vmin(vmax(SFX(rq_fixed)(c, acc[t * NV + v]), c->qmin), c->qmax);
-                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, 16 * (p + t), vpack16(r));
-            }
+        for (t = 0; t < count; t++) {
+            int64_t j0 = 16 * (p + t);
+            for (v = 0; v < NV; v++) r[v] = SFX(rq_apply)(o, c, acc[t * NV + v]);
+            if (!cp->dense)
+                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, j0, vpack16(r));
+            else if (j0 + 16 <= map.J)
+                _mm_storeu_si128((__m128i*)(ych + j0), vpack16(r));
+            else
+                vputmask(ych + j0, vpack16(r), (1 << (map.J - j0)) - 1);
         }
         return;
     }
@@ -187,39 +223,45 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(const i8
    (four s8). Channels from block lane m0 (group channel ml0), panels from p. */
 /* The dot products of a tile, written to `out` once at the end, so that nothing else
    indexes the accumulators inside the k loop and they stay in registers. */
+#define CONV_DOT_STEP(R, T, kg, FIRST)                                                      \
+    do {                                                                                    \
+        const uint8_t* bk = b + cp->koff[kg];                                               \
+        V bv[T * NV];                                                                       \
+        for (t = 0; t < T * NV; t++) bv[t] = vload(bk + 4 * VW * t);                        \
+        for (r = 0; r < R; r++) {                                                           \
+            V wv = vset1(i8r_ld32(w + 64 * (kg) + 4 * r));                                  \
+            for (t = 0; t < T * NV; t++)                                                    \
+                acc[r * T * NV + t] =                                                       \
+                    vdpbusd(FIRST ? vzero() : acc[r * T * NV + t], bv[t], wv);              \
+        }                                                                                   \
+    } while (0)
+/* The first k group starts the sums (Kq >= 1): zeroing them in a loop of its own lets GCC
+   turn it into a memset of `out`. */
 #define CONV_DOT(R, T)                                                                      \
-    TGT static inline __attribute__((always_inline)) void SFX(conv_dot_##R##x##T)(                      \
+    TGT static inline __attribute__((always_inline)) void SFX(conv_dot_##R##x##T)(          \
         const i8r_cplan_t* cp, const int8_t* w, int64_t p, V* out) {                        \
         V acc[R * T * NV];                                                                  \
         const uint8_t* b = cp->b + 64 * p;                                                  \
         int r, t;                                                                           \
         int64_t kg;                                                                         \
-        for (r = 0; r < R * T * NV; r++) acc[r] = vzero();                                  \
-        for (kg = 0; kg < cp->Kq; kg++) {                                                   \
-            const uint8_t* bk = b + cp->koff[kg];                                           \
-            V bv[T * NV];                                                                   \
-            for (t = 0; t < T * NV; t++) bv[t] = vload(bk + 4 * VW * t);                    \
-            for (r = 0; r < R; r++) {                                                       \
-                V wv = vset1(i8r_ld32(w + 64 * kg + 4 * r));                                \
-                for (t = 0; t < T * NV; t++)                                                \
-                    acc[r * T * NV + t] = vdpbusd(acc[r * T * NV + t], bv[t], wv);          \
-            }                                                                               \
-        }                                                                                   \
+        CONV_DOT_STEP(R, T, 0, 1);                                                          \
+        for (kg = 1; kg < cp->Kq; kg++) CONV_DOT_STEP(R, T, kg, 0);                         \
         for (r = 0; r < R * T * NV; r++) out[r] = acc[r];                                   \
     }
 #define CONV_TILE(R, T)                                                                     \
     CONV_DOT(R, T)                                                                          \
-    TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const int8_t* w,        \
-                                             int64_t ml0, int64_t m0, int64_t p) {          \
+    TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const SFX(rqo_t) * o,   \
+                                             const int8_t* w, int64_t ml0, int64_t m0,      \
+                                             int64_t p) {                                   \
         V acc[R * T * NV];                                                                  \
         int r;                                                                              \
         SFX(conv_dot_##R##x##T)(cp, w + 4 * m0, p, acc);                                   \
         int64_t panels = (cp->map.J + 15) / 16 - p;                                          \
         if (panels > T) panels = T;                                                         \
         for (r = 0; r < R && ml0 + r < cp->Mg; r++) {                                       \
-            SFX(rqc_t) c;                                                                   \
-            SFX_RQC_PREPARE(&c, cp->rq, cp->ch0 + ml0 + r);                                 \
-            SFX(store_panels)(cp, &c, ml0 + r, p, panels, acc + r * T * NV);               \
+            SFX(rqch_t) c;                                                                  \
+            SFX_RQCH_CHANNEL(&c, o, cp->rq, cp->ch0 + ml0 + r);                             \
+            SFX(store_panels)(cp, o, &c, ml0 + r, p, panels, acc + r * T * NV);            \
         }                                                                                   \
     }
 
@@ -234,6 +276,8 @@ CONV_TILE_X(CONV_R, 4)
 /* Channel blocks [mb0, mb1) of one plan, every panel. */
 TGT static void SFX(conv_run)(const i8r_cplan_t* cp, int64_t mb0, int64_t mb1) {
     int64_t np = (cp->map.J + 15) / 16, mb, p, m0;
+    SFX(rqo_t) o;
+    SFX_RQO_INIT(&o, cp->rq, cp->ch0, cp->ch0 + cp->Mg);
     for (mb = mb0; mb < mb1; mb++) {
         const int8_t* w = cp->w + mb * cp->Kq * 64;
         for (p = 0; p < np; p += CONV_TMAX) {
@@ -241,20 +285,21 @@ TGT static void SFX(conv_run)(const i8r_cplan_t* cp, int64_t mb0, int64_t mb1) {
             for (m0 = 0; m0 < 16 && mb * 16 + m0 < cp->Mg; m0 += CONV_R) {
                 int64_t ml0 = mb * 16 + m0;
                 if (left >= 4)
-                    CONV_CALL(CONV_R, 4)(cp, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 4)(cp, &o, w, ml0, m0, p);
                 else if (left == 3)
-                    CONV_CALL(CONV_R, 3)(cp, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 3)(cp, &o, w, ml0, m0, p);
                 else if (left == 2)
-                    CONV_CALL(CONV_R, 2)(cp, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 2)(cp, &o, w, ml0, m0, p);
                 else
-                    CONV_CALL(CONV_R, 1)(cp, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 1)(cp, &o, w, ml0, m0, p);
             }
         }
     }
 }
 
 /* Gemm output: channels n0.. of row `row`: folded bias, row-sum correction, requantization. */
-TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V* acc) {
+TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, const SFX(rqo_t) * o, int64_t row,
+                              int64_t n0, V* acc) {
     const i8r_requant_t* q = gp->rq;
     int64_t count = gp->N - n0 < 16 ? gp->N - n0 : 16;
     int es = i8r_out_size(q), v, i;
@@ -268,9 +313,9 @@ TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V*
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
         for (v = 0; v < NV; v++) {
-            SFX(rqc_t) c;
-            SFX(rqc_lanes)(&c, q, n0 + VW * v);
-            r[v] = SFX(rq_apply)(&c, acc[v]);
+            SFX(rqch_t) c;
+            SFX(rqch_lanes)(&c, o, q, n0 + VW * v);
+            r[v] = SFX(rq_apply)(o, &c, acc[v]);
         }
         vputmask(y, vpack16(r), (1 << count) - 1);
         return;
@@ -288,7 +333,8 @@ TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V*
    x + r*K + 4 kg, read in place; W the packed [Nb][Kq][16][4]. S: x is int8 and the weights
    are stored as u8 (the u8 operand of vdpbusd must be the vector one). */
 #define GEMM_TILE(R, T, S)                                                                  \
-    TGT static void SFX(gemm_tile_##R##x##T##_##S)(const i8r_gplan_t* gp, int64_t r0,       \
+    TGT static void SFX(gemm_tile_##R##x##T##_##S)(const i8r_gplan_t* gp,                   \
+                                                   const SFX(rqo_t) * o, int64_t r0,       \
                                                    int64_t p0) {                           \
         V acc[R * T * NV];                                                                  \
         const uint8_t* x = gp->x + r0 * gp->K;                                              \
@@ -309,7 +355,7 @@ TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, int64_t row, int64_t n0, V*
         }                                                                                   \
         for (r = 0; r < R; r++)                                                             \
             for (t = 0; t < T; t++)                                                         \
-                SFX(gemm_put)(gp, r0 + r, 16 * (p0 + t), acc + (r * T + t) * NV);           \
+                SFX(gemm_put)(gp, o, r0 + r, 16 * (p0 + t), acc + (r * T + t) * NV);        \
     }
 
 #define GEMM_ROWS(T, S)                                                                     \
@@ -321,7 +367,7 @@ GEMM_ROWS(1, 1)
 GEMM_ROWS(2, 1)
 GEMM_ROWS(4, 1)
 
-typedef void (*SFX(gemm_tile_fn))(const i8r_gplan_t*, int64_t, int64_t);
+typedef void (*SFX(gemm_tile_fn))(const i8r_gplan_t*, const SFX(rqo_t)*, int64_t, int64_t);
 #define GEMM_FNS(S)                                                                         \
     {{SFX(gemm_tile_1x1_##S), SFX(gemm_tile_2x1_##S), SFX(gemm_tile_3x1_##S),               \
       SFX(gemm_tile_4x1_##S)},                                                              \
@@ -335,12 +381,14 @@ TGT static void SFX(gemm_run)(const i8r_gplan_t* gp, int64_t p0, int64_t p1) {
     static SFX(gemm_tile_fn) const fns[2][3][4] = {GEMM_FNS(0), GEMM_FNS(1)};
     int s = gp->x_signed ? 1 : 0;
     int64_t p, r;
+    SFX(rqo_t) o;
+    SFX_RQO_INIT(&o, gp->rq, 0, gp->N);
     for (p = p0; p < p1;) {
         int64_t tp = p1 - p >= 4 && GEMM_TMAX >= 4 ? 4 : (p1 - p >= 2 && GEMM_TMAX >= 2 ? 2 : 1);
         int ti = tp == 4 ? 2 : (tp == 2 ? 1 : 0);
         for (r = 0; r < gp->Mr;) {
             int64_t rr = gp->Mr - r < GEMM_RMAX ? gp->Mr - r : GEMM_RMAX;
-            fns[s][ti][rr - 1](gp, r, p);
+            fns[s][ti][rr - 1](gp, &o, r, p);
             r += rr;
         }
         p += tp;
@@ -375,8 +423,10 @@ TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64
     int64_t j0, t, J = dp->cp.map.J, taps = dp->taps;
     const int64_t* off = dp->off;
     int v;
-    SFX(rqc_t) c;
-    SFX_RQC_PREPARE(&c, dp->rq, ch);
+    SFX(rqo_t) rqo;
+    SFX(rqch_t) c;
+    SFX_RQO_INIT(&rqo, dp->rq, ch, ch + 1);
+    SFX_RQCH_CHANNEL(&c, &rqo, dp->rq, ch);
     for (j0 = 0; j0 < J; j0 += 32) {
         V acc[2 * NV];
         for (v = 0; v < 2 * NV; v++) acc[v] = vzero();
@@ -386,7 +436,7 @@ TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64
             for (v = 0; v < 2 * NV; v++)
                 acc[v] = vadd(acc[v], vmadd(vload_i16(src + VW * v), wv));
         }
-        SFX(store_panels)(&dp->cp, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
+        SFX(store_panels)(&dp->cp, &rqo, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
     }
 }
 
@@ -398,8 +448,10 @@ TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, in
     const int64_t* off = dp->off;
     int v;
     i8r_cplan_t cp = dp->cp;
-    SFX(rqc_t) c;
-    SFX_RQC_PREPARE(&c, dp->rq, ch);
+    SFX(rqo_t) rqo;
+    SFX(rqch_t) c;
+    SFX_RQO_INIT(&rqo, dp->rq, ch, ch + 1);
+    SFX_RQCH_CHANNEL(&c, &rqo, dp->rq, ch);
     for (oy = 0; oy < dp->OH; oy++) {
         const int16_t* row = plane + oy * dp->sh * dp->Wp;
         cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
@@ -412,7 +464,7 @@ TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, in
                 for (v = 0; v < NV; v++)
                     acc[v] = vadd(acc[v], vmadd(vload(src + 2 * VW * v), wv));
             }
-            SFX(store_panels)(&cp, &c, 0, j0 / 16, 1, acc);
+            SFX(store_panels)(&cp, &rqo, &c, 0, j0 / 16, 1, acc);
         }
     }
 }
@@ -423,30 +475,47 @@ TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, in
    weight of 0. `wp`: the channel's pair weights, `pairs` per kernel row; `rows`: the kernel
    rows' offsets in the plane. Stride 1: even and odd output columns are separate vectors
    (both read whole dwords), interleaved once before the store. */
+/* Stride 1: `kh` kernel rows of `pairs` pairs; inlined with the common sizes as constants,
+   so that the weights stay in registers and the tap loops unroll. */
+TGT static inline __attribute__((always_inline)) void SFX(dw_pairs_s1)(
+    const i8r_dwplan_t* dp, const SFX(rqo_t) * rqo, const SFX(rqch_t) * c,
+    const int16_t* plane, const int32_t* wp, int64_t pairs, const int64_t* rows, int64_t kh) {
+    int64_t J = dp->cp.map.J, j0, ky, q;
+    int v;
+    for (j0 = 0; j0 < J; j0 += 32) {
+        V e[NV], o[NV], acc[2 * NV];
+        for (v = 0; v < NV; v++) e[v] = o[v] = vzero();
+        for (ky = 0; ky < kh; ky++) {
+            const int16_t* base = plane + j0 + rows[ky];
+            for (q = 0; q < pairs; q++) {
+                V wv = vset1(wp[ky * pairs + q]);
+                for (v = 0; v < NV; v++) {
+                    e[v] = vdpwssd(e[v], vload(base + 2 * q + 2 * VW * v), wv);
+                    o[v] = vdpwssd(o[v], vload(base + 1 + 2 * q + 2 * VW * v), wv);
+                }
+            }
+        }
+        vinterleave(e, o, acc, acc + NV);
+        SFX(store_panels)(&dp->cp, rqo, c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
+    }
+}
+
 TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
                               const int32_t* wp, int64_t pairs, const int64_t* rows,
                               int64_t kh) {
-    int64_t J = dp->cp.map.J, j0, ky, q;
+    int64_t j0, ky, q;
     int v;
-    SFX(rqc_t) c;
-    SFX_RQC_PREPARE(&c, dp->rq, ch);
+    SFX(rqo_t) rqo;
+    SFX(rqch_t) c;
+    SFX_RQO_INIT(&rqo, dp->rq, ch, ch + 1);
+    SFX_RQCH_CHANNEL(&c, &rqo, dp->rq, ch);
     if (dp->sh == 1 && dp->sw == 1) {
-        for (j0 = 0; j0 < J; j0 += 32) {
-            V e[NV], o[NV], acc[2 * NV];
-            for (v = 0; v < NV; v++) e[v] = o[v] = vzero();
-            for (ky = 0; ky < kh; ky++) {
-                const int16_t* base = plane + j0 + rows[ky];
-                for (q = 0; q < pairs; q++) {
-                    V wv = vset1(wp[ky * pairs + q]);
-                    for (v = 0; v < NV; v++) {
-                        e[v] = vdpwssd(e[v], vload(base + 2 * q + 2 * VW * v), wv);
-                        o[v] = vdpwssd(o[v], vload(base + 1 + 2 * q + 2 * VW * v), wv);
-                    }
-                }
-            }
-            vinterleave(e, o, acc, acc + NV);
-            SFX(store_panels)(&dp->cp, &c, 0, j0 / 16, j0 + 16 < J ? 2 : 1, acc);
-        }
+        if (kh == 3 && pairs == 2)
+            SFX(dw_pairs_s1)(dp, &rqo, &c, plane, wp, 2, rows, 3);
+        else if (kh == 5 && pairs == 3)
+            SFX(dw_pairs_s1)(dp, &rqo, &c, plane, wp, 3, rows, 5);
+        else
+            SFX(dw_pairs_s1)(dp, &rqo, &c, plane, wp, pairs, rows, kh);
         return;
     }
     {
@@ -466,15 +535,17 @@ TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int6
                             acc[v] = vdpwssd(acc[v], vload(base + 2 * q + 2 * VW * v), wv);
                     }
                 }
-                SFX(store_panels)(&cp, &c, 0, j0 / 16, 1, acc);
+                SFX(store_panels)(&cp, &rqo, &c, 0, j0 / 16, 1, acc);
             }
         }
     }
 }
 
 #undef CONV_TILE
-#undef SFX_RQC_PREPARE
+#undef SFX_RQO_INIT
+#undef SFX_RQCH_CHANNEL
 #undef CONV_DOT
+#undef CONV_DOT_STEP
 #undef CONV_TILE_X
 #undef CONV_CALL
 #undef CONV_CALL2

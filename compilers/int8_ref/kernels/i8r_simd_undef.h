@@ -27,6 +27,8 @@
 #undef vdpwssd
 #undef vinterleave
 #undef vmulhi31
+#undef vodd
+#undef vinc_gt
 #undef vf_set1
 #undef vf_load
 #undef vf_mul
