@@ -665,6 +665,22 @@ static i8r_conv_dims_t i8r_conv_dims(const i8r_conv_t* c) {
 
 static int64_t i8r_align64(int64_t n) { return (n + 63) / 64 * 64; }
 
+/* Depthwise with the channels in the lanes (i8r_dwcl_block, AVX-512) runs planes whose
+   pairs and output bytes, per block of 16 channels, fit I8R_DWCL_BYTES; the scratch has a
+   part that size for every block whichever path runs (the size is the geometry's alone). */
+#define I8R_DWCL_BYTES (72 * 1024)
+#define I8R_DWCL_MAXW 32
+
+/* + 64: the part is used from its first 64-byte boundary */
+static int64_t i8r_dwcl_block_bytes(const i8r_conv_t* c, const i8r_conv_dims_t* d) {
+    return i8r_align64(d->Hp * d->Wp * 64 + (c->OH * c->OW + 16) * 16) + 64;
+}
+
+static int i8r_dwcl_geometry(const i8r_conv_t* c, const i8r_conv_dims_t* d) {
+    return c->depthwise && d->Mg == 1 && c->dw == 1 && c->kh * ((c->kw + 1) / 2) <= I8R_DW_PAIRS
+           && c->W <= I8R_DWCL_MAXW && i8r_dwcl_block_bytes(c, d) <= I8R_DWCL_BYTES;
+}
+
 /* Scratch layout, in one place for the size and the pointers. */
 typedef struct {
     int64_t x4, cols, koff, colsum, pan, total;
@@ -675,8 +691,12 @@ static i8r_conv_scratch_t i8r_conv_scratch_layout(const i8r_conv_t* c) {
     i8r_conv_scratch_t s;
     int64_t np = (d.cols + 15) / 16, off = 0;
     s.x4 = off;
-    if (c->depthwise)
-        off += i8r_align64(c->C * d.plane * 2);
+    if (c->depthwise) {
+        int64_t planes = i8r_align64(c->C * d.plane * 2);
+        int64_t blocks = i8r_dwcl_geometry(c, &d)
+                             ? (c->C + 15) / 16 * i8r_dwcl_block_bytes(c, &d) : 0;
+        off += planes > blocks ? planes : blocks;
+    }
     else /* the packed input + a column's tap window past the last plane, + one panel */
         off += i8r_align64((d.Cq * d.Hp * d.Wp + 32 + (c->kw - 1) * c->dw) * 4);
     s.cols = off;
@@ -918,6 +938,174 @@ static void i8r_dw_job(void* ctx, int64_t b, int64_t e) {
     }
 }
 
+#if I8R_X86
+/* Depthwise over small planes, channels in the lanes (AVX-512): where a plane is only a few
+   vectors wide, the per-channel costs of the plane path (its padded plane, a partly kept
+   panel per row) outweigh its arithmetic. Here 16 channels are one vector: for each padded
+   input position the channels' x - zp (their rows loaded and transposed) paired with the next
+   column's in the two int16 halves of each lane, so that VPDPWSSD against (w[kx], w[kx + 1])
+   adds two taps per lane, as the plane path does; then per-lane requantization and a 16 x 16
+   byte transpose back to the channels' rows. The same integers as every other path. Each
+   block of 16 channels has its own part of the scratch for the pairs and the output bytes
+   (i8r_dwcl_geometry). */
+#define I8R_TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+static int i8r_dwcl_fits(const i8r_conv_t* c, const i8r_conv_dims_t* d, int isa,
+                         const i8r_requant_t* rq) {
+    return isa == I8R_AVX512VNNI && i8r_dwcl_geometry(c, d) && rq->mode != 2
+           && rq->out_code != 2;
+}
+
+typedef struct {
+    const i8r_conv_t* c;
+    const i8r_conv_dims_t* d;
+    const uint8_t* x; /* the image's input */
+    const int16_t* w; /* [M][taps] w - wzp */
+    const int32_t* bias;
+    const i8r_requant_t* rq;
+    uint8_t* y;       /* the image's output */
+    uint8_t* blocks;  /* the scratch parts, i8r_dwcl_block_bytes apart */
+} i8r_dwcl_job_t;
+
+/* 16 rows of 16 bytes to 16 columns (SSE2 unpacks, four rounds). */
+I8R_TGT512 static inline void i8r_transpose16(__m128i* r) {
+    __m128i t[16];
+    int i;
+    for (i = 0; i < 8; i++) {
+        t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+        t[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        r[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
+        r[i + 4] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
+        r[i + 8] = _mm_unpacklo_epi16(t[8 + 2 * i], t[8 + 2 * i + 1]);
+        r[i + 12] = _mm_unpackhi_epi16(t[8 + 2 * i], t[8 + 2 * i + 1]);
+    }
+    for (i = 0; i < 8; i++) {
+        t[i] = _mm_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[i + 8] = _mm_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        r[i] = _mm_unpacklo_epi64(t[2 * i], t[2 * i + 1]);
+        r[i + 4] = _mm_unpackhi_epi64(t[2 * i], t[2 * i + 1]);
+        r[i + 8] = _mm_unpacklo_epi64(t[8 + 2 * i], t[8 + 2 * i + 1]);
+        r[i + 12] = _mm_unpackhi_epi64(t[8 + 2 * i], t[8 + 2 * i + 1]);
+    }
+    /* row k of the input is now byte k of every r, in the order the rounds leave */
+    for (i = 0; i < 16; i++) t[i] = r[i];
+    {
+        static const int order[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+        for (i = 0; i < 16; i++) r[i] = t[order[i]];
+    }
+}
+
+I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_avx512* o,
+                                      int64_t c0, __m512i* buf) {
+    const i8r_conv_t* c = j->c;
+    const i8r_conv_dims_t* d = j->d;
+    const i8r_requant_t* q = j->rq;
+    int64_t Hp = d->Hp, Wp = d->Wp, HW = c->H * c->W, P = c->OH * c->OW;
+    int64_t n = c->C - c0 < 16 ? c->C - c0 : 16, pairs = (c->kw + 1) / 2;
+    int64_t ky, qq, iy, ix, oy, ox, p0, l, taps = d->taps;
+    __mmask16 km = (__mmask16)((1u << n) - 1);
+    __m512i wv[I8R_DW_PAIRS], zero = _mm512_setzero_si512();
+    __m512i* pr = buf; /* the pairs [Hp][Wp], then the output bytes [P][16] (unaligned) */
+    uint8_t* ob = (uint8_t*)(buf + Hp * Wp);
+    __m512i xzp = _mm512_set1_epi32(c->xzp), bias;
+    i8r_rqch_t_avx512 rc;
+
+    /* the lanes' pair weights, bias and requantization constants */
+    for (ky = 0; ky < c->kh; ky++)
+        for (qq = 0; qq < pairs; qq++) {
+            int32_t tmp[16];
+            for (l = 0; l < 16; l++) {
+                const int16_t* wc = j->w + (c0 + l) * taps + ky * c->kw;
+                uint32_t lo = l < n ? (uint16_t)wc[2 * qq] : 0;
+                uint32_t hi = l < n && 2 * qq + 1 < c->kw ? (uint16_t)wc[2 * qq + 1] : 0;
+                tmp[l] = (int32_t)(lo | hi << 16);
+            }
+            wv[ky * pairs + qq] = _mm512_loadu_si512(tmp);
+        }
+    bias = _mm512_maskz_loadu_epi32(km, j->bias + c0);
+    i8r_rqch_zero_avx512(&rc);
+    if (o->mode == 0) {
+        rc.scale = _mm512_maskz_loadu_ps(km, q->scale + c0);
+    } else {
+        rc.mult = _mm512_maskz_loadu_epi32(km, q->mult + c0);
+        rc.mhi = _mm512_srli_epi64(rc.mult, 32);
+        rc.shift = _mm512_maskz_loadu_epi32(km, q->shift + c0);
+        i8r_rqch_shift_avx512(&rc);
+    }
+
+    /* pairs: lane c of position (iy, ix) holds x - zp of columns ix and ix + 1 (0 outside
+       the input), int16 each. Each input row of the 16 channels is loaded 16 columns at a
+       time (masked: no byte past the row is read) and transposed to one vector per column. */
+    for (iy = 0; iy < Hp; iy++) {
+        int64_t yi = iy - c->pt, k;
+        __m512i prev = zero, g_row[I8R_DWCL_MAXW];
+        int live = yi >= 0 && yi < c->H;
+        for (k = 0; live && k < c->W; k += 16) {
+            __m128i rows[16];
+            int64_t cols = c->W - k < 16 ? c->W - k : 16;
+            __mmask16 cm = (__mmask16)((1u << cols) - 1);
+            for (l = 0; l < 16; l++)
+                rows[l] = l < n ? _mm_maskz_loadu_epi8(cm, j->x + (c0 + l) * HW + yi * c->W + k)
+                                : _mm_setzero_si128();
+            i8r_transpose16(rows);
+            for (l = 0; l < cols; l++) {
+                __m512i g = c->x_signed ? _mm512_cvtepi8_epi32(rows[l])
+                                        : _mm512_cvtepu8_epi32(rows[l]);
+                g_row[k + l] = _mm512_maskz_sub_epi32(km, g, xzp);
+            }
+        }
+        for (ix = 0; ix <= Wp; ix++) {
+            int64_t xi = ix - c->pl;
+            __m512i g = live && ix < Wp && xi >= 0 && xi < c->W ? g_row[xi] : zero;
+            if (ix > 0)
+                _mm512_storeu_si512(pr + iy * Wp + ix - 1,
+                                    _mm512_mask_blend_epi16(0xAAAAAAAA, prev,
+                                                            _mm512_slli_epi32(g, 16)));
+            prev = g;
+        }
+    }
+
+    /* every output position: the taps, requantization, 16 bytes */
+    for (oy = 0; oy < c->OH; oy++)
+        for (ox = 0; ox < c->OW; ox++) {
+            __m512i acc = bias, r;
+            for (ky = 0; ky < c->kh; ky++) {
+                const __m512i* row = pr + (oy * c->sh + ky * c->dh) * Wp + ox * c->sw;
+                for (qq = 0; qq < pairs; qq++)
+                    acc = i8r_dpwssd_avx512(acc, _mm512_loadu_si512(row + 2 * qq),
+                                            wv[ky * pairs + qq]);
+            }
+            r = i8r_rq_apply_avx512(o, &rc, acc);
+            _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox)), _mm512_cvtepi32_epi8(r));
+        }
+
+    /* back to the channels' rows, 16 positions at a time */
+    for (p0 = 0; p0 < P; p0 += 16) {
+        __m128i rows[16];
+        __mmask16 keep = P - p0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (P - p0)) - 1);
+        for (l = 0; l < 16; l++) rows[l] = _mm_loadu_si128((const __m128i*)(ob + 16 * (p0 + l)));
+        i8r_transpose16(rows);
+        for (l = 0; l < n; l++) _mm_mask_storeu_epi8(j->y + (c0 + l) * P + p0, keep, rows[l]);
+    }
+}
+
+static void i8r_dwcl_job(void* ctx, int64_t b, int64_t e) {
+    const i8r_dwcl_job_t* j = (const i8r_dwcl_job_t*)ctx;
+    i8r_rqo_t_avx512 o;
+    int64_t cb;
+    i8r_rqo_init_avx512(&o, j->rq, 0, j->c->C);
+    /* the part of the part's first block (parts are disjoint), reused while it is in the
+       cache */
+    uint8_t* part = j->blocks + b * i8r_dwcl_block_bytes(j->c, j->d);
+    __m512i* buf = (__m512i*)(part + (64 - (uintptr_t)part % 64) % 64);
+    for (cb = b; cb < e; cb++) i8r_dwcl_block(j, &o, 16 * cb, buf);
+}
+#endif
+
 /* Conv over an 8-bit input. `w`: packed s8 [G][Mb][Kq][16][4], or for depthwise int16
    [M][taps] (w - wzp); `bias`, `zb`: [M] folded (depthwise: the plain bias, zb unused). */
 static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const int32_t* bias,
@@ -941,6 +1129,17 @@ static void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const
     cp.map.plane = P;
     if (c->N * c->M * P * d.K < I8R_POOL_MIN_MACS) pool = NULL;
 
+#if I8R_X86
+    if (i8r_dwcl_fits(c, &d, isa, rq)) {
+        i8r_dwcl_job_t job = {c, &d, NULL, (const int16_t*)w, bias, rq, NULL, scratch + sl.x4};
+        for (n = 0; n < c->N; n++) {
+            job.x = x + n * c->C * HW;
+            job.y = y + n * c->M * P;
+            i8r_pool_run(pool, i8r_dwcl_job, &job, (c->C + 15) / 16);
+        }
+        return;
+    }
+#endif
     if (c->depthwise) {
         i8r_dwplan_t dp;
         i8r_dw_job_t job;
