@@ -169,8 +169,9 @@ typedef int SFX(rqch_t);
 #endif
 
 /* The final accumulators of `count` consecutive panels (from panel p) of group channel `ml`,
-   with the op's and the channel's requantization constants (SFX_RQO_INIT, SFX_RQCH_CHANNEL):
-   add the folded bias, subtract the column-sum term, requantize, store. A dense map (every
+   which started from the (folded) bias, with the op's and the channel's requantization
+   constants (SFX_RQO_INIT, SFX_RQCH_CHANNEL): subtract the column-sum term, requantize,
+   store. A dense map (every
    column kept, in order) stores each panel whole, the last one masked; others go through the
    panel table. Everything the loop reads is copied to locals first: a byte store may alias
    anything, so the compiler would otherwise reload the plan after each one. */
@@ -184,13 +185,12 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
     int64_t ch = cp->ch0 + ml, t;
     int esz = cp->esz;
     uint8_t* ych = cp->y + ml * map.plane * esz;
-    V add = vset1(cp->bias[ch]), zb = colsum ? vset1(cp->zb[ch]) : vzero();
+    V zb = colsum ? vset1(cp->zb[ch]) : vzero();
     int v;
     (void)o, (void)c;
-    for (t = 0; t < count * NV; t++) {
-        acc[t] = vadd(acc[t], add);
-        if (colsum) acc[t] = vsub(acc[t], vmullo(zb, vload(colsum + 16 * p + VW * t)));
-    }
+    if (colsum)
+        for (t = 0; t < count * NV; t++)
+            acc[t] = vsub(acc[t], vmullo(zb, vload(colsum + 16 * p + VW * t)));
 #if VEC_REQUANT
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
@@ -232,14 +232,14 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
             V wv = vset1(i8r_ld32(w + 64 * (kg) + 4 * r));                                  \
             for (t = 0; t < T * NV; t++)                                                    \
                 acc[r * T * NV + t] =                                                       \
-                    vdpbusd(FIRST ? vzero() : acc[r * T * NV + t], bv[t], wv);              \
+                    vdpbusd(FIRST ? bias[r] : acc[r * T * NV + t], bv[t], wv);              \
         }                                                                                   \
     } while (0)
-/* The first k group starts the sums (Kq >= 1): zeroing them in a loop of its own lets GCC
-   turn it into a memset of `out`. */
+/* The first k group starts the sums from the channels' biases (Kq >= 1): zeroing them in a
+   loop of its own lets GCC turn it into a memset of `out`. */
 #define CONV_DOT(R, T)                                                                      \
     TGT static inline __attribute__((always_inline)) void SFX(conv_dot_##R##x##T)(          \
-        const i8r_cplan_t* cp, const int8_t* w, int64_t p, V* out) {                        \
+        const i8r_cplan_t* cp, const int8_t* w, const V* bias, int64_t p, V* out) {         \
         V acc[R * T * NV];                                                                  \
         const uint8_t* b = cp->b + 64 * p;                                                  \
         int r, t;                                                                           \
@@ -253,9 +253,11 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
     TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const SFX(rqo_t) * o,   \
                                              const int8_t* w, int64_t ml0, int64_t m0,      \
                                              int64_t p) {                                   \
-        V acc[R * T * NV];                                                                  \
+        V acc[R * T * NV], bias[R];                                                         \
         int r;                                                                              \
-        SFX(conv_dot_##R##x##T)(cp, w + 4 * m0, p, acc);                                   \
+        for (r = 0; r < R; r++) /* channels past the group's: 0 (their sums are dropped) */ \
+            bias[r] = ml0 + r < cp->Mg ? vset1(cp->bias[cp->ch0 + ml0 + r]) : vzero();      \
+        SFX(conv_dot_##R##x##T)(cp, w + 4 * m0, bias, p, acc);                             \
         int64_t panels = (cp->map.J + 15) / 16 - p;                                          \
         if (panels > T) panels = T;                                                         \
         for (r = 0; r < R && ml0 + r < cp->Mg; r++) {                                       \
@@ -429,7 +431,7 @@ TGT static void SFX(dw_flat)(const i8r_dwplan_t* dp, const int16_t* plane, int64
     SFX_RQCH_CHANNEL(&c, &rqo, dp->rq, ch);
     for (j0 = 0; j0 < J; j0 += 32) {
         V acc[2 * NV];
-        for (v = 0; v < 2 * NV; v++) acc[v] = vzero();
+        for (v = 0; v < 2 * NV; v++) acc[v] = vset1(dp->bias[ch]);
         for (t = 0; t < taps; t++) {
             V wv = vset1((int32_t)(uint16_t)w[t]);
             const int16_t* src = plane + j0 + off[t];
@@ -457,7 +459,7 @@ TGT static void SFX(dw_stride2)(const i8r_dwplan_t* dp, const int16_t* plane, in
         cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
         for (j0 = 0; j0 < dp->OW; j0 += 16) {
             V acc[NV];
-            for (v = 0; v < NV; v++) acc[v] = vzero();
+            for (v = 0; v < NV; v++) acc[v] = vset1(dp->bias[ch]);
             for (t = 0; t < taps; t++) {
                 V wv = vset1((int32_t)(uint16_t)w[t]);
                 const int16_t* src = row + 2 * j0 + off[t];
@@ -484,7 +486,8 @@ TGT static inline __attribute__((always_inline)) void SFX(dw_pairs_s1)(
     int v;
     for (j0 = 0; j0 < J; j0 += 32) {
         V e[NV], o[NV], acc[2 * NV];
-        for (v = 0; v < NV; v++) e[v] = o[v] = vzero();
+        /* both start from the bias: each lane becomes one output */
+        for (v = 0; v < NV; v++) e[v] = o[v] = vset1(dp->bias[dp->cp.ch0]);
         for (ky = 0; ky < kh; ky++) {
             const int16_t* base = plane + j0 + rows[ky];
             for (q = 0; q < pairs; q++) {
@@ -526,7 +529,7 @@ TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int6
             cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
             for (j0 = 0; j0 < dp->OW; j0 += 16) {
                 V acc[NV];
-                for (v = 0; v < NV; v++) acc[v] = vzero();
+                for (v = 0; v < NV; v++) acc[v] = vset1(dp->bias[ch]);
                 for (ky = 0; ky < kh; ky++) {
                     const int16_t* base = row + rows[ky] + 2 * j0;
                     for (q = 0; q < pairs; q++) {
