@@ -56,7 +56,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 BATCHES = (1, 64)
 BAR = 1.5
 BAR_MODELS = ("cnn-8m", "resnet18", "mobilenet_v2")
-STAND_IN = "(mean as GlobalAveragePool)"
 
 
 @dataclass(frozen=True)
@@ -169,39 +168,8 @@ def with_batch(path: Path, batch: int, out: Path) -> Path:
     return out
 
 
-def mean_as_global_pool(path: Path, out: Path) -> Path:
-    """The QDQ model with each spatial ReduceMean (axes H and W, keepdims) written as the
-    equivalent GlobalAveragePool, quantized with the parameters of the QuantizeLinear that
-    follows the Reshape after it (the same values ONNX Runtime produces there): a stand-in
-    while int8-ref has no ReduceMean. Every engine runs this same graph."""
-    from onnx import helper as h
-
-    model = onnx.load(str(path))
-    nodes = list(model.graph.node)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in nodes:
-        axes = inits.get(node.input[1]) if node.op_type == "ReduceMean" and len(node.input) > 1 else None
-        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
-            continue
-        reshape = next(n for n in nodes if n.op_type == "Reshape" and n.input[0] == node.output[0])
-        q = next(n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == reshape.output[0])
-        mean = node.output[0]
-        node.op_type = "GlobalAveragePool"
-        del node.attribute[:]
-        del node.input[1:]
-        node.output[0] = mean + "_float"
-        at = list(model.graph.node).index(node) + 1
-        model.graph.node.insert(at, h.make_node("QuantizeLinear", [mean + "_float", *q.input[1:]],
-                                                [mean + "_q"], name=mean + "_q"))
-        model.graph.node.insert(at + 1, h.make_node("DequantizeLinear", [mean + "_q", *q.input[1:]],
-                                                    [mean], name=mean + "_dq"))
-    onnx.save(model, str(out))
-    return out
-
-
-def suite(name: str, workdir: Path, stand_in: bool = False) -> Callable[[int], Network] | None:
-    """A real-model suite network (tests/real_models), or None when the suite is absent;
-    `stand_in`: with its spatial means as GlobalAveragePool (mean_as_global_pool)."""
+def suite(name: str, workdir: Path) -> Callable[[int], Network] | None:
+    """A real-model suite network (tests/real_models), or None when the suite is absent."""
     tests = REPOSITORY / "tests"
     if not (tests / "real_models" / "__init__.py").exists():
         return None
@@ -210,15 +178,12 @@ def suite(name: str, workdir: Path, stand_in: bool = False) -> Callable[[int], N
 
     built = real_models.build(name, "uint8")
     sample = built.test_inputs[:1]
-    label = f"{name} {STAND_IN}" if stand_in else name
-    qdq = mean_as_global_pool(built.qdq_path, workdir / f"{name}.gap.qdq.onnx") if stand_in \
-        else built.qdq_path
 
     def at(batch: int) -> Network:
         fp32 = with_batch(built.float_path, batch, workdir / f"{name}-{batch}.onnx")
-        q = with_batch(qdq, batch, workdir / f"{label}-{batch}.qdq.onnx")
+        q = with_batch(built.qdq_path, batch, workdir / f"{name}-{batch}.qdq.onnx")
         feed = {real_models.INPUT: np.repeat(sample, batch, axis=0)}
-        return Network(label, batch, fp32, q, feed)
+        return Network(name, batch, fp32, q, feed)
 
     return at
 
@@ -383,11 +348,10 @@ def network_table(results: Results, refusals: dict[str, dict[str, str]]) -> str:
 
 
 def bar_lines(results: Results) -> tuple[list[str], bool]:
-    """The bar per network: its own row, else its stand-in's (named as such)."""
+    """The bar per network (int8-ref refusing it: not met)."""
     lines, met = [], True
     for model in BAR_MODELS:
-        row = next((name for name in (model, f"{model} {STAND_IN}") if name in results
-                    and "int8-ref (ort)" in results[name]), None)
+        row = model if "int8-ref (ort)" in results.get(model, {}) else None
         if row is None:
             lines.append(f"- {model}: not measured")
             met = False
@@ -432,11 +396,6 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             refused = refusals.setdefault(name, {})
             results[name] = measure_network(build, work, args.budget, args.repeat, {}, refused)
-            if refused and not synthetic_net:  # measure every engine on the stand-in too
-                label = f"{name} {STAND_IN}"
-                results[label] = measure_network(suite(name, work, stand_in=True), work,
-                                                 args.budget, args.repeat, {},
-                                                 refusals.setdefault(label, {}))
             print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         gops = measure_gemm(args.gemm, work, args.budget, args.repeat, {}) if args.gemm else {}
     load_after = os.getloadavg()[0]
