@@ -1,4 +1,5 @@
-"""Assemble one bundle per (model commit, target): DESIGN §6's directory, signed as a whole.
+"""Assemble one bundle per (model commit, target): the directory of docs/architecture.md, "The
+bundle", signed as a whole.
 
 A bundle is built in a staging folder, every file fsynced, signed, then moved into place with
 one rename: a reader finds a complete signed bundle or none, never a half-written one.
@@ -6,11 +7,13 @@ one rename: a reader finds a complete signed bundle or none, never a half-writte
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.provenance import SourceRevision, provenance_statement
 from tapeout.artifacts.signing import Signer, sign_bundle
 from tapeout.compilers.interface import CompiledArtifact
+
+STAGING = ".staging"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class BundleContents:
     benchmark: Mapping[str, object]
     config_text: str
     resolved_config: Mapping[str, object]
+    config_digest: str  # the per-target digest the version is tagged with
     source: SourceRevision
     invocation_id: str
     started_on: str
@@ -58,26 +64,49 @@ class Bundle:
 def build_bundle(contents: BundleContents, bundles_root: Path, private_key: Path | Signer) -> Bundle:
     """Write, sign and publish the bundle under `bundles_root/<model>-<target>/<digest>`;
     `private_key` is a key path (the `key` method) or any signer of artifacts.signing."""
-    staging = bundles_root / ".staging" / uuid.uuid4().hex
-    staging.mkdir(parents=True)
+    with staging_folder(bundles_root) as staging:
+        try:
+            _write_contents(contents, staging)
+            _fsync_tree(staging)
+            sign_bundle(staging, private_key)
+            _fsync_tree(staging)
+            digest = bundle_digest(staging)
+            final = bundles_root / f"{contents.model_name}-{contents.target}" / digest[:16]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                # The same bytes were built before (a rerun): keep the published copy.
+                shutil.rmtree(staging)
+            else:
+                os.rename(staging, final)
+                _fsync_directory(final.parent)
+            return Bundle(final, digest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def staging_folder(bundles_root: Path) -> Iterator[Path]:
+    """A new folder under `bundles_root/.staging/`, locked (flock on the folder) for as long
+    as the context lasts: `tapeout gc` removes only staging folders nobody holds — those of a
+    process that was killed — since the kernel drops a dead process's locks."""
+    root = bundles_root / STAGING
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / uuid.uuid4().hex
+        path.mkdir()
+        descriptor = os.open(path, os.O_RDONLY)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # collected between mkdir and flock: take another
     try:
-        _write_contents(contents, staging)
-        _fsync_tree(staging)
-        sign_bundle(staging, private_key)
-        _fsync_tree(staging)
-        digest = bundle_digest(staging)
-        final = bundles_root / f"{contents.model_name}-{contents.target}" / digest[:16]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            # The same bytes were built before (a rerun): keep the published copy.
-            shutil.rmtree(staging)
-        else:
-            os.rename(staging, final)
-            _fsync_directory(final.parent)
-        return Bundle(final, digest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        yield path
+    finally:
+        os.close(descriptor)
 
 
 def _write_contents(contents: BundleContents, root: Path) -> None:
@@ -159,6 +188,7 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
         source=contents.source,
         resolved_config=contents.resolved_config,
         target=contents.target,
+        config_digest=contents.config_digest,
         invocation_id=contents.invocation_id,
         started_on=contents.started_on,
         finished_on=contents.finished_on,

@@ -16,6 +16,14 @@ RECORD_FILE = "compiler.json"
 
 
 def write_record(artifact: CompiledArtifact, target_firmware: str) -> Path:
+    """Write `compiler.json` beside the artifact's files. The newest firmware that can run
+    the artifact is the compiler's declared upper bound (its capabilities' `firmware_range`:
+    exact for OpenVINO, whose blob imports only into the release that exported it; none for
+    most), recorded here so that promotion checks the deployed revision against the signed
+    range rather than against the plugin installed where it runs."""
+    from tapeout.compilers.registry import load_compiler
+
+    maximum = load_compiler(artifact.compiler).capabilities().firmware_range[1]
     record = {
         "compiler": artifact.compiler,
         "compiler_version": artifact.compiler_version,
@@ -25,6 +33,7 @@ def write_record(artifact: CompiledArtifact, target_firmware: str) -> Path:
         "target": artifact.target,
         "firmware_revision": target_firmware,
         "minimum_firmware_revision": artifact.minimum_firmware_revision,
+        "maximum_firmware_revision": maximum,
         "inputs": [_spec_json(spec) for spec in artifact.inputs],
         "outputs": [_spec_json(spec) for spec in artifact.outputs],
         "report": dict(artifact.report),
@@ -68,6 +77,29 @@ def read_record(directory: Path) -> tuple[CompiledArtifact, dict[str, object]]:
         if not resolved.is_relative_to(directory.resolve()) or not resolved.is_file():
             raise InvalidInput(f"{path}: artifact file {name!r} is missing or outside {directory}")
     return artifact, record
+
+
+def file_digests(directory: Path, names: object) -> dict[str, str]:
+    """sha256 of each file a record's `files` names, by name; a name that is missing is left
+    out (the signature check names it), one that leads outside `directory` is refused.
+
+    Raises:
+        InvalidInput: `names` is not a list of strings, or one leads outside `directory`.
+    """
+    from tapeout.artifacts.digest import file_digest
+
+    path = directory / RECORD_FILE
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise InvalidInput(f"{path}: files: expected a list of paths, found {names!r}")
+    root = directory.resolve()
+    digests = {}
+    for name in names:
+        resolved = (directory / name).resolve()
+        if not resolved.is_relative_to(root):
+            raise InvalidInput(f"{path}: files: {name!r} leads outside {directory}; refusing to read it")
+        if resolved.is_file():
+            digests[name] = file_digest(resolved)
+    return digests
 
 
 def _spec_json(spec: TensorSpec) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The trust policy: who may sign what (DESIGN §6).
+"""The trust policy: who may sign what (docs/trust.md).
 
 A YAML file lists, per registered model (`<model>-<target>`, shell-style patterns), the signers
 whose signatures `verify`, `trace`, `promote`, `rollback` and `pull` accept:
@@ -26,25 +26,16 @@ Without a policy file the default policy trusts one key — the home's `keys/sig
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tapeout.artifacts.signing import (
-    PUBLIC_KEY_FILE,
-    Verification,
-    VerificationFailed,
-    key_hint,
-    read_signature,
-    signer_identity,
-    verify_bundle,
-    verify_certificate,
-    verify_keyless,
-)
+from tapeout.artifacts.documents import read_json_object
+from tapeout.artifacts.keys import PUBLIC_KEY_FILE
+from tapeout.artifacts.signature import Verification, read_signature
 from tapeout.compilers.errors import InvalidInput
 
 POLICY_FILE = "trust-policy.yaml"
@@ -58,6 +49,15 @@ class CertificateRule(_Strict):
     roots: list[str] = Field(min_length=1)
     subjects: list[str] = Field(default_factory=list)
     sans: list[str] = Field(default_factory=list)
+
+    @field_validator("subjects")
+    @classmethod
+    def _names(cls, subjects: list[str]) -> list[str]:
+        from tapeout.artifacts.certificates import parse_name
+
+        for subject in subjects:
+            parse_name(subject)  # ValueError names the subject
+        return subjects
 
     @model_validator(mode="after")
     def _pinned(self) -> "CertificateRule":
@@ -107,6 +107,10 @@ class TrustPolicy:
             if rule.match == "*" or (model is not None and fnmatch.fnmatchcase(model, rule.match))
         ]
 
+    def keys_for(self, model: str | None) -> list[Path]:
+        """The EC public keys the policy admits for `model`."""
+        return [self._path(key) for rule in self.rules_for(model) for key in rule.keys]
+
     def _path(self, text: str) -> Path:
         return (self.base / text).resolve()
 
@@ -120,48 +124,9 @@ class TrustPolicy:
             InvalidInput: a key, certificate or trust config the policy names is unreadable.
         """
         model = model or bundle_model_name(bundle)
-        info = read_signature(bundle)
-        rules = self.rules_for(model)
         who = f"for {model}" if model else "for this bundle"
-        if info.method == "key":
-            keys = [self._path(key) for rule in rules for key in rule.keys]
-            for key in keys:
-                if key_hint(key) == info.key_hint:
-                    return verify_bundle(bundle, key)
-            allowed = [signer_identity(key) for key in keys]
-            raise VerificationFailed(
-                bundle,
-                [f"signer outside the policy: signed by an EC key with hint {info.key_hint}; "
-                 f"the policy ({self.source}) allows {who}: {allowed or 'no keys'}"],
-            )
-        if info.method == "certificate":
-            certificate_rules = [rule.certificates for rule in rules if rule.certificates]
-            for rule in certificate_rules:
-                if _subject_in(info.subject, rule.subjects) or set(info.sans) & set(rule.sans):
-                    return verify_certificate(
-                        bundle, [self._path(root) for root in rule.roots], subjects=rule.subjects, sans=rule.sans
-                    )
-            allowed = [{"subjects": rule.subjects, "sans": rule.sans} for rule in certificate_rules]
-            raise VerificationFailed(
-                bundle,
-                [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-                 f"{who}: {allowed or 'no certificate signers'}"],
-            )
-        keyless_rules = [rule.sigstore for rule in rules if rule.sigstore]
-        for rule in keyless_rules:
-            for allowed_identity in rule.identities:
-                if allowed_identity.identity in info.sans and allowed_identity.issuer == info.issuer:
-                    return verify_keyless(
-                        bundle,
-                        identity=allowed_identity.identity,
-                        issuer=allowed_identity.issuer,
-                        trust_config=self._path(rule.trust_config) if rule.trust_config else None,
-                    )
-        allowed = [f"{i.identity} ({i.issuer})" for rule in keyless_rules for i in rule.identities]
-        raise VerificationFailed(
-            bundle,
-            [f"signer outside the policy: {info.describe()}; the policy ({self.source}) allows "
-             f"{who}: {allowed or 'no keyless identities'}"],
+        return read_signature(bundle).verify(
+            bundle, self.rules_for(model), self._path, f"the policy ({self.source}) allows {who}"
         )
 
 
@@ -201,15 +166,8 @@ def policy_for(home: Path, policy: Path | None = None, public_key: Path | None =
 def bundle_model_name(bundle: Path) -> str | None:
     """`<model>-<target>` from the bundle's provenance (its external parameters), if readable."""
     try:
-        provenance = json.loads((bundle / "provenance.json").read_text())
+        provenance = read_json_object(bundle / "provenance.json")
         parameters = provenance["predicate"]["buildDefinition"]["externalParameters"]
         return f"{parameters['pipeline']['model']['name']}-{parameters['target']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InvalidInput, KeyError, TypeError):
         return None
-
-
-def _subject_in(subject: str | None, pinned: list[str]) -> bool:
-    def normal(text: str) -> str:
-        return ",".join(part.strip() for part in text.split(","))
-
-    return subject is not None and normal(subject) in {normal(item) for item in pinned}

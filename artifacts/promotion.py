@@ -2,29 +2,32 @@
 
 A promotion moves an alias (normally `production`) to a version only when every check holds:
 the version's `gate_verdict` tag is `pass`; its bundle, downloaded afresh, verifies against
-the trust policy; the bundle's digest equals the version's `bundle_digest` tag; the signed
-gates report says `pass`; and the deployed firmware revision (the one the bundle was built
-for, or `--firmware`) is at least the artifact's minimum. Any failure refuses: the alias is
-left alone and a `refuse` audit record says why. A rollback moves the alias back to the
-version promoted before the current one, after the same checks.
+the trust policy; the bundle is the one the version claims (its digest equals the version's
+`bundle_digest` tag, and its signed provenance names this registered model, commit and
+config digest); the signed gates report says `pass`; the deployed firmware revision
+(`--firmware`) is within the artifact's signed range; and the model's audit log is whole
+(every record, its anchored head, and every alias where the log says). Any failure refuses:
+the alias is left alone and a `refuse` audit record says why. A rollback moves the alias
+back to the version promoted before the current one, after the same checks.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tapeout.artifacts import audit
+from tapeout.artifacts import audit, identity
 from tapeout.artifacts.digest import bundle_digest
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry, RegistryUnavailable, ReferenceNotFound
-from tapeout.artifacts.signing import VerificationFailed
+from tapeout.artifacts.signature import VerificationFailed
 from tapeout.compilers.errors import InvalidInput, TapeoutError
-from tapeout.compilers.versions import at_least, parse_version
+from tapeout.compilers.versions import parse_version
 
 PRODUCTION_ALIAS = "production"
 
@@ -106,10 +109,7 @@ def check_version(
             verification = "failed: " + "; ".join(failure.reasons)
             checks.append(Check("signature", False, "; ".join(failure.reasons)))
         digest = bundle_digest(bundle)
-        expected = version.tags.get("bundle_digest")
-        checks.append(
-            Check("bundle digest", digest == expected, f"bundle hashes to {digest}, version tag says {expected}")
-        )
+        checks.append(_served_as_check(bundle, version, digest))
         checks.append(_gates_check(bundle))
         checks.append(_firmware_check(bundle, firmware))
     return Checked(version, tuple(checks), signer, verification, digest)
@@ -124,11 +124,14 @@ def promote(
     firmware: str | None = None,
     reason: str = "",
     actor: str = "",
+    anchor: audit.Anchor = audit.Anchor(),
 ) -> Outcome:
-    """Move `alias` to the version `reference` names, after every check.
+    """Move `alias` to the version `reference` names, after every check; `anchor` signs
+    the audit head and says which keys a head may be signed by.
 
     Raises:
-        PromotionRefused: a check failed (all failures named); a `refuse` record is written.
+        PromotionRefused: a check failed, or the model's audit log is not whole (all
+            failures named); a `refuse` record is written.
         InvalidInput / ReferenceNotFound: the reference or firmware revision is malformed or
             names nothing.
         RegistryUnavailable: the alias or the audit record could not be written (the alias
@@ -136,13 +139,14 @@ def promote(
     """
     _check_alias(alias)
     version = registry.resolve(reference)
+    history = audit.read_history(registry, version.name, anchor=anchor)
     current = _alias_version(registry, version.name, alias)
     checked = check_version(registry, version, policy, firmware)
-    if not checked.passed:
-        _refuse(registry, "promote", version.name, alias, current, checked, reason, actor)
+    if not checked.passed or not history.chain_ok:
+        _refuse(registry, "promote", version.name, alias, current, checked, reason, actor, anchor, list(history.problems))
     if current == version.version:
         return Outcome(version.name, alias, current, version.version, checked, None)
-    record = _move_alias(registry, "promote", version.name, alias, current, checked, reason, actor)
+    record = _move_alias(registry, "promote", version.name, alias, current, checked, reason, actor, anchor)
     return Outcome(version.name, alias, current, version.version, checked, record)
 
 
@@ -154,6 +158,7 @@ def rollback(
     *,
     reason: str = "",
     actor: str = "",
+    anchor: audit.Anchor = audit.Anchor(),
 ) -> Outcome:
     """Move `alias` of registered model `name` back to the version promoted before the
     current one, as the audit records tell (a promotion pushes, a rollback pops).
@@ -165,7 +170,7 @@ def rollback(
     _check_alias(alias)
     if "@" in name:
         raise InvalidInput(f"rollback takes MODEL-TARGET without a version, found {name!r}")
-    history = audit.read_history(registry, name, alias)
+    history = audit.read_history(registry, name, alias, anchor)
     stack = history.alias_stack()
     current = _alias_version(registry, name, alias)
     problems = []
@@ -187,7 +192,7 @@ def rollback(
             when=audit.now(), reason=reason, outcome="rollback refused: " + "; ".join(problems),
             verification="not checked", signer="", bundle_digest="",
         )
-        raise PromotionRefused("rollback", name, alias, problems + _append_refusal(registry, refusal))
+        raise PromotionRefused("rollback", name, alias, problems + _append_refusal(registry, refusal, current, anchor))
     try:
         target = registry.get_version(name, stack[-2])
     except Exception as error:  # deleted from the registry since it was promoted
@@ -196,24 +201,33 @@ def rollback(
         ) from None
     checked = check_version(registry, target, policy)
     if not checked.passed:
-        _refuse(registry, "rollback", name, alias, current, checked, reason, actor)
-    record = _move_alias(registry, "rollback", name, alias, current, checked, reason, actor)
+        _refuse(registry, "rollback", name, alias, current, checked, reason, actor, anchor)
+    record = _move_alias(registry, "rollback", name, alias, current, checked, reason, actor, anchor)
     return Outcome(name, alias, current, target.version, checked, record)
 
 
-def pull(registry: Registry, reference: str, policy: TrustPolicy, output: Path) -> tuple[RegisteredVersion, Path, str]:
+def pull(
+    registry: Registry, reference: str, policy: TrustPolicy, output: Path, anchor: audit.Anchor = audit.Anchor()
+) -> tuple[RegisteredVersion, Path, str]:
     """Download, verify, then move the bundle into `output` (new or empty folder): nothing is
-    written to `output` unless the whole bundle verified. Returns (version, output, signer).
+    written to `output` unless the whole bundle verified and the model's audit log is whole.
+    What is written is regular files (mode 0644, or 0755 when the store had any execute bit)
+    and the folders holding them (0755): no set-user/group-id or world-writable bits, no
+    empty folders, whatever the store held. Returns (version, output, signer).
 
     Raises:
         VerificationFailed: the bundle does not verify, holds a symlink or a path outside
-            itself, or its digest differs from the version's tag.
+            itself, is not the bundle the version was signed as, or the audit log of the
+            model is broken (each named).
         InvalidInput: `output` exists and is not an empty folder.
     """
     output = output.resolve()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise InvalidInput(f"{output}: exists and is not an empty folder; pull will not overwrite anything")
     version = registry.resolve(reference)
+    history = audit.read_history(registry, version.name, anchor=anchor)
+    if not history.chain_ok:
+        raise VerificationFailed(Path(reference), ["the audit log is not whole: " + "; ".join(history.problems)])
     output.parent.mkdir(parents=True, exist_ok=True)
     # The staging folder is beside `output`, so the final move is one rename on one filesystem.
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-pull-", dir=output.parent))
@@ -221,17 +235,29 @@ def pull(registry: Registry, reference: str, policy: TrustPolicy, output: Path) 
         bundle = registry.download_bundle(version, staging)
         _refuse_escapes(bundle)
         result = policy.verify(bundle, version.name)
-        digest = bundle_digest(bundle)
-        if digest != version.tags.get("bundle_digest"):
-            raise VerificationFailed(
-                bundle, [f"bundle hashes to {digest}, version tag bundle_digest says {version.tags.get('bundle_digest')}"]
-            )
+        check_served_as(bundle, version)
+        _normalise_modes(bundle)
         if output.exists():
             output.rmdir()
         os.rename(bundle, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version, output, result.signer
+
+
+def check_served_as(bundle: Path, version: RegisteredVersion) -> None:
+    """Refuse a bundle that is not the one `version` says it is (see artifacts.identity).
+
+    Raises:
+        VerificationFailed: a field differs (each named with both values), or the signed
+            documents naming it are unreadable.
+    """
+    try:
+        found = identity.mismatches(bundle, version)
+    except InvalidInput as error:
+        raise VerificationFailed(bundle, [str(error)]) from None
+    if found:
+        raise VerificationFailed(bundle, [identity.describe(version, found)])
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -251,40 +277,41 @@ def _alias_version(registry: Registry, name: str, alias: str) -> str | None:
         return None
 
 
-def _refuse(registry, action, name, alias, current, checked: Checked, reason, actor) -> None:
-    outcome = f"{action} refused: " + "; ".join(checked.failures)
+def _refuse(registry, action, name, alias, current, checked: Checked, reason, actor, anchor, problems=()) -> None:
+    failures = [f"audit log: {problem}" for problem in problems] + checked.failures
+    outcome = f"{action} refused: " + "; ".join(failures)
     record = _record("refuse", name, alias, current, checked, reason, actor, outcome)
-    note = _append_refusal(registry, record)
-    raise PromotionRefused(action, f"{name}@{checked.version.version}", alias, checked.failures + note)
+    note = _append_refusal(registry, record, current, anchor)
+    raise PromotionRefused(action, f"{name}@{checked.version.version}", alias, failures + note)
 
 
-def _append_refusal(registry: Registry, record: audit.AuditRecord) -> list[str]:
+def _append_refusal(registry: Registry, record: audit.AuditRecord, current: str | None, anchor: audit.Anchor) -> list[str]:
     """Record a refusal; a refusal that cannot be recorded is still a refusal (and says so)."""
     try:
-        audit.append(registry, record)
+        audit.append(registry, record, current or "", anchor)
     except TapeoutError as error:
         return [f"(the refusal could not be recorded: {error})"]
     return []
 
 
-def _move_alias(registry, action, name, alias, current, checked: Checked, reason, actor) -> audit.AuditRecord:
-    client = registry._client
+def _move_alias(registry, action, name, alias, current, checked: Checked, reason, actor, anchor) -> audit.AuditRecord:
     target = checked.version.version
     try:
-        client.set_registered_model_alias(name, alias, target)
+        registry.set_alias(name, alias, target)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot point {name}@{alias} at version {target} "
             f"({type(error).__name__}: {error}); alias unchanged"
         ) from error
     try:
-        return audit.append(registry, _record(action, name, alias, current, checked, reason, actor, "done"))
+        record = _record(action, name, alias, current, checked, reason, actor, "done")
+        return audit.append(registry, record, target, anchor)
     except BaseException:
         # No change without its record: put the alias back where it was.
         if current is None:
-            client.delete_registered_model_alias(name, alias)
+            registry.delete_alias(name, alias)
         else:
-            client.set_registered_model_alias(name, alias, current)
+            registry.set_alias(name, alias, current)
         raise
 
 
@@ -308,32 +335,70 @@ def _record(action, name, alias, current, checked: Checked, reason, actor, outco
 
 def _gates_check(bundle: Path) -> Check:
     try:
-        gates = json.loads((bundle / "reports" / "gates.json").read_text())
-        verdict = gates.get("verdict")
-    except (OSError, ValueError, AttributeError) as error:
-        return Check("gates report", False, f"reports/gates.json unreadable ({type(error).__name__})")
+        verdict = read_json_object(bundle / "reports" / "gates.json").get("verdict")
+    except InvalidInput as error:
+        return Check("gates report", False, f"reports/gates.json unreadable ({error})")
     return Check("gates report", verdict == "pass", f"reports/gates.json verdict is {verdict!r}")
 
 
-def _firmware_check(bundle: Path, firmware: str | None) -> Check:
+def _served_as_check(bundle: Path, version: RegisteredVersion, digest: str) -> Check:
+    expected = version.tags.get("bundle_digest")
+    detail = f"bundle hashes to {digest}, version tag says {expected}"
     try:
-        record = json.loads((bundle / "compiled" / "compiler.json").read_text())
+        check_served_as(bundle, version)
+    except VerificationFailed as failure:
+        if digest == expected:
+            detail = "; ".join(failure.reasons)
+        return Check("bundle digest", False, detail)
+    return Check("bundle digest", True, detail + "; its signed provenance names this version's model, commit and config")
+
+
+def _firmware_check(bundle: Path, firmware: str | None) -> Check:
+    """The deployed revision against the artifact's signed range. Without `--firmware` there
+    is nothing to compare: the bundle's own target revision says nothing about the device, so
+    the check says what it assumed instead of comparing the bundle with itself."""
+    try:
+        record = read_json_object(bundle / "compiled" / "compiler.json")
         built_for = str(record["firmware_revision"])
         minimum = str(record["minimum_firmware_revision"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return Check("firmware", False, f"compiled/compiler.json unreadable ({type(error).__name__}: {error})")
-    deployed = firmware or built_for
-    source = "--firmware" if firmware else "the target profile it was built for"
-    try:
-        runs = at_least(deployed, minimum)
-    except InvalidInput as error:
-        return Check("firmware", False, str(error))
-    relation = ">=" if runs else "<"
-    return Check(
-        "firmware",
-        runs,
-        f"deployed firmware {deployed} (from {source}) {relation} the artifact's minimum {minimum}",
-    )
+        maximum = record.get("maximum_firmware_revision")
+        span = f"{minimum} .. {maximum}" if maximum is not None else f">= {minimum}, no maximum"
+        if firmware is None:
+            return Check(
+                "firmware", True,
+                f"no --firmware given: assumed the device runs {built_for}, the revision the bundle was "
+                f"built for (not checked; the artifact runs on {span})",
+            )
+        deployed = parse_version(firmware, "--firmware")
+        low = parse_version(minimum, "compiled/compiler.json minimum_firmware_revision")
+        high = parse_version(str(maximum), "compiled/compiler.json maximum_firmware_revision") if maximum is not None else None
+    except (InvalidInput, KeyError) as error:
+        return Check("firmware", False, f"compiled/compiler.json unreadable ({error})")
+    if deployed < low:
+        return Check("firmware", False, f"deployed firmware {firmware} (from --firmware) < the artifact's minimum {minimum}")
+    if high is not None and deployed > high:
+        return Check(
+            "firmware", False,
+            f"deployed firmware {firmware} (from --firmware) > the artifact's maximum {maximum}: "
+            f"the {record.get('compiler')} artifact runs on {span}",
+        )
+    return Check("firmware", True, f"deployed firmware {firmware} (from --firmware) within the artifact's range {span}")
+
+
+def _normalise_modes(bundle: Path) -> None:
+    """What pull writes: regular files 0644 (0755 if the store gave any execute bit),
+    folders 0755, and no empty folders — the store's own bits (set-user-id, world-writable)
+    are not the signer's and never reach the device."""
+    for path in sorted(bundle.rglob("*"), key=lambda item: len(item.parts), reverse=True):
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+            else:
+                path.chmod(0o755)
+        else:
+            executable = path.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+            path.chmod(0o755 if executable else 0o644)
+    bundle.chmod(0o755)
 
 
 def _refuse_escapes(bundle: Path) -> None:

@@ -45,11 +45,14 @@ def provenance_statement(
     source: SourceRevision,
     resolved_config: Mapping[str, object],
     target: str,
+    config_digest: str,
     invocation_id: str,
     started_on: str,
     finished_on: str,
 ) -> dict[str, object]:
-    """The statement as a JSON-ready dict. `subjects` map bundle paths to sha256."""
+    """The statement as a JSON-ready dict. `subjects` map bundle paths to sha256;
+    `config_digest` is the per-target config digest the registry tags the version with, so
+    that a verifier can compare what was signed with what a version is served as."""
     location = source.repository if "://" in source.repository else f"file://{source.repository}"
     annotations: dict[str, object] = {"dirty": source.dirty}
     if source.dirty_files:
@@ -71,7 +74,9 @@ def provenance_statement(
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"pipeline": dict(resolved_config), "target": target},
+                "externalParameters": {
+                    "pipeline": dict(resolved_config), "target": target, "config_digest": config_digest,
+                },
                 "internalParameters": {"environment": environment_versions(), "platform": platform.platform()},
                 "resolvedDependencies": dependencies,
             },

@@ -1,5 +1,6 @@
-"""The MLflow side (DESIGN §7): one run per (commit, target), one registered model per
-(model, target), versions registered from `runs:/<run_id>/bundle`, the `candidate` alias.
+"""The MLflow side (docs/architecture.md, "The registry"): one run per (commit, target), one
+registered model per (model, target), versions registered from `runs:/<run_id>/bundle`, the
+`candidate` alias.
 
 Registration is all-or-nothing: a version whose tags or alias could not be written is deleted
 again, so no half-registered version is ever left behind.
@@ -11,7 +12,7 @@ import re
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tapeout.compilers.errors import InvalidInput, TapeoutError
@@ -39,6 +40,46 @@ class RegisteredVersion:
     aliases: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered model's own tags and where its aliases point (alias → version)."""
+
+    name: str
+    tags: Mapping[str, str]
+    aliases: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as tapeout reads it. `start_time`: milliseconds since the epoch."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    artifact_uri: str
+    tags: Mapping[str, str]
+    params: Mapping[str, str]
+
+
+def _run_record(run) -> RunRecord:
+    return RunRecord(
+        run.info.run_id, run.info.run_name or "", run.info.status, int(run.info.start_time or 0),
+        run.info.artifact_uri, dict(run.data.tags), dict(run.data.params),
+    )
+
+
+def _version_record(found) -> RegisteredVersion:
+    return RegisteredVersion(
+        name=found.name,
+        version=str(found.version),  # int from SQLite, str from a server: normalise
+        run_id=found.run_id,
+        source=found.source,
+        tags=dict(found.tags),
+        aliases=tuple(getattr(found, "aliases", ()) or ()),
+    )
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -49,7 +90,9 @@ def registered_name(model: str, target: str) -> str:
 
 
 class Registry:
-    """A thin, typed layer over MlflowClient for the calls tapeout makes."""
+    """A thin, typed layer over MlflowClient for the calls tapeout makes: nothing outside this
+    class talks to MLflow's client. Methods that say so raise `RegistryUnavailable`; the
+    others raise what MLflow raises, for the caller to say what it was doing."""
 
     def __init__(self, tracking_uri: str, artifacts_root: Path) -> None:
         from mlflow import MlflowClient
@@ -62,7 +105,11 @@ class Registry:
 
     def start_run(self, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
         """Create a run in the model's experiment (created with an explicit artifact root,
-        never MLflow's default `./mlruns` in the working directory)."""
+        never MLflow's default `./mlruns` in the working directory), tagged with the process
+        that owns it, so that `tapeout gc` can end the runs of a process that was killed."""
+        from tapeout.artifacts.owner import OWNER_TAG, current_owner
+
+        tags = {**tags, OWNER_TAG: current_owner()}
         try:
             found = self._client.get_experiment_by_name(experiment)
             if found is None:
@@ -107,6 +154,37 @@ class Registry:
 
     def end_run(self, run_id: str, status: str) -> None:
         self._client.set_terminated(run_id, status=status)
+
+    def delete_run(self, run_id: str) -> None:
+        """Mark a run deleted (its artifacts stay where the store keeps them)."""
+        self._client.delete_run(run_id)
+
+    def search_runs(
+        self, experiment: str | None, query: str = "", *, oldest_first: bool = False, limit: int | None = None
+    ) -> list[RunRecord]:
+        """The runs of `experiment` (None: of every experiment) that match the MLflow search
+        `query`: every page of them, or the first `limit`; none when the experiment does not
+        exist."""
+        if experiment is None:
+            experiments = [found.experiment_id for found in self._client.search_experiments()]
+        else:
+            found = self._client.get_experiment_by_name(experiment)
+            experiments = [found.experiment_id] if found is not None else []
+        runs, token = [], None
+        while experiments:
+            page = self._client.search_runs(
+                experiments, query, order_by=["attributes.start_time ASC"] if oldest_first else None,
+                max_results=min(limit or 1000, 1000), page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token or (limit is not None and len(runs) >= limit):
+                break
+        return [_run_record(run) for run in runs[:limit]]
+
+    def download_run_file(self, run_id: str, path: str, destination: Path) -> Path:
+        """The artifact file `path` of a run, downloaded into `destination`."""
+        return Path(self._client.download_artifacts(run_id, path, str(destination)))
 
     def version_metrics(self, name: str, version: str) -> dict[str, float]:
         """The metrics logged by the run a version was registered from."""
@@ -230,15 +308,40 @@ class Registry:
         return [str(found.version) for found in self._client.search_model_versions(" and ".join(filters))]
 
     def get_version(self, name: str, version: str) -> RegisteredVersion:
-        found = self._client.get_model_version(name, version)
-        return RegisteredVersion(
-            name=name,
-            version=str(found.version),
-            run_id=found.run_id,
-            source=found.source,
-            tags=dict(found.tags),
-            aliases=tuple(getattr(found, "aliases", ()) or ()),
-        )
+        return replace(_version_record(self._client.get_model_version(name, version)), name=name)
+
+    def search_versions(self, query: str = "") -> list[RegisteredVersion]:
+        """Every registered version (of every model) that matches the MLflow search `query`,
+        every page of them. A search result may not list its aliases: `get_version` does."""
+        versions, token = [], None
+        while True:
+            page = self._client.search_model_versions(query or None, max_results=1000, page_token=token)
+            versions.extend(page)
+            token = page.token
+            if not token:
+                return [_version_record(found) for found in versions]
+
+    def registered_model(self, name: str) -> RegisteredModel | None:
+        """The registered model `name` with its tags and aliases; None when there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self._client.get_registered_model(name)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        aliases = {str(alias): str(version) for alias, version in (found.aliases or {}).items()}
+        return RegisteredModel(name, dict(found.tags or {}), aliases)
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self._client.set_registered_model_tag(name, key, value)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._client.delete_registered_model_alias(name, alias)
 
     def resolve(self, reference: str) -> RegisteredVersion:
         """MODEL-TARGET@VERSION or MODEL-TARGET@ALIAS → the registered version.
@@ -271,7 +374,7 @@ class Registry:
 
         from mlflow.exceptions import MlflowException
 
-        from tapeout.artifacts.signing import VerificationFailed
+        from tapeout.artifacts.signature import VerificationFailed
 
         destination.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(prefix=f"{version.name}-{version.version}-", dir=destination))

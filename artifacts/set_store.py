@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tapeout.artifacts.digest import file_digest
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.registry import Registry, RegistryUnavailable
 from tapeout.compilers.errors import InvalidInput
 
@@ -63,16 +64,10 @@ def set_size(path: Path) -> int:
 
 def find_stored(registry: Registry, digest: str) -> StoredSet | None:
     """The oldest finished upload of the set with `digest`, or None."""
-    client = registry._client
     try:
-        experiment = client.get_experiment_by_name(STORE_EXPERIMENT)
-        if experiment is None:
-            return None
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.{DIGEST_TAG} = '{digest}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
+        runs = registry.search_runs(
+            STORE_EXPERIMENT, f"tags.{DIGEST_TAG} = '{digest}' and attributes.status = 'FINISHED'",
+            oldest_first=True, limit=1,
         )
     except Exception as error:
         raise RegistryUnavailable(
@@ -83,16 +78,13 @@ def find_stored(registry: Registry, digest: str) -> StoredSet | None:
     run = runs[0]
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            listing = client.download_artifacts(run.info.run_id, FILES_ARTIFACT, scratch)
-            files = json.loads(Path(listing).read_text())
+            files = json.loads(registry.download_run_file(run.run_id, FILES_ARTIFACT, Path(scratch)).read_text())
         except Exception as error:
             raise RegistryUnavailable(
                 f"MLflow at {registry.tracking_uri}: calibration set {digest}: cannot read the file list of "
-                f"run {run.info.run_id} ({type(error).__name__}: {error})"
+                f"run {run.run_id} ({type(error).__name__}: {error})"
             ) from error
-    return StoredSet(
-        digest, run.info.run_id, f"{run.info.artifact_uri}/{ARTIFACT_PATH}", files, int(run.data.tags["size_bytes"])
-    )
+    return StoredSet(digest, run.run_id, f"{run.artifact_uri}/{ARTIFACT_PATH}", files, int(run.tags["size_bytes"]))
 
 
 def store_set(registry: Registry, path: Path, digest: str) -> StoredSet:
@@ -148,13 +140,9 @@ def read_pointer(bundle: Path) -> dict[str, object] | None:
     path = bundle / "calibration" / POINTER_FILE
     if not path.is_file():
         return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidInput(f"{path}: expected a JSON pointer document, found unreadable text ({error})") from error
-    if not isinstance(document, dict) or document.get("schema") != POINTER_SCHEMA:
-        found = document.get("schema") if isinstance(document, dict) else type(document).__name__
-        raise InvalidInput(f"{path}: schema: expected {POINTER_SCHEMA!r}, found {found!r}")
+    document = read_json_object(path)
+    if document.get("schema") != POINTER_SCHEMA:
+        raise InvalidInput(f"{path}: schema: expected {POINTER_SCHEMA!r}, found {document.get('schema')!r}")
     for field in ("digest", "run_id", "files"):
         if field not in document:
             raise InvalidInput(f"{path}: {field}: expected a value, found none")
@@ -209,3 +197,39 @@ def fetch_set(registry: Registry, pointer: Mapping[str, object], destination: Pa
         shutil.rmtree(scratch, ignore_errors=True)
     return target
 
+
+
+def fetch_bundle_set(
+    open_registry: Callable[[], Registry], bundle: Path, destination: Path
+) -> "SampleSet":  # noqa: F821
+    """Download the set `bundle` points to into `destination` from the store `open_registry`
+    opens (only once the bundle is known to point to one), and check it: every file
+    against the (signed) pointer, and the set's content digest against the bundle's
+    calibration manifest. Returns the set, opened.
+
+    Raises:
+        InvalidInput: the bundle holds its set itself (nothing to fetch), or a file or the
+            digest does not match.
+        RegistryUnavailable: the store cannot be reached or no longer holds the set.
+    """
+    from tapeout.calibration.dataset import load_sample_set
+    from tapeout.compilers.interface import TensorSpec
+
+    pointer = read_pointer(bundle)
+    if pointer is None:
+        raise InvalidInput(
+            f"{bundle}: expected calibration/pointer.json, found none: the set is in the bundle "
+            f"(calibration/), nothing to fetch"
+        )
+    manifest_path = bundle / "calibration" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    path = fetch_set(open_registry(), pointer, destination)
+    inputs = tuple(
+        TensorSpec(spec["name"], (1, *spec["shape"]), spec["dtype"]) for spec in manifest["inputs"]
+    )
+    samples = load_sample_set(path, inputs, label_key=manifest.get("labels"))
+    if samples.digest != manifest["digest"] or samples.digest != pointer["digest"]:
+        raise InvalidInput(
+            f"{path}: set digest: expected {manifest['digest']} ({manifest_path}), found {samples.digest}"
+        )
+    return samples

@@ -1,4 +1,4 @@
-"""Trace: from a deployed artifact back to everything it was built from (DESIGN §3, §6).
+"""Trace: from a deployed artifact back to everything it was built from (docs/trust.md).
 
 The record is read from the bundle itself (provenance, reports, manifests), checked afresh
 against its signature and the trust policy, and joined with what the registry knows about
@@ -14,16 +14,56 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tapeout.artifacts import identity
 from tapeout.artifacts.audit import History
+from tapeout.artifacts.compiled import file_digests
 from tapeout.artifacts.digest import bundle_digest, file_digest
+from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry
-from tapeout.artifacts.signing import VerificationFailed, read_signature
+from tapeout.artifacts.signature import VerificationFailed, read_signature
 from tapeout.artifacts.set_store import read_pointer
-from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 ARTIFACT_DIGESTS_TAG = "artifact_sha256"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class NotRegistered(TapeoutError):
+    """A file or digest from the field that no registered version contains."""
+
+    exit_code = 1
+
+
+def look_up(registry: Registry, path: Path | None, digest: str | None = None) -> tuple[dict, str]:
+    """Which registered versions hold the compiled file `path` (or the file whose sha256 is
+    `digest`, with or without a `sha256:` prefix): the lookup record and the newest of them,
+    as MODEL-TARGET@VERSION.
+
+    Raises:
+        NotRegistered: no registered version holds it.
+        InvalidInput: `digest` is not a sha256 digest.
+    """
+    digest = file_digest(path) if path is not None else str(digest).removeprefix("sha256:")
+    versions = versions_for_digest(registry, digest)
+    if not versions:
+        raise NotRegistered(
+            f"{path or 'digest'}: sha256 {digest} is not a compiled file of any registered version "
+            "(versions are searched by their artifact_sha256 tag)"
+        )
+    matches = [f"{v.name}@{v.version}" for v in versions]
+    newest = max(versions, key=lambda v: int(v.version))
+    return {"file": str(path) if path else None, "sha256": digest, "matches": matches}, f"{newest.name}@{newest.version}"
+
+
+def version_of_bundle(registry: Registry, bundle: Path) -> RegisteredVersion | None:
+    """A bundle folder's registered version, found by its model name and bundle digest."""
+    from tapeout.artifacts.policy import bundle_model_name
+
+    name = bundle_model_name(bundle)
+    if name is None:
+        return None
+    return registry.find_version(name, {"bundle_digest": bundle_digest(bundle)})
 
 
 def versions_for_file(registry: Registry, path: Path) -> tuple[str, list[RegisteredVersion]]:
@@ -35,9 +75,9 @@ def versions_for_file(registry: Registry, path: Path) -> tuple[str, list[Registe
 def versions_for_digest(registry: Registry, digest: str) -> list[RegisteredVersion]:
     if not _SHA256.match(digest):
         raise InvalidInput(f"expected a sha256 digest (64 lowercase hex digits), found {digest!r}")
-    found = registry._client.search_model_versions(f"tags.`{ARTIFACT_DIGESTS_TAG}` LIKE '%{digest}%'")
+    found = registry.search_versions(f"tags.`{ARTIFACT_DIGESTS_TAG}` LIKE '%{digest}%'")
     versions = [
-        registry.get_version(item.name, str(item.version))
+        registry.get_version(item.name, item.version)
         for item in found
         if digest in str(item.tags.get(ARTIFACT_DIGESTS_TAG, "")).split(",")
     ]
@@ -113,11 +153,7 @@ def trace_bundle(
             "version": compiler.get("compiler_version"),
             "artifact_id": compiler.get("artifact_id"),
             "options": compiler.get("options"),
-            "files": {
-                name: file_digest(bundle / "compiled" / name)
-                for name in compiler.get("files", [])
-                if (bundle / "compiled" / name).is_file()
-            },
+            "files": file_digests(bundle / "compiled", compiler.get("files", [])),
         },
         "firmware": {
             "revision": compiler.get("firmware_revision"),
@@ -138,6 +174,8 @@ def trace_bundle(
             "aliases": list(version.aliases),
             "tags": dict(version.tags),
             "bundle_digest_matches_tag": version.tags.get("bundle_digest") == record["bundle"]["digest"],
+            # Where the signed bundle is not what the registry serves it as (artifacts.identity).
+            "mismatches": [item.describe() for item in identity.mismatches(bundle, version)],
         }
     if history is not None:
         record["promotions"] = {
@@ -189,8 +227,8 @@ def render_text(record: dict) -> str:
         )
     else:
         lines.append("signature       FAILED: " + "; ".join(verification["reasons"]))
-    if registry and not registry["bundle_digest_matches_tag"]:
-        lines.append("registry        bundle digest differs from the version's tag")
+    for mismatch in registry.get("mismatches", []) if registry else []:
+        lines.append(f"registry        NOT THIS VERSION'S BUNDLE: {mismatch}")
     metadata = record["build"]["metadata"]
     lines.append(f"built           {metadata['startedOn']} .. {metadata['finishedOn']} (invocation {metadata['invocationId']})")
     promotions = record.get("promotions")
@@ -238,6 +276,7 @@ def render_html(record: dict) -> str:
         ("Identity", table([
             ("bundle digest", record["bundle"]["digest"]),
             ("registered", f"{registry['name']} v{registry['version']} (aliases: {', '.join(registry['aliases']) or 'none'}), run {registry['run_id']}" if registry else "not looked up"),
+            *[("NOT THIS VERSION'S BUNDLE", mismatch) for mismatch in (registry or {}).get("mismatches", [])],
             ("signer (claimed)", record["signature"]["claimed_signer"]),
             ("trust policy", verification["policy"]),
         ])),
@@ -307,12 +346,4 @@ def render_html(record: dict) -> str:
 
 
 def _json(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text())
-    except OSError as error:
-        raise InvalidInput(f"{path}: missing from the bundle ({error.strerror})") from error
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path}: not JSON ({error})") from error
-    if not isinstance(document, dict):
-        raise InvalidInput(f"{path}: expected a JSON object")
-    return document
+    return read_json_object(path)

@@ -7,7 +7,7 @@
 (b) a rebuild in a new process vs the first build: the same commit (found registered, nothing
     runs) and a new commit that changes nothing the build reads (every stage cached, a new
     version signed and registered).
-Bars (issue 7): overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
+The targets it is read against: overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
 
 The servers come from infra/local/services.sh (PostgreSQL, Prefect, MLflow); the build uses
 the example model with its `cpu` target only, so the numbers are about orchestration, not
@@ -67,7 +67,7 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
     from tapeout.artifacts.registry import Registry
     from tapeout.flows import environment, stages
     from tapeout.flows.config import load_pipeline
-    from tapeout.flows.build import settings_for
+    from tapeout.flows.settings import settings_for
     from tapeout.flows.source import checkout
 
     environment.configure(home)
@@ -91,7 +91,7 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
             artifact=artifact, gated=gated, source=source, invocation_id="plain", started_on="",
             finished_on="", bundles_root=home / "bundles", private_key=settings.private_key,
         )
-        tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.public_key)
+        tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.private_key)
         stages.register_stage(registry, pipeline, target, source, artifact, gated, bundle, tags)
 
 

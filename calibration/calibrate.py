@@ -27,9 +27,11 @@ from tapeout.calibration.observers import (
 from tapeout.calibration.stream import open_stream
 from tapeout.calibration.table import CalibrationTable
 from tapeout.compilers.errors import InvalidInput
+from tapeout.compilers.interface import TensorSpec
 
 OBSERVER_VERSION = "v1"
 DEFAULT_CHUNK = 256
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
 
 
 def calibrate(
@@ -100,3 +102,38 @@ def calibrate(
             "dynamic_batch": stream.dynamic,
         },
     )
+
+
+def model_inputs(model_path: Path) -> tuple[TensorSpec, ...]:
+    """The graph inputs of an ONNX file (initializers excluded); a symbolic batch counts as 1.
+
+    Raises:
+        InvalidInput: unreadable model, or a symbolic dimension other than the batch.
+    """
+    import onnx
+
+    if not model_path.is_file():
+        raise InvalidInput(f"{model_path}: ONNX model not found")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 — onnx raises DecodeError and friends
+        raise InvalidInput(f"{model_path}: not a readable ONNX model ({error})") from error
+    constants = {init.name for init in model.graph.initializer}
+    specs = []
+    for info in model.graph.input:
+        if info.name in constants:
+            continue
+        tensor = info.type.tensor_type
+        dims = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(1)
+            else:
+                raise InvalidInput(
+                    f"{model_path}: input {info.name!r}: axis {axis} is symbolic "
+                    f"({dim.dim_param!r}); calibration needs static sample shapes"
+                )
+        specs.append(TensorSpec(info.name, tuple(dims), _ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type))))
+    return tuple(specs)

@@ -21,6 +21,7 @@ import inspect
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -283,6 +284,35 @@ def check_model(
         inputs=tuple(declared[spec.name] for spec in graph_inputs),
         outputs=graph_outputs,
     )
+
+
+def pinned_model(
+    path: Path,
+    shapes: dict[str, tuple[int, ...]],
+    scratch: Path,
+    how_to_pin: Callable[[str, tuple[int, ...]], str],
+) -> ExportedModel:
+    """The model a compiler gets, checked: `path` itself when its inputs are static, else a
+    copy in `scratch` with the symbolic dimensions pinned to `shapes` (by input name).
+    `how_to_pin` says how the user pins an input (tapeout.compilers.shapes).
+
+    Raises:
+        InvalidInput: the model is not valid ONNX, or `pin_input_shapes` refuses the shapes (a
+            symbolic dimension left unpinned is named with `how_to_pin`).
+    """
+    import onnx
+
+    from tapeout.compilers.shapes import pin_input_shapes
+
+    described = check_model(path.resolve())
+    static = all(size > 0 for spec in described.inputs for size in spec.shape)
+    if static and not shapes:
+        return described
+    pinned = pin_input_shapes(onnx.load(str(path), load_external_data=False), shapes, path, how_to_pin)
+    if static:  # the shapes given are the model's own (pin_input_shapes checked them)
+        return described
+    onnx.save(pinned, str(scratch / path.name))
+    return check_model(scratch / path.name)
 
 
 # The protobuf limit of one serialised ModelProto: a model whose weights need more cannot be

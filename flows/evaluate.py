@@ -15,6 +15,7 @@ import numpy as np
 
 from tapeout.calibration.dataset import SampleSet
 from tapeout.compilers.interface import Runner, TensorSpec
+from tapeout.compilers.measure import cosines, latency_summary, padded_batches, sqnr_db, time_runs
 
 WARMUP_RUNS = 10
 TIMED_RUNS = 200
@@ -53,14 +54,7 @@ def predict(
     batch_size = inputs[0].shape[0]
     arrays = samples.arrays() if arrays is None else arrays
     top1, outputs = [], []
-    for start in range(0, samples.count, batch_size):
-        feed = {}
-        for spec in inputs:
-            chunk = arrays[spec.name][start : start + batch_size]
-            real = chunk.shape[0]
-            if real < batch_size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - real, axis=0)])
-            feed[spec.name] = np.ascontiguousarray(chunk)
+    for feed, real in padded_batches(arrays, inputs, samples.count):
         output = np.asarray(next(iter(runner.run(feed).values()))).reshape(batch_size, -1)
         top1.append(output.argmax(axis=1)[:real])
         outputs.append(output[:real].astype(np.float32))
@@ -80,19 +74,8 @@ def measure_latency(
     batch_size = inputs[0].shape[0]
     arrays = samples.arrays() if arrays is None else arrays
     feed = {spec.name: np.ascontiguousarray(arrays[spec.name][:batch_size]) for spec in inputs}
-    for _ in range(WARMUP_RUNS):
-        runner.run(feed)
-    timings = np.empty(runs)
-    for index in range(runs):
-        start = time.perf_counter()
-        runner.run(feed)
-        timings[index] = time.perf_counter() - start
-    result = {
-        "latency_p50_ms": float(np.percentile(timings, 50) * 1e3),
-        "latency_p95_ms": float(np.percentile(timings, 95) * 1e3),
-        "latency_p99_ms": float(np.percentile(timings, 99) * 1e3),
-        **({"throughput_per_s": float(batch_size * runs / timings.sum())} if timings.sum() > 0 else {}),
-    }
+    timings = time_runs(runner, feed, runs, WARMUP_RUNS)
+    result = latency_summary(timings, batch_size)
     if timings_ms is not None:
         timings_ms.extend(float(value * 1e3) for value in timings)
     return result
@@ -100,15 +83,11 @@ def measure_latency(
 
 def output_fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """SQNR (dB) = 10·log10(Σx² / Σ(x − x̂)²) and mean per-sample cosine of the artifact's first
-    output x̂ against the fp32 model's x, over the validation set."""
+    output x̂ against the fp32 model's x, over the validation set (tapeout.compilers.measure)."""
     exact = reference.astype(np.float64)
     approximate = outputs.astype(np.float64)
-    noise = float(np.sum((exact - approximate) ** 2))
-    signal = float(np.sum(exact**2))
-    sqnr = 200.0 if noise == 0 else (-200.0 if signal == 0 else min(10 * np.log10(signal / noise), 200.0))
-    norms = np.linalg.norm(exact, axis=1) * np.linalg.norm(approximate, axis=1)
-    cosine = np.where(norms > 0, np.sum(exact * approximate, axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
-    return {"output_sqnr_db": float(sqnr), "output_cosine": float(np.mean(cosine))}
+    sqnr = sqnr_db(float(np.sum(exact**2)), float(np.sum((exact - approximate) ** 2)))
+    return {"output_sqnr_db": sqnr, "output_cosine": float(np.mean(cosines(exact, approximate)))}
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """The accuracy-aware fallback: when an accuracy gate fails, keep the most sensitive layers
 out of int8, in a bounded search, and stop at the smallest set that passes every gate.
 
-Each target decides for itself, from its compiler's capabilities (data, STYLE §9):
+Each target decides for itself, from its compiler's capabilities (data, read without compiling):
 
 - `fp32`: the compiler takes float ops (`"float"` in `input_formats`, e.g. `onnxruntime`):
   layers are kept in fp32 (tapeout.flows.sensitivity.keep_out).
@@ -26,11 +26,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile
 from tapeout.flows.gates import GateResult
 from tapeout.flows.sensitivity import Sensitivity, keep_out, layers_by_node
+
+if TYPE_CHECKING:  # annotations only: the stages import the whole pipeline's libraries
+    from tapeout.flows.stages import SharedStages
 
 SCHEMA = "tapeout.fallback/v1"
 ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop", "top1_agreement", "output_sqnr_db", "output_cosine"})
@@ -243,26 +247,29 @@ def _requantize(mode: str, float_path: Path, table, layers, quantized: Quantized
     )
 
 
-def repair_target(pipeline, target, profile: TargetProfile, shared: dict, artifact: CompiledArtifact, gated, workdir: Path, progress):
+def repair_target(
+    pipeline, target, profile: TargetProfile, shared: SharedStages, artifact: CompiledArtifact, gated, workdir: Path,
+    progress,
+):
     """The pipeline's hook (flows/pipeline.build_target): when an accuracy gate failed and the
     fallback is enabled, search; returns (quantized, artifact, gated, fallback document or
     None) — the chosen attempt's, else the best attempt's."""
     from tapeout.compilers.registry import load_compiler
     from tapeout.flows import stages
 
-    quantized = shared["quantized"]
+    quantized = shared.quantized
     settings = pipeline.config.fallback
-    document = shared.get("sensitivity")
+    document = shared.sensitivity
     if gated.passed or not settings.enabled or not accuracy_gate_failed(gated.gates) or document is None:
         return quantized, artifact, gated, None
 
     def attempt(model: QuantizedModel, folder: Path):
         compiled = stages.compile_stage(model, profile, folder)
-        evaluation = stages.evaluate_stage(compiled, shared["validation"], shared["reference"])
+        evaluation = stages.evaluate_stage(compiled, shared.validation, shared.reference)
         return compiled, stages.gate_stage(pipeline, target, evaluation, model, compiled)
 
     result = search(
-        float_path=shared["model"].path, table=shared["calibrated"].table, quantized=quantized,
+        float_path=shared.model.path, table=shared.calibrated.table, quantized=quantized,
         artifact=artifact, gated=gated, sensitivity=Sensitivity.from_document(document), profile=profile,
         capabilities=load_compiler(profile.compiler).capabilities(), budget=settings.budget,
         attempt_fn=attempt, workdir=workdir, progress=progress,

@@ -1,4 +1,5 @@
-"""The build flow: one Prefect flow, a thin task per stage (DESIGN §1, §8).
+"""The build flow: one Prefect flow, a thin task per stage (docs/architecture.md, "One run" and
+"Orchestration").
 
 Shared stages (export, calibrate, quantize, fp32 reference) run once; targets then fan out as
 concurrent task runs. Pure stages are cached by the digest of their inputs (flows/cache_keys)
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.compiled import read_record, write_record
+from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
@@ -34,7 +36,8 @@ from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
-from tapeout.flows.build import BuildSettings, Progress, TargetOutcome, already_registered, settings_for
+from tapeout.flows.outcome import TargetOutcome, already_registered
+from tapeout.flows.settings import BuildSettings, Progress, settings_for
 from tapeout.flows.evaluate import Evaluation
 from tapeout.flows.gates import GateResult
 
@@ -149,6 +152,7 @@ def _run_cached(
             try:
                 result = load_finished(workdir)
                 if all(path.exists() for path in outputs(result)):
+                    finished.touch()  # a use: `tapeout gc` evicts the least recently used
                     say(f"{label} (cached)")
                     return result
             except (OSError, ValueError, KeyError, TypeError, TapeoutError):
@@ -175,7 +179,7 @@ def _run_cached(
 def build_target(
     pipeline: Pipeline,
     target: TargetConfig,
-    shared: dict,
+    shared: stages.SharedStages,
     settings: BuildSettings,
     registry: Registry,
 ) -> TargetOutcome:
@@ -183,33 +187,33 @@ def build_target(
     name = registered_name(pipeline.config.model.name, target.name)
     progress = settings.progress
     cache = settings.home / "cache"
-    source: SourceRevision = shared["source"]
+    source = shared.source
     started_on = _now()
     try:
         profile = pipeline.target_profile(target)
         compiler_version = load_compiler(profile.compiler).version
-        key = cache_keys.compile_key(shared["quantized"].digest, profile, compiler_version)
+        key = cache_keys.compile_key(shared.quantized.digest, profile, compiler_version)
         artifact = _run_cached(
             compile_task, cache / "compile" / key,
             lambda a: [a.directory / f for f in a.files], _load_compiled,
             label=f"[{target.name}] compile with {target.compiler} {compiler_version}", say=progress,
-            model=shared["quantized"], target=profile,
+            model=shared.quantized, target=profile,
         )
         files = [artifact.directory / f for f in artifact.files]
-        key = cache_keys.evaluate_key(files, shared["validation"].digest, shared["reference_digest"])
+        key = cache_keys.evaluate_key(files, shared.validation.digest, shared.reference_digest)
         evaluation = _run_cached(
             evaluate_task, cache / "evaluate" / key, lambda e: [], _load_evaluation,
-            label=f"[{target.name}] evaluate on {shared['validation'].count} validation samples", say=progress,
-            artifact=artifact, validation=shared["validation"], reference=shared["reference"],
+            label=f"[{target.name}] evaluate on {shared.validation.count} validation samples", say=progress,
+            artifact=artifact, validation=shared.validation, reference=shared.reference,
         )
-        gated = stages.gate_stage(pipeline, target, evaluation, shared["quantized"], artifact)
-        # issue 5: an accuracy gate failed → keep the most sensitive layers out of int8 (bounded).
+        gated = stages.gate_stage(pipeline, target, evaluation, shared.quantized, artifact)
+        # An accuracy gate failed → keep the most sensitive layers out of int8 (bounded; docs/accuracy.md).
         quantized, artifact, gated, kept = fallback.repair_target(
             pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress
         )
         representation = fallback.plain_representation(load_compiler(profile.compiler).capabilities())
         reports = target_reports(
-            cache / "reports" / uuid.uuid4().hex, name, gated, shared.get("sensitivity"), kept, representation
+            cache / "reports" / uuid.uuid4().hex, name, gated, shared.sensitivity, kept, representation
         )
         if not gated.passed:
             run_id = stages.record_failed_gates(
@@ -222,14 +226,14 @@ def build_target(
             )
         progress(f"[{target.name}] bundle and sign")
         bundle = bundle_task(
-            pipeline=pipeline, target=target, model=shared["model"], quantized=quantized,
-            calibrated=shared["calibrated"], artifact=artifact, gated=gated, source=source,
-            invocation_id=shared["invocation_id"], started_on=started_on, finished_on=_now(),
+            pipeline=pipeline, target=target, model=shared.model, quantized=quantized,
+            calibrated=shared.calibrated, artifact=artifact, gated=gated, source=source,
+            invocation_id=shared.invocation_id, started_on=started_on, finished_on=_now(),
             bundles_root=settings.home / "bundles", private_key=settings.private_key, extra_reports=reports,
-            calibration_pointer=shared["calibration_pointer"],
+            calibration_pointer=shared.calibration_pointer,
         )
         tags = stages.version_tags(
-            pipeline, target, source, artifact, shared["calibrated"], bundle, settings.public_key
+            pipeline, target, source, artifact, shared.calibrated, bundle, settings.private_key
         )
         tags.update({"fallback_kept_out": ",".join(item["node"] for item in kept["kept_out"])} if kept else {})
         progress(f"[{target.name}] register {name}")
@@ -248,14 +252,20 @@ def build_target(
 
 # -- the flow ---------------------------------------------------------------------------------
 
-_progress: Progress = lambda message: None  # set by tapeout.flows.build.build
-
-
 @flow(name="tapeout-build", log_prints=False)
-def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout") -> list[TargetOutcome]:
+def build_flow(
+    pipeline_file: str, source: SourceRevision, home: str = ".tapeout", progress: Progress | None = None
+) -> list[TargetOutcome]:
     """One build of every target of the pipeline at `pipeline_file` (checked by
-    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source)."""
-    progress = _progress
+    tapeout.flows.preflight), whose files are those of `source` (tapeout.flows.source),
+    reporting each stage to `progress` (Prefect records a callable parameter by its type name
+    only). The home is held in use meanwhile, so `tapeout gc` leaves its bundles, stored sets
+    and cache alone."""
+    with home_in_use(Path(home).resolve()):
+        return _build(pipeline_file, source, home, progress or (lambda message: None))
+
+
+def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Progress) -> list[TargetOutcome]:
     pipeline = load_pipeline(Path(pipeline_file))
     settings = settings_for(pipeline, Path(home), progress)
     registry = Registry(settings.tracking_uri, settings.home / "artifacts")
@@ -283,18 +293,16 @@ def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout
         pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)
         if pointer is not None:
             progress(f"calibration set {samples.digest[:12]} ({pointer['size_bytes']} bytes) stored once at {pointer['uri']}")
-        shared = {
-            "calibration_pointer": pointer,
-            "model": model, "calibrated": calibrated, "quantized": quantized,
-            "validation": validation, "reference": reference,
-            "reference_digest": stages.predictions_digest(reference), "source": source,
-            "invocation_id": uuid.uuid4().hex,
-        }
-        shared["sensitivity"] = sensitivity_stage(
+        sensitivity = sensitivity_stage(
             model.path, calibrated.table, calibrated.table_path, quantized, validation,
             samples=pipeline.config.sensitivity.samples, top_k=pipeline.config.sensitivity.top_k,
             cache=cache / "sensitivity", progress=progress,
             label=f"per-layer sensitivity on {min(validation.count, pipeline.config.sensitivity.samples)} validation samples",
+        )
+        shared = stages.SharedStages(
+            source=source, invocation_id=uuid.uuid4().hex, model=model, calibrated=calibrated, quantized=quantized,
+            validation=validation, reference=reference, reference_digest=stages.predictions_digest(reference),
+            calibration_pointer=pointer, sensitivity=sensitivity,
         )
         futures = [
             build_target.submit(pipeline, target, shared, settings, registry) for target in pending
@@ -304,7 +312,7 @@ def build_flow(pipeline_file: str, source: SourceRevision, home: str = ".tapeout
     ordered = [outcomes[target.name] for target in pipeline.config.targets]
     if pending:
         # One folder per build: a later build of the same commit keeps this one's summary.
-        build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{shared['invocation_id'][:8]}"
+        build_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{shared.invocation_id[:8]}"
         folder = settings.home / "reports" / source.commit[:12] / build_id
         thresholds = {target.name: pipeline.gates_for(target) for target in pipeline.config.targets}
         try:

@@ -2,10 +2,10 @@
 
 A *layer* is a node of the QDQ model whose output is quantized (a QuantizeLinear →
 DequantizeLinear pair follows it). The map from layer to tensors is built explicitly from the
-graph (STYLE: no names parsed back out of strings): `float_tensor` is the tensor in the fp32
+graph, never parsed back out of tensor names: `float_tensor` is the tensor in the fp32
 model, `quantized_tensor` the DequantizeLinear output that stands for it in the QDQ model.
 
-Two metrics, as the issue asks:
+Two metrics:
 
 - *cheap*, for every layer: both models run on the same samples (the validation set, at most
   `samples` of them, the count recorded) with every layer's tensor added as a graph output.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,11 +38,11 @@ import numpy as np
 
 from tapeout.calibration.table import CalibrationTable
 from tapeout.compilers.interface import QuantizedModel, TensorSpec
+from tapeout.compilers.measure import SQNR_CAP_DB, cosines, padded_batches, sqnr_db
 
 SCHEMA = "tapeout.sensitivity/v1"
 DEFAULT_SAMPLES = 200
 DEFAULT_TOP_K = 3
-SQNR_CAP_DB = 200.0  # an exact match has infinite SQNR; JSON has no infinity
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -272,34 +271,12 @@ def _session(model, extra_outputs: Sequence[str]):
     return onnxruntime.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _batches(arrays: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], count: int):
-    batch = inputs[0].shape[0]
-    for start in range(0, count, batch):
-        feed, real = {}, 0
-        for spec in inputs:
-            chunk = arrays[spec.name][start : min(start + batch, count)]
-            real = chunk.shape[0]
-            if real < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-            feed[spec.name] = np.ascontiguousarray(chunk, dtype=spec.dtype)
-        yield feed, real
-
-
 def _top1(session, arrays, inputs, count, output_name: str) -> np.ndarray:
     top1 = []
-    for feed, real in _batches(arrays, inputs, count):
+    for feed, real in padded_batches(arrays, inputs, count):
         (output,) = session.run([output_name], feed)
         top1.append(np.asarray(output).reshape(output.shape[0], -1).argmax(axis=1)[:real])
     return np.concatenate(top1)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    """10·log10(Σx² / Σ(x − x̂)²), capped at ±SQNR_CAP_DB (an exact match is infinite)."""
-    if noise == 0.0:
-        return SQNR_CAP_DB
-    if signal == 0.0:
-        return -SQNR_CAP_DB
-    return float(max(min(10.0 * math.log10(signal / noise), SQNR_CAP_DB), -SQNR_CAP_DB))
 
 
 class _Accumulator:
@@ -327,24 +304,19 @@ class _Accumulator:
         approximate = approximate.reshape(real, -1)
         self.signal += float(np.sum(exact**2))
         self.noise += float(np.sum((exact - approximate) ** 2))
-        norms = np.linalg.norm(exact, axis=1) * np.linalg.norm(approximate, axis=1)
-        dots = np.sum(exact * approximate, axis=1)
-        # Two zero vectors agree exactly; one zero vector against another has cosine 0.
-        same = np.all(exact == approximate, axis=1)
-        cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
-        self.cosines.extend(cosine.tolist())
+        self.cosines.extend(cosines(exact, approximate).tolist())
 
     def sqnr_db(self) -> float:
-        return _sqnr(self.signal, self.noise)
+        return sqnr_db(self.signal, self.noise)
 
     def channel_sqnr_db(self) -> float:
         """Median over channels of each channel's SQNR (channels with no signal left out)."""
         if self.channel_signal is None:
             return SQNR_CAP_DB
         values = [
-            _sqnr(signal, noise) for signal, noise in zip(self.channel_signal, self.channel_noise) if signal > 0
+            sqnr_db(signal, noise) for signal, noise in zip(self.channel_signal, self.channel_noise) if signal > 0
         ]
-        return float(np.median(values)) if values else _sqnr(0.0, float(np.sum(self.channel_noise)))
+        return float(np.median(values)) if values else sqnr_db(0.0, float(np.sum(self.channel_noise)))
 
     def cosine(self) -> float:
         return float(np.mean(self.cosines)) if self.cosines else 1.0
@@ -388,7 +360,7 @@ def analyse(
     qdq_session = _session(qdq_model, [activations[name] for name in float_names])
     accumulators = {name: _Accumulator() for name in float_names}
     float_top1, qdq_top1 = [], []
-    for feed, real in _batches(arrays, inputs, count):
+    for feed, real in padded_batches(arrays, inputs, count):
         exact = dict(zip([output_name, *float_names], float_session.run([output_name, *float_names], feed)))
         approximate_names = [output_name, *(activations[name] for name in float_names)]
         approximate = dict(zip(approximate_names, qdq_session.run(approximate_names, feed)))

@@ -1,5 +1,6 @@
 """The pipeline's stages as plain functions: the work itself, which the flow wraps thinly and
-tests call directly (STYLE §11). Each takes typed inputs and an explicit work directory.
+tests call directly (docs/architecture.md, "One run"). Each takes typed inputs and an explicit
+work directory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 from tapeout.artifacts.bundle import Bundle, BundleContents, build_bundle
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, RegisteredVersion, registered_name
-from tapeout.artifacts.signing import signer_identity
+from tapeout.artifacts.signing import Signer, read_signature
 from tapeout.calibration.calibrate import calibrate
 from tapeout.calibration.dataset import SampleSet, load_sample_set
 from tapeout.calibration.quantizer import quantize
@@ -52,6 +53,25 @@ class Gated:
     @property
     def passed(self) -> bool:
         return all(gate.passed for gate in self.gates)
+
+
+@dataclass(frozen=True)
+class SharedStages:
+    """What the shared stages of one build made, which every target starts from: the source,
+    the fp32 export, the calibration, the quantized model, the validation set with the fp32
+    model's predictions on it, and the per-layer sensitivity document (None when the model
+    could not be analysed)."""
+
+    source: SourceRevision
+    invocation_id: str
+    model: ExportedModel
+    calibrated: Calibrated
+    quantized: QuantizedModel
+    validation: SampleSet
+    reference: Predictions
+    reference_digest: str
+    calibration_pointer: Mapping[str, object] | None
+    sensitivity: Mapping[str, object] | None
 
 
 def export_stage(pipeline: Pipeline, workdir: Path) -> ExportedModel:
@@ -257,7 +277,7 @@ def bundle_stage(
     started_on: str,
     finished_on: str,
     bundles_root: Path,
-    private_key: Path,
+    private_key: Signer | Path,
     extra_reports: Mapping[str, Path] | None = None,
     calibration_pointer: Mapping[str, object] | None = None,
 ) -> Bundle:
@@ -276,6 +296,7 @@ def bundle_stage(
         benchmark=benchmark_report(artifact, gated),
         config_text=yaml.safe_dump(resolved, sort_keys=False),
         resolved_config=resolved,
+        config_digest=pipeline.digest(target),
         source=source,
         invocation_id=invocation_id,
         started_on=started_on,
@@ -303,20 +324,21 @@ def version_tags(
     artifact: CompiledArtifact,
     calibrated: Calibrated,
     bundle: Bundle,
-    public_key: Path,
+    signer: Signer,
 ) -> dict[str, str]:
-    """What a registered version carries (DESIGN §7): enough for `trace` without the bundle.
+    """What a registered version carries (docs/architecture.md, "The registry"): enough for
+    `trace` without the bundle.
 
     `artifact_sha256` lists the compiled files' digests (comma-separated) so that
-    `tapeout trace FILE` finds the version of a file found in the field; `signer` is what the
-    bundle's signature names (key fingerprint, certificate subject or keyless identity).
+    `tapeout trace FILE` finds the version of a file found in the field; the `signer` tag is
+    who the bundle's signature, made by `signer`, names (key fingerprint, certificate subject
+    or keyless identity).
 
     Raises:
         VerificationFailed: `signing.policy` is set and does not admit the bundle's signer.
     """
     from tapeout.artifacts.digest import file_digest
     from tapeout.artifacts.policy import load_policy
-    from tapeout.artifacts.signing import certificate_identity, read_signature
 
     if pipeline.config.signing.policy:
         # The build's own signature must satisfy the configured trust policy, or nothing is
@@ -324,12 +346,6 @@ def version_tags(
         policy = load_policy(pipeline.resolve(pipeline.config.signing.policy))
         policy.verify(bundle.path, registered_name(pipeline.config.model.name, target.name))
     claimed = read_signature(bundle.path)
-    if claimed.method == "key":
-        signer = signer_identity(public_key)
-    elif claimed.method == "certificate":
-        signer = certificate_identity(claimed)
-    else:
-        signer = f"sigstore:{','.join(claimed.sans)} (issuer {claimed.issuer})"
     compiled = bundle.path / "compiled"
     return {
         "signing_method": claimed.method,
@@ -338,7 +354,7 @@ def version_tags(
         "source_dirty": str(source.dirty).lower(),
         "config_digest": pipeline.digest(target),
         "bundle_digest": bundle.digest,
-        "signer": signer,
+        "signer": signer.identity(claimed),
         "gate_verdict": "pass",
         "compiler": artifact.compiler,
         "compiler_version": artifact.compiler_version,

@@ -19,8 +19,11 @@ from tapeout.flows.cli import main
 NAME = "digits-cnn-npu"
 
 
-def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1.0.0") -> Path:
-    """A small bundle with every file trace and promote read, different bytes per `n`."""
+def write_bundle(
+    root: Path, n: int, *, verdict: str = "pass", minimum: str = "1.0.0", target: str = "npu", compiler_fields=None
+) -> Path:
+    """A small bundle with every file trace and promote read, different bytes per `n`;
+    `compiler_fields` override compiled/compiler.json's."""
     (root / "model").mkdir(parents=True)
     (root / "compiled").mkdir()
     (root / "calibration").mkdir()
@@ -30,9 +33,9 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
     (root / "compiled" / "artifact.bin").write_bytes(f"artifact {n}".encode() * 32)
     compiler = {
         "compiler": "int8-ref", "compiler_version": "0.1.0", "artifact_id": f"int8-ref-0.1.0-{n}",
-        "files": ["artifact.bin"], "options": {"requant": "ort"}, "target": "npu",
+        "files": ["artifact.bin"], "options": {"requant": "ort"}, "target": target,
         "firmware_revision": "1.2.0", "minimum_firmware_revision": minimum,
-        "inputs": [], "outputs": [], "report": {},
+        "inputs": [], "outputs": [], "report": {}, **(compiler_fields or {}),
     }
     (root / "compiled" / "compiler.json").write_text(json.dumps(compiler))
     (root / "calibration" / "manifest.json").write_text(json.dumps({"digest": "c" * 64, "count": 300, "file": "calibration.npz"}))
@@ -47,7 +50,8 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
         materials=[{"name": "config/pipeline.yaml", "digest": {"sha256": file_digest(root / "config" / "pipeline.yaml")}}],
         source=SourceRevision("/src/models", f"{n:040x}", False),
         resolved_config={"model": {"name": "digits-cnn"}},
-        target="npu",
+        target=target,
+        config_digest=f"{n:064x}",
         invocation_id=f"invocation-{n}",
         started_on="2026-01-01T00:00:00+00:00",
         finished_on="2026-01-01T00:01:00+00:00",
@@ -56,8 +60,12 @@ def write_bundle(root: Path, n: int, *, verdict: str = "pass", minimum: str = "1
     return root
 
 
-def register(registry: Registry, keys, work: Path, n: int, *, verdict="pass", minimum="1.0.0", digest_tag=None) -> str:
-    bundle = write_bundle(work / f"bundle-{n}", n, verdict=verdict, minimum=minimum)
+def register(
+    registry: Registry, keys, work: Path, n: int, *, verdict="pass", minimum="1.0.0", digest_tag=None,
+    target="npu", compiler_fields=None,
+) -> str:
+    folder = work / (f"bundle-{n}" if target == "npu" else f"bundle-{target}-{n}")
+    bundle = write_bundle(folder, n, verdict=verdict, minimum=minimum, target=target, compiler_fields=compiler_fields)
     sign_bundle(bundle, keys.private_key)
     run_id = registry.start_run("digits-cnn", f"build-{n}", {})
     registry.log_directory(run_id, bundle, "bundle")
@@ -66,14 +74,34 @@ def register(registry: Registry, keys, work: Path, n: int, *, verdict="pass", mi
         "gate_verdict": verdict,
         "artifact_sha256": file_digest(bundle / "compiled" / "artifact.bin"),
         "commit": f"{n:040x}",
+        "config_digest": f"{n:064x}",
     }
-    return registry.register(NAME, run_id, tags).version
+    return registry.register(f"digits-cnn-{target}", run_id, tags).version
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+def empty_store(database: Path) -> Registry:
+    """A registry on a new SQLite store at `database`, copied from an empty one migrated
+    once per session (MLflow's schema migrations take seconds per new database)."""
+    import atexit
+    import tempfile
+
+    if not _EMPTY_STORE:
+        folder = Path(tempfile.mkdtemp(prefix="tapeout-empty-store-"))
+        atexit.register(shutil.rmtree, folder, True)
+        Registry(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")._client.search_experiments()
+        _EMPTY_STORE.append(folder / "mlflow.db")
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], database)
+    return Registry(f"sqlite:///{database}", database.parent / "artifacts")
 
 
 def make_world(root: Path, *, only_good: bool = False) -> dict:
     home = root / "home"
     keys, _ = init_keys(home / "keys")
-    registry = Registry(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts")
+    registry = empty_store(home / "mlflow.db")
     work = root / "work"
     versions = {"good1": register(registry, keys, work, 1), "good2": register(registry, keys, work, 2)}
     if only_good:
@@ -118,7 +146,7 @@ def production(world) -> str | None:
         ("gate_failed", [], "gate verdict: version tag gate_verdict is 'fail'"),
         ("gate_failed", [], "gates report: reports/gates.json verdict is 'fail'"),
         ("wrong_digest", [], "bundle digest: bundle hashes to"),
-        ("new_firmware", [], "deployed firmware 1.2.0 (from the target profile it was built for) < the artifact's minimum 2.0.0"),
+        ("new_firmware", ["--firmware", "1.2.0"], "deployed firmware 1.2.0 (from --firmware) < the artifact's minimum 2.0.0"),
         ("good1", ["--firmware", "0.9"], "deployed firmware 0.9 (from --firmware) < the artifact's minimum 1.0.0"),
         ("tampered", [], "Hash mismatch for 'reports/gates.json'"),
     ],
@@ -211,9 +239,10 @@ def test_promote_promote_rollback_with_an_audit_record_each(world, capsys):
     assert "promotions" in text and "rollback" in text and "verified now" in text
 
 
-def test_rollback_refuses_when_the_alias_was_moved_outside_tapeout(world, capsys):
+def test_rollback_refuses_when_the_alias_was_moved_outside_tapeout(tmp_path, capsys):
+    world = make_world(tmp_path, only_good=True)  # its own: the alias it moves stays flagged
+    world["versions"]["gate_failed"] = register(world["registry"], world["keys"], world["work"], 3, verdict="fail")
     registry = world["registry"]
-    registry._client.set_registered_model_alias(NAME, "staging", world["versions"]["good1"])
     assert cli(world, "promote", f"{NAME}@{world['versions']['good1']}", "--to", "staging") == 0
     assert cli(world, "promote", f"{NAME}@{world['versions']['good2']}", "--to", "staging") == 0
     registry._client.set_registered_model_alias(NAME, "staging", world["versions"]["gate_failed"])

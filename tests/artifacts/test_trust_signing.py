@@ -39,21 +39,24 @@ KEYLESS_ISSUER = "https://sigstore.verify.ibm.com/oauth2"
 # -- a small PKI, made fresh ------------------------------------------------------------------
 
 
-def _certificate(subject, issuer_name, public_key, signing_key, *, ca, path_length=None, sans=()):
+def _certificate(subject, issuer_name, public_key, signing_key, *, ca, path_length=None, sans=(), valid=None, name=None):
+    """`valid`: (not before, not after), default from yesterday for 30 days; `name`: the
+    subject as an x509.Name, default CN=`subject`,O=Example (DER order O, then CN)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example")])
+    start, end = valid or (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    name = name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example")])
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(issuer_name or name)  # None: self-signed
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -81,21 +84,29 @@ def _write_pem(path: Path, *objects) -> Path:
         else:
             data += item.public_bytes(serialization.Encoding.PEM)
     path.write_bytes(data)
+    if any(hasattr(item, "private_bytes") for item in objects):
+        path.chmod(0o600)  # tapeout refuses a signing key others can read
     return path
 
 
-def make_ca(folder: Path, name: str = "Example") -> dict:
-    """Root → intermediate, and a function that issues leaves under the intermediate."""
+def make_ca(folder: Path, name: str = "Example", *, intermediate_valid=None) -> dict:
+    """Root → intermediate, and a function that issues leaves under the intermediate
+    (`valid` and `name` as for `_certificate`)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     folder.mkdir(parents=True, exist_ok=True)
     root_key, intermediate_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     root = _certificate(f"{name} Root CA", None, root_key.public_key(), root_key, ca=True, path_length=1)
-    intermediate = _certificate(f"{name} Intermediate CA", root.subject, intermediate_key.public_key(), root_key, ca=True, path_length=0)
+    intermediate = _certificate(
+        f"{name} Intermediate CA", root.subject, intermediate_key.public_key(), root_key, ca=True, path_length=0,
+        valid=intermediate_valid,
+    )
 
-    def leaf(subject: str, sans=()) -> CertificateSigner:
+    def leaf(subject: str, sans=(), *, valid=None, name=None) -> CertificateSigner:
         key = ec.generate_private_key(ec.SECP256R1())
-        certificate = _certificate(subject, intermediate.subject, key.public_key(), intermediate_key, ca=False, sans=sans)
+        certificate = _certificate(
+            subject, intermediate.subject, key.public_key(), intermediate_key, ca=False, sans=sans, valid=valid, name=name
+        )
         stem = subject.replace(" ", "-")
         return CertificateSigner(
             _write_pem(folder / f"{stem}.key", key),
@@ -408,11 +419,12 @@ def test_signing_config_fields_must_fit_the_method(tmp_path, signing, message):
 
 
 def test_settings_for_builds_the_configured_signer(tmp_path, pki):
-    from tapeout.flows.pipeline import settings_for
+    from tapeout.flows.settings import settings_for
 
     keyless = settings_for(_pipeline(tmp_path, "signing: {method: sigstore}"), tmp_path / "home", print)
     assert isinstance(keyless.private_key, KeylessSigner) and keyless.private_key.trust_config is None
     shutil.copyfile(pki["release"].private_key, tmp_path / "release.key")
+    (tmp_path / "release.key").chmod(0o600)
     shutil.copyfile(pki["release"].certificate, tmp_path / "release.pem")
     shutil.copyfile(pki["release"].chain[0], tmp_path / "intermediate.pem")
     certificate = settings_for(

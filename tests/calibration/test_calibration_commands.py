@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapeout.calibration.commands import add_commands, model_inputs
+from tapeout.calibration.calibrate import model_inputs
+from tapeout.flows.cli.calibration import add_commands
 from tapeout.calibration.dataset import FOLDER_MANIFEST, load_sample_set
 from tapeout.calibration.table import CalibrationTable
 from tapeout.compilers.errors import InvalidInput

@@ -11,7 +11,8 @@ import pytest
 
 from plugin_models import quantize_tiny
 from tapeout.artifacts.compiled import write_record
-from tapeout.compilers.diff import compare_runners, output_lsb, run_diff
+from tapeout.compilers.diff import compare_runners, output_lsb
+from tapeout.flows.diff import run_diff
 from tapeout.compilers.errors import InvalidInput
 from tapeout.compilers.interface import TargetProfile, TensorSpec
 from tapeout.compilers.registry import load_compiler

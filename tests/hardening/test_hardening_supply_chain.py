@@ -83,7 +83,9 @@ def _registered_bundle(home: Path, signed, bundle: Path) -> str:
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}", home / "artifacts")
     run_id = registry.start_run("digits-cnn", "planted", {})
     registry.log_directory(run_id, bundle, "bundle")
-    registry.register("digits-cnn-cpu", run_id, {"bundle_digest": bundle_digest(bundle), "commit": "0" * 40})
+    registry.register(
+        "digits-cnn-cpu", run_id, {"bundle_digest": bundle_digest(bundle), "commit": "0" * 40, "config_digest": "c" * 64}
+    )
     registry.end_run(run_id, "FINISHED")
     return run_id
 
@@ -115,9 +117,32 @@ def test_pull_refuses_what_was_planted_in_the_artifact_store(kind, signed, tmp_p
     assert not list(tmp_path.glob(".pulled-pull-*"))
 
 
+def _as_built(signed, folder: Path) -> Path:
+    """A copy of `signed` that says what it was built as, the way a build's bundle does
+    (provenance naming digits-cnn-cpu, commit 0…0, config c…c; the compiler record; the
+    calibration manifest), signed again with the same key: pull compares these signed
+    claims with the version it serves the bundle as."""
+    from tapeout.artifacts.provenance import SourceRevision, provenance_statement
+    from tapeout.artifacts.signing import sign_bundle
+
+    shutil.copytree(signed.path, folder)
+    (folder / "model.sig").unlink()
+    statement = provenance_statement(
+        subjects={}, materials=[], source=SourceRevision("/src", "0" * 40, False),
+        resolved_config={"model": {"name": "digits-cnn"}}, target="cpu", config_digest="c" * 64,
+        invocation_id="pull", started_on="2026-01-01T00:00:00+00:00", finished_on="2026-01-01T00:01:00+00:00",
+    )
+    (folder / "provenance.json").write_text(json.dumps(statement))
+    (folder / "compiled" / "compiler.json").write_text(json.dumps({"compiler": "onnxruntime", "files": ["model.bin"]}))
+    (folder / "calibration").mkdir()
+    (folder / "calibration" / "manifest.json").write_text(json.dumps({"digest": "d" * 64}))
+    sign_bundle(folder, signed.public_key.parent / "signing-key.pem")
+    return folder
+
+
 def test_pull_of_an_untouched_bundle_works(signed, tmp_path, capsys):
     home = tmp_path / "home"
-    _registered_bundle(home, signed, signed.path)
+    _registered_bundle(home, signed, _as_built(signed, tmp_path / "as-built"))
     output = tmp_path / "pulled"
     code = main(["pull", "digits-cnn-cpu@1", "-o", str(output), "--public-key", str(signed.public_key), "--home", str(home)])
     assert code == 0, capsys.readouterr().err

@@ -1,8 +1,5 @@
-"""`tapeout calibrate` and `tapeout calib inspect|pack`: the calibration stage by hand.
-
-`add_commands(subparsers)` adds them to the `tapeout` parser (flows/cli.py); each handler takes
-the parsed arguments and returns the exit code. Bad input raises `InvalidInput` (exit code 2),
-which the command line prints without a traceback.
+"""`tapeout calibrate` and `tapeout calib inspect|pack|fetch`: the calibration stage by hand
+(tapeout.calibration). Bad input raises `InvalidInput` (exit code 2).
 """
 
 from __future__ import annotations
@@ -14,18 +11,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from tapeout.calibration.calibrate import calibrate
+from tapeout.calibration.calibrate import calibrate, model_inputs
 from tapeout.calibration.dataset import ImagePreprocessing, SampleSet, load_sample_set
 from tapeout.calibration.observers import METHODS, options_for
 from tapeout.calibration.pack import describe, labels_of, pack
-from tapeout.compilers.errors import InvalidInput
-from tapeout.compilers.interface import TensorSpec
-
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+from tapeout.flows.cli.common import open_registry, pairs
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `calibrate` and `calib {inspect,pack}` to the given subparsers."""
+def add_commands(subparsers) -> None:
+    """Add `calibrate` and `calib {inspect,pack,fetch}` to the given subparsers."""
     run = subparsers.add_parser(
         "calibrate",
         help="compute a calibration table for an ONNX model from a calibration set",
@@ -101,41 +95,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     build.set_defaults(func=pack_command)
 
 
-def model_inputs(model_path: Path) -> tuple[TensorSpec, ...]:
-    """The graph inputs of an ONNX file (initializers excluded); a symbolic batch counts as 1.
-
-    Raises:
-        InvalidInput: unreadable model, or a symbolic dimension other than the batch.
-    """
-    import onnx
-
-    if not model_path.is_file():
-        raise InvalidInput(f"{model_path}: ONNX model not found")
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 — onnx raises DecodeError and friends
-        raise InvalidInput(f"{model_path}: not a readable ONNX model ({error})") from error
-    constants = {init.name for init in model.graph.initializer}
-    specs = []
-    for info in model.graph.input:
-        if info.name in constants:
-            continue
-        tensor = info.type.tensor_type
-        dims = []
-        for axis, dim in enumerate(tensor.shape.dim):
-            if dim.HasField("dim_value"):
-                dims.append(dim.dim_value)
-            elif axis == 0:
-                dims.append(1)
-            else:
-                raise InvalidInput(
-                    f"{model_path}: input {info.name!r}: axis {axis} is symbolic "
-                    f"({dim.dim_param!r}); calibration needs static sample shapes"
-                )
-        specs.append(TensorSpec(info.name, tuple(dims), _ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type))))
-    return tuple(specs)
-
-
 def calibrate_command(args: argparse.Namespace) -> int:
     values = {
         key: getattr(args, key)
@@ -187,29 +146,10 @@ def inspect_command(args: argparse.Namespace) -> int:
 
 
 def fetch_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.registry import Registry
-    from tapeout.artifacts.set_store import fetch_set, read_pointer
-    from tapeout.flows.environment import default_tracking_uri
+    from tapeout.artifacts.set_store import fetch_bundle_set
 
-    pointer = read_pointer(args.bundle)
-    if pointer is None:
-        raise InvalidInput(
-            f"{args.bundle}: expected calibration/pointer.json, found none: the set is in the bundle "
-            f"(calibration/), nothing to fetch"
-        )
-    manifest_path = args.bundle / "calibration" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    registry = Registry(args.tracking_uri or default_tracking_uri(args.home_path), args.home_path / "artifacts")
-    path = fetch_set(registry, pointer, args.output)
-    inputs = tuple(
-        TensorSpec(spec["name"], (1, *spec["shape"]), spec["dtype"]) for spec in manifest["inputs"]
-    )
-    samples = load_sample_set(path, inputs, label_key=manifest.get("labels"))
-    if samples.digest != manifest["digest"] or samples.digest != pointer["digest"]:
-        raise InvalidInput(
-            f"{path}: set digest: expected {manifest['digest']} ({manifest_path}), found {samples.digest}"
-        )
-    print(f"{path}: {samples.count} samples, digest {samples.digest} matches the bundle's manifest")
+    samples = fetch_bundle_set(lambda: open_registry(args), args.bundle, args.output)
+    print(f"{samples.path}: {samples.count} samples, digest {samples.digest} matches the bundle's manifest")
     return 0
 
 
@@ -229,23 +169,13 @@ def pack_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         input_name=args.input_name,
         preprocessing=preprocessing,
-        metadata=_pairs(args.meta, "--meta"),
+        metadata=pairs(args.meta, "--meta"),
         label_key=label_key or None,
-        arrays=_pairs(args.array, "--array"),
+        arrays=pairs(args.array, "--array", values_required=True),
         label_array=label_array or None,
     )
     _print_manifest(samples, as_json=args.json)
     return 0
-
-
-def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
-    found = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or (flag == "--array" and not value):
-            raise InvalidInput(f"{flag}: expected KEY=VALUE, found {pair!r}")
-        found[key] = value
-    return found
 
 
 def _print_manifest(samples: SampleSet, *, as_json: bool) -> None:

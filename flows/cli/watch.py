@@ -1,5 +1,5 @@
-"""`tapeout watch` and `tapeout hook install`: the command-line side of flows/triggers.py,
-kept apart so that building the parser does not import Prefect."""
+"""`tapeout watch` and `tapeout hook install`: the command-line side of flows/triggers.py.
+Building the parser imports nothing of Prefect: the handlers import it when they run."""
 
 from __future__ import annotations
 

@@ -1,31 +1,20 @@
-"""The trust commands of `tapeout` (DESIGN §3): verify, trace, promote, rollback, pull, keys.
+"""The trust commands: verify, trace, promote, rollback, pull, gc, keys (tapeout.artifacts).
 
-`add_commands(subparsers, common)` adds them to the main parser (flows/cli.py). Each handler
-takes the parsed arguments (with `home_path` set by `main`) and returns the exit code; errors
-are TapeoutError subclasses that `main` prints as one line: exit 1 for a failed verification
-or a refused promotion, 2 for bad input.
+Exit 1 for a failed verification or a refused promotion, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from tapeout.compilers.errors import InvalidInput, TapeoutError
+from tapeout.compilers.errors import InvalidInput
+from tapeout.flows.cli.common import bundle_for, existing_registry, open_registry
 
 _DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
-
-
-class NotRegistered(TapeoutError):
-    """A file or digest from the field that no registered version contains."""
-
-    exit_code = 1
 
 
 def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
@@ -74,10 +63,36 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     pull.add_argument("-o", "--output", type=Path, required=True, help="new or empty folder")
     pull.set_defaults(func=pull_command)
 
+    gc = subparsers.add_parser(
+        "gc", parents=[common],
+        help="clean up after killed builds; remove bundles, stored sets and cache nothing points to",
+    )
+    gc.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<home>/mlflow.db)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    gc.add_argument("--cache-limit", default="5G", metavar="SIZE", help="bound <home>/cache (e.g. 500M, 5G; default 5G)")
+    gc.add_argument(
+        "--keep-recent", type=float, default=24.0, metavar="HOURS",
+        help="never remove bundles or stored sets younger than this (default 24)",
+    )
+    gc.add_argument("--json", action="store_true")
+    gc.set_defaults(func=gc_command)
+
     keys = subparsers.add_parser("keys", parents=[common], help="signing keys")
     key_commands = keys.add_subparsers(metavar="ACTION")
-    init = key_commands.add_parser("init", parents=[common], help="create the signing key")
+    registry_option = argparse.ArgumentParser(add_help=False)
+    registry_option.add_argument(
+        "--tracking-uri", help="registry to name the versions an old key signed (default: the home's, if any)"
+    )
+    init = key_commands.add_parser(
+        "init", parents=[common, registry_option],
+        help="create the signing key (on purpose: also when a key earlier versions were signed with is gone)",
+    )
     init.set_defaults(func=keys_init_command)
+    rotate = key_commands.add_parser(
+        "rotate", parents=[common, registry_option],
+        help="replace the signing key; the trust policy keeps trusting the old one",
+    )
+    rotate.set_defaults(func=keys_rotate_command)
 
 
 # -- shared ------------------------------------------------------------------------------------
@@ -89,49 +104,25 @@ def _policy(args: argparse.Namespace):
     return policy_for(args.home_path, args.policy, args.public_key)
 
 
-def _registry(args: argparse.Namespace):
-    from tapeout.artifacts.registry import Registry
-    from tapeout.flows.environment import default_tracking_uri
+def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False):
+    from tapeout.artifacts.audit import home_anchor
 
-    # MLflow draws download progress bars on stdout, which would corrupt --json output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = args.tracking_uri or default_tracking_uri(args.home_path)
-    return Registry(uri, args.home_path / "artifacts")
-
-
-@contextlib.contextmanager
-def _bundle_for(args: argparse.Namespace):
-    """Yield (bundle folder, registered version or None) for a folder or a registry ref."""
-    candidate = Path(args.reference)
-    if candidate.is_dir():
-        yield candidate, None
-        return
-    if candidate.exists():
-        raise InvalidInput(f"{candidate}: expected a bundle folder or MODEL-TARGET@VERSION")
-    registry = _registry(args)
-    version = registry.resolve(args.reference)
-    with tempfile.TemporaryDirectory(prefix="tapeout-verify-") as scratch:
-        yield registry.download_bundle(version, Path(scratch)), version
+    return home_anchor(args.home_path / "keys", policy.keys_for(model), model, signs=signs)
 
 
 # -- verify ------------------------------------------------------------------------------------
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.digest import bundle_digest
-    from tapeout.artifacts.signing import VerificationFailed
+    from tapeout.artifacts.audit import require_whole
+    from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
-    with _bundle_for(args) as (bundle, version):
+    with bundle_for(args) as (bundle, version):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
-            digest = bundle_digest(bundle)
-            if digest != version.tags.get("bundle_digest"):
-                raise VerificationFailed(
-                    bundle,
-                    [f"bundle hashes to {digest} but {version.name} version {version.version} "
-                     f"is tagged bundle_digest={version.tags.get('bundle_digest')}"],
-                )
+            check_served_as(bundle, version)
+            require_whole(open_registry(args), version.name, _anchor(args, policy, version.name), bundle)
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
         print(json.dumps({
@@ -148,20 +139,23 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def trace_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.audit import read_history
-    from tapeout.artifacts.trace import render_html, render_text, trace_bundle
+    from tapeout.artifacts.trace import look_up, render_html, render_text, trace_bundle
 
     policy = _policy(args)
     lookup = None
     reference = args.reference
     path = Path(reference)
     if path.is_file() or (not path.exists() and _DIGEST.match(reference)):
-        lookup, reference = _lookup(args, path if path.is_file() else None, reference)
+        lookup, reference = look_up(open_registry(args), path if path.is_file() else None, reference)
     registry = None
-    with _bundle_for(argparse.Namespace(**{**vars(args), "reference": reference})) as (bundle, version):
+    with bundle_for(args, reference) as (bundle, version):
         if version is None:
             registry, version = _version_of_folder(args, bundle)
-        registry = registry or (_registry(args) if version is not None else None)
-        history = read_history(registry, version.name) if version is not None else None
+        registry = registry or (open_registry(args) if version is not None else None)
+        history = (
+            read_history(registry, version.name, anchor=_anchor(args, policy, version.name))
+            if version is not None else None
+        )
         record = trace_bundle(bundle, version, policy, history)
     if lookup is not None:
         record["lookup"] = lookup
@@ -175,40 +169,24 @@ def trace_command(args: argparse.Namespace) -> int:
         print(render_text(record))
         if args.html:
             print(f"report written to {args.html}")
-    registry_ok = record.get("registry", {}).get("bundle_digest_matches_tag", True)
+    registry_ok = not record.get("registry", {}).get("mismatches")
     history_ok = record.get("promotions", {}).get("chain_ok", True)
     return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
 
 
-def _lookup(args: argparse.Namespace, path: Path | None, reference: str) -> tuple[dict, str]:
-    from tapeout.artifacts.digest import file_digest
-    from tapeout.artifacts.trace import versions_for_digest
-
-    digest = file_digest(path) if path is not None else reference.removeprefix("sha256:")
-    versions = versions_for_digest(_registry(args), digest)
-    if not versions:
-        raise NotRegistered(
-            f"{path or 'digest'}: sha256 {digest} is not a compiled file of any registered version "
-            "(versions are searched by their artifact_sha256 tag)"
-        )
-    matches = [f"{v.name}@{v.version}" for v in versions]
-    newest = max(versions, key=lambda v: int(v.version))
-    return {"file": str(path) if path else None, "sha256": digest, "matches": matches}, f"{newest.name}@{newest.version}"
-
-
 def _version_of_folder(args: argparse.Namespace, bundle: Path):
-    """A bundle folder's registered version, found by its model name and bundle digest."""
-    from tapeout.artifacts.digest import bundle_digest
+    """(registry, the bundle folder's registered version), or (None, None) where there is no
+    registry to ask (none is created just to look) or it does not answer."""
     from tapeout.artifacts.policy import bundle_model_name
+    from tapeout.artifacts.trace import version_of_bundle
 
-    name = bundle_model_name(bundle)
-    if name is None:
+    if bundle_model_name(bundle) is None:
         return None, None
-    if not args.tracking_uri and not (args.home_path / "mlflow.db").is_file():
-        return None, None  # no local registry: do not create one just to look
     try:
-        registry = _registry(args)
-        return registry, registry.find_version(name, {"bundle_digest": bundle_digest(bundle)})
+        registry = existing_registry(args)
+        if registry is None:
+            return None, None
+        return registry, version_of_bundle(registry, bundle)
     except Exception:  # no registry here: the folder is traced on its own
         return None, None
 
@@ -244,9 +222,12 @@ def _print_outcome(outcome, verb: str) -> None:
 def promote_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import promote
 
+    policy = _policy(args)
+    registry = open_registry(args)
     outcome = promote(
-        _registry(args), args.reference, args.alias, _policy(args),
+        registry, args.reference, args.alias, policy,
         firmware=args.firmware, reason=args.reason, actor=args.actor,
+        anchor=_anchor(args, policy, registry.resolve(args.reference).name, signs=True),
     )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
@@ -258,7 +239,11 @@ def promote_command(args: argparse.Namespace) -> int:
 def rollback_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import rollback
 
-    outcome = rollback(_registry(args), args.name, args.alias, _policy(args), reason=args.reason, actor=args.actor)
+    policy = _policy(args)
+    outcome = rollback(
+        open_registry(args), args.name, args.alias, policy,
+        reason=args.reason, actor=args.actor, anchor=_anchor(args, policy, args.name, signs=True),
+    )
     if args.json:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
@@ -269,8 +254,51 @@ def rollback_command(args: argparse.Namespace) -> int:
 def pull_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.promotion import pull
 
-    version, output, signer = pull(_registry(args), args.reference, _policy(args), args.output)
+    policy = _policy(args)
+    registry = open_registry(args)
+    anchor = _anchor(args, policy, registry.resolve(args.reference).name)
+    version, output, signer = pull(registry, args.reference, policy, args.output, anchor)
     print(f"pulled {version.name} version {version.version} into {output}, verified: signed by {signer}")
+    return 0
+
+
+# -- gc ------------------------------------------------------------------------------------------
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise InvalidInput(f"--cache-limit: expected a size like 500M or 5G, found {text!r}")
+    return int(float(match[1]) * units[match[2].upper()])
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.gc import collect
+
+    limit = _size(args.cache_limit)
+    if args.keep_recent < 0:
+        raise InvalidInput(f"--keep-recent: expected hours >= 0, found {args.keep_recent}")
+    collected = collect(
+        args.home_path, open_registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
+    )
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **asdict(collected)}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for title, items in (
+        (f"{verb} staging folder", collected.staging),
+        ("would mark KILLED" if args.dry_run else "marked KILLED", collected.killed_runs),
+        (f"{verb} bundle", collected.bundles),
+        (f"{verb} stored calibration set", collected.calibration_sets),
+        (f"{verb} cache entry", collected.cache_entries),
+    ):
+        for item in items:
+            print(f"{title}: {item}")
+    before, after = collected.cache_bytes
+    print(f"cache: {before / 1024**2:.1f} MiB, {after / 1024**2:.1f} MiB after (limit {limit / 1024**2:.0f} MiB)")
+    for item in collected.left_alone:
+        print(f"left alone: {item}")
     return 0
 
 
@@ -278,10 +306,32 @@ def pull_command(args: argparse.Namespace) -> int:
 
 
 def keys_init_command(args: argparse.Namespace) -> int:
-    from tapeout.artifacts.signing import init_keys, signer_identity
+    from tapeout.artifacts.keyring import init_on_purpose
+    from tapeout.artifacts.signing import signer_identity
 
-    pair, created = init_keys(args.home_path / "keys")
+    key, created = init_on_purpose(args.home_path / "keys", existing_registry(args))
+    pair = key.pair
     state = "created" if created else "exists"
     print(f"{state}: {pair.private_key} (private, mode 0600)\n        {pair.public_key}")
     print(f"signer identity: {signer_identity(pair.public_key)}")
+    if key.retired is not None:
+        print(f"the previous public key is kept as {key.retired}")
+        if key.signed_by_retired:
+            print(
+                f"these versions were signed with it and no longer verify against the home's key: "
+                f"{', '.join(key.signed_by_retired)} (trust it again with `--public-key {key.retired}` "
+                "or in a trust policy)"
+            )
+    return 0
+
+
+def keys_rotate_command(args: argparse.Namespace) -> int:
+    from tapeout.artifacts.keyring import rotate
+    from tapeout.artifacts.signing import signer_identity
+
+    key = rotate(args.home_path, existing_registry(args))
+    print(f"created: {key.pair.private_key} (private, mode 0600)\n        {key.pair.public_key}")
+    print(f"signer identity: {signer_identity(key.pair.public_key)}")
+    print(f"retired: {key.retired}" + (f" (signed {', '.join(key.signed_by_retired)})" if key.signed_by_retired else ""))
+    print(f"trust policy {key.policy} trusts both")
     return 0

@@ -1,67 +1,20 @@
-"""The `tapeout` command line (DESIGN §3).
-
-Exit codes: 0 success, 1 a gate or a verification failed, 2 bad input or configuration.
-Errors print one line naming their subject; `--debug` adds the traceback.
-"""
+"""Running compilers by hand: compile, infer, bench, compilers, compat (tapeout.compilers; the
+compile step is the pipeline's own, tapeout.flows.stages.compile_stage)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Sequence
 from pathlib import Path
 
-from tapeout.compilers.errors import InvalidInput, TapeoutError
-from tapeout.flows import environment
+from tapeout.compilers.errors import InvalidInput
+from tapeout.flows.cli.common import pairs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help(sys.stderr)
-        return 2
-    home = environment.configure(Path(args.home) if args.home else None)
-    args.home_path = home
-    if not args.debug:
-        # urllib3 logs every retry against an unreachable server; the error line says it once.
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    try:
-        return int(args.func(args) or 0)
-    except TapeoutError as error:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="tapeout home (default: $TAPEOUT_HOME or ./.tapeout)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser = argparse.ArgumentParser(
-        prog="tapeout",
-        description="Compile, gate, sign and version models for low-power inference chips.",
-        parents=[common],
-    )
-    commands = parser.add_subparsers(metavar="COMMAND")
-
-    run = commands.add_parser("run", parents=[common], help="one full pipeline run")
-    run.add_argument("pipeline", type=Path, help="pipeline.yaml")
-    run.add_argument("--commit", help="source commit (default: git HEAD of the pipeline's folder)")
-    run.add_argument("--json", action="store_true", help="print one JSON object")
-    run.set_defaults(func=_run)
-
-    compile_ = commands.add_parser("compile", parents=[common], help="run one compiler by hand")
+def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
+    compile_ = subparsers.add_parser("compile", parents=[common], help="run one compiler by hand")
     compile_.add_argument("model", type=Path, help="ONNX model (QDQ, QOperator or float)")
     compile_.add_argument("--compiler", required=True)
     compile_.add_argument("--target", type=Path, help="target profile YAML")
@@ -73,149 +26,40 @@ def _parser() -> argparse.ArgumentParser:
         help="static shape of input NAME, pinning its symbolic dimensions (e.g. a dynamic batch)",
     )
     compile_.add_argument("-o", "--output", type=Path, required=True)
-    compile_.set_defaults(func=_compile)
+    compile_.set_defaults(func=compile_command)
 
-    infer = commands.add_parser("infer", parents=[common], help="run a compiled artifact")
+    infer = subparsers.add_parser("infer", parents=[common], help="run a compiled artifact")
     infer.add_argument("artifact", type=Path, help="compiled artifact folder")
     infer.add_argument("--inputs", type=Path, required=True, help=".npz keyed by input name")
     infer.add_argument("--outputs", type=Path, required=True, help=".npz to write")
-    infer.set_defaults(func=_infer)
+    infer.set_defaults(func=infer_command)
 
-    bench = commands.add_parser("bench", parents=[common], help="time a compiled artifact")
+    bench = subparsers.add_parser("bench", parents=[common], help="time a compiled artifact")
     bench.add_argument("artifact", type=Path)
     bench.add_argument("--iterations", type=int, default=200)
     bench.add_argument("--warmup", type=int, default=20)
     bench.add_argument("--batch", type=int, help="check the artifact's static batch (it is fixed at compile time)")
     bench.add_argument("--threads", type=int, help="check the artifact's thread count (fixed at compile time)")
     bench.add_argument("--json", action="store_true")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=bench_command)
 
-    compilers = commands.add_parser("compilers", parents=[common], help="list compiler plugins")
+    compilers = subparsers.add_parser("compilers", parents=[common], help="list compiler plugins")
     compilers.add_argument("--json", action="store_true")
-    compilers.set_defaults(func=_compilers)
+    compilers.set_defaults(func=compilers_command)
 
-    compat = commands.add_parser("compat", parents=[common], help="operator support per compiler")
+    compat = subparsers.add_parser("compat", parents=[common], help="operator support per compiler")
     compat.add_argument("model", type=Path)
     compat.add_argument("--compiler", help="one compiler; one that places ops (ethos-u) shows where each runs")
     compat.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="with --compiler")
     compat.add_argument("--json", action="store_true")
-    compat.set_defaults(func=_compat)
-
-    from tapeout.artifacts.commands import add_commands as add_artifact_commands
-
-    add_artifact_commands(commands, common)  # verify, trace, promote, rollback, pull, keys
-    from tapeout.calibration.commands import add_commands as add_calibration_commands
-
-    add_calibration_commands(commands)  # calibrate, calib inspect|pack
-    from tapeout.flows.trigger_commands import add_commands as add_trigger_commands
-
-    add_trigger_commands(commands, common)  # watch, hook install
-    from tapeout.compilers.diff import add_commands as add_diff_commands
-
-    add_diff_commands(commands, common)  # diff
-    from tapeout.flows.explain import add_commands as add_explain_commands
-
-    add_explain_commands(commands, common)  # explain
-    return parser
+    compat.set_defaults(func=compat_command)
 
 
-# -- run ------------------------------------------------------------------------------------
-
-
-def _run(args: argparse.Namespace) -> int:
-    if not args.debug:
-        environment.quiet_prefect_logging()  # a failed stage is one line, not Prefect's traceback
-    from tapeout.flows.build import build
-
-    stdout = sys.stdout
-
-    def say(message: str) -> None:
-        # One write per line: targets report from concurrent threads.
-        sys.stderr.write(f"· {message}\n")
-        sys.stderr.flush()
-
-    # In --json mode stdout carries exactly one JSON object: whatever libraries print goes
-    # to stderr with the progress.
-    redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with redirect:
-        result = build(args.pipeline, args.commit, args.home_path, progress=say)
-    outcomes, exit_code = result.outcomes, result.exit_code
-    if args.json:
-        source = result.source
-        document = {
-            "exit_code": exit_code,
-            "source": {
-                "repository": source.repository, "commit": source.commit,
-                "dirty": source.dirty, "dirty_files": list(source.dirty_files),
-            },
-            "targets": [
-                {
-                    "target": o.target,
-                    "registered_model": o.registered_model,
-                    "version": o.version,
-                    "bundle_path": o.bundle_path,
-                    "bundle_digest": o.bundle_digest,
-                    "gate_verdict": o.verdict,
-                    "reused": o.reused,
-                    "message": o.message,
-                    "gates": [
-                        {"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
-                         "observed": g.observed, "passed": g.passed}
-                        for g in o.gates
-                    ],
-                }
-                for o in outcomes
-            ],
-        }
-        print(json.dumps(document, indent=2), file=stdout)
-        return exit_code
-    _print_outcomes(outcomes)
-    return exit_code
-
-
-def _print_outcomes(outcomes) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(soft_wrap=True)
-    for outcome in outcomes:
-        if outcome.gates:
-            table = Table(title=f"{outcome.registered_model}: gates", title_justify="left")
-            for column in ("gate", "bound", "threshold", "observed", "verdict"):
-                table.add_column(column)
-            for gate in outcome.gates:
-                observed = "—" if gate.observed is None else f"{gate.observed:.6g}"
-                verdict = "[green]pass[/]" if gate.passed else "[red]FAIL[/]"
-                table.add_row(gate.metric, gate.bound, f"{gate.threshold:.6g}", observed, verdict)
-            console.print(table)
-        if outcome.verdict == "pass":
-            how = "already registered" if outcome.reused else "registered"
-            console.print(
-                f"[green]PASS[/] {outcome.target}: {how} {outcome.registered_model} "
-                f"version {outcome.version}, bundle {outcome.bundle_digest}"
-                + (f"\n     {outcome.bundle_path}" if outcome.bundle_path else "")
-                + (f"\n     {outcome.message.strip(' ()')}" if outcome.message else "")
-            )
-        elif outcome.verdict == "fail":
-            console.print(f"[red]FAIL[/] {outcome.target}: {outcome.message}")
-        else:
-            console.print(f"[red]ERROR[/] {outcome.target}: {outcome.message}")
-
-
-# -- one compiler by hand -------------------------------------------------------------------
-
-
-def _option_pairs(items: list[str]) -> dict[str, str]:
-    """`--option KEY=VALUE` flags as a dict (the parser `tapeout diff` uses for its own)."""
-    from tapeout.compilers.diff import _pairs
-
-    return _pairs(items, "--option")
-
-
-def _compile(args: argparse.Namespace) -> int:
+def compile_command(args: argparse.Namespace) -> int:
     import yaml
 
     from tapeout.artifacts.compiled import write_record
+    from tapeout.compilers.frontends import pinned_model
     from tapeout.compilers.interface import QuantizedModel, TargetProfile
     from tapeout.flows.stages import compile_stage
 
@@ -228,7 +72,7 @@ def _compile(args: argparse.Namespace) -> int:
         if not isinstance(profile, dict):
             raise InvalidInput(f"{args.target}: expected a mapping")
     options = {str(k): str(v) for k, v in (profile.get("options") or {}).items()}
-    options.update(_option_pairs(args.option))
+    options.update(pairs(args.option, "--option"))
     firmware = args.firmware or profile.get("firmware_revision")
     if firmware is None:  # the oldest firmware the compiler builds for
         from tapeout.compilers.registry import load_compiler
@@ -245,7 +89,9 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tapeout-pinned-") as scratch:
-        described = _pinned_model(args.model, shapes, Path(scratch))
+        described = pinned_model(
+            args.model, shapes, Path(scratch), lambda name, shape: f"--shape {name}={','.join(map(str, shape))}"
+        )
         model = QuantizedModel(
             path=described.path,
             digest=described.digest,
@@ -277,35 +123,6 @@ def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _pinned_model(path: Path, shapes: dict[str, tuple[int, ...]], scratch: Path) -> "ExportedModel":  # noqa: F821
-    """The model every compiler gets, checked: `path` itself when its inputs are static,
-    else a copy in `scratch` with the symbolic dimensions pinned.
-
-    Raises:
-        InvalidInput: the model is not valid ONNX, or `tapeout.compilers.shapes` refuses the
-            shapes (a symbolic dimension left unpinned is named with the --shape that pins it).
-    """
-    import onnx
-
-    from tapeout.compilers.frontends import check_model
-    from tapeout.compilers.shapes import pin_input_shapes
-
-    described = check_model(path.resolve())
-    static = all(size > 0 for spec in described.inputs for size in spec.shape)
-    if static and not shapes:
-        return described
-    pinned = pin_input_shapes(
-        onnx.load(str(path), load_external_data=False),
-        shapes,
-        path,
-        lambda name, shape: f"--shape {name}={','.join(map(str, shape))}",
-    )
-    if static:  # the shapes given are the model's own (pin_input_shapes checked them)
-        return described
-    onnx.save(pinned, str(scratch / path.name))
-    return check_model(scratch / path.name)
-
-
 def _load_runner(directory: Path):
     from tapeout.artifacts.compiled import read_record
     from tapeout.compilers.registry import load_compiler
@@ -314,7 +131,7 @@ def _load_runner(directory: Path):
     return artifact, load_compiler(artifact.compiler).load(artifact)
 
 
-def _infer(args: argparse.Namespace) -> int:
+def infer_command(args: argparse.Namespace) -> int:
     import numpy as np
 
     artifact, runner = _load_runner(args.artifact)
@@ -338,8 +155,10 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def bench_command(args: argparse.Namespace) -> int:
     import numpy as np
+
+    from tapeout.compilers.measure import latency_summary, time_runs
 
     if args.iterations < 1 or args.warmup < 0:
         raise InvalidInput("--iterations must be at least 1 and --warmup at least 0")
@@ -363,23 +182,14 @@ def _bench(args: argparse.Namespace) -> int:
     first_start = time.perf_counter()
     runner.run(feed)
     first = time.perf_counter() - first_start
-    for _ in range(args.warmup):
-        runner.run(feed)
-    timings = np.empty(args.iterations)
-    for index in range(args.iterations):
-        start = time.perf_counter()
-        runner.run(feed)
-        timings[index] = time.perf_counter() - start
+    timings = time_runs(runner, feed, args.iterations, args.warmup)
     report = {
         "artifact_id": artifact.artifact_id,
         "batch": batch,
         "threads": threads,
         "iterations": args.iterations,
         "first_inference_ms": first * 1e3,
-        "latency_p50_ms": float(np.percentile(timings, 50) * 1e3),
-        "latency_p95_ms": float(np.percentile(timings, 95) * 1e3),
-        "latency_p99_ms": float(np.percentile(timings, 99) * 1e3),
-        "throughput_per_s": float(batch * args.iterations / timings.sum()),
+        **latency_summary(timings, batch),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -389,7 +199,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compilers(args: argparse.Namespace) -> int:
+def compilers_command(args: argparse.Namespace) -> int:
     from tapeout.compilers.registry import plugin_statuses
 
     rows = []
@@ -425,7 +235,7 @@ def _compilers(args: argparse.Namespace) -> int:
     return 0 if all(row["status"] == "ok" for row in rows) else 1
 
 
-def _compat(args: argparse.Namespace) -> int:
+def compat_command(args: argparse.Namespace) -> int:
     import onnx
 
     from tapeout.compilers.registry import plugin_statuses
@@ -470,7 +280,7 @@ def _placement(args: argparse.Namespace, compiler) -> int:
 
     check_model(args.model)
     with tempfile.TemporaryDirectory(prefix="tapeout-compat-") as scratch:
-        placed = compiler.placement(args.model.resolve(), _option_pairs(args.option), Path(scratch))
+        placed = compiler.placement(args.model.resolve(), pairs(args.option, "--option"), Path(scratch))
     total = sum(op.macs for op in placed)
     on_cpu = [op for op in placed if op.unit == "CPU"]
     share = 1.0 - sum(op.macs for op in on_cpu) / total if total else 1.0
@@ -484,7 +294,3 @@ def _placement(args: argparse.Namespace, compiler) -> int:
         print(f"{op.unit}  {op.op:<{width}}  {op.macs:>12,} MACs  {op.output}{reason}")
     print(f"{len(placed)} ops, {len(on_cpu)} on the CPU; NPU share of {total:,} MACs: {share:.2%}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
