@@ -20,6 +20,11 @@ times, a turn being the median of its calls over `--budget` seconds, and each fi
 fastest of an engine's turns (other load on a shared machine only ever makes a turn slower,
 as timeit takes the best repeat). Ratios are to ONNX Runtime int8 (above 1: slower).
 
+A call is timed by the CPU time of this process (`--clock cpu`, the default: every engine
+runs on one thread, so on an idle machine it is the wall time, and on a shared one it leaves
+out the time other processes hold the core, which wall time counts at random; caches shared
+with them still slow it) or by wall time (`--clock wall`).
+
 Then the GEMM rate: a 1024 x 1024 x 1024 QLinearMatMul (uint8 activations, int8 constant
 weights) on ONNX Runtime and the same model compiled by int8-ref, in GOPS (2 * M * K * N per
 second).
@@ -255,19 +260,24 @@ def engines(net: Network, workdir: Path, int8ref_options: dict[str, str],
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def turn(fn, feed, budget: float) -> float:
-    """Median seconds per call over `budget` seconds (at least 3 calls), after one warm call."""
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def turn(fn, feed, budget: float, clock: Callable[[], float]) -> float:
+    """Median seconds per call by `clock` over `budget` wall seconds (at least 3 calls),
+    after one warm call."""
     fn(feed)
     times, start = [], time.perf_counter()
     while len(times) < 3 or time.perf_counter() - start < budget:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(feed)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
 def measure_network(build: Callable[[int], Network], workdir: Path, budget: float, repeat: int,
-                    options: dict[str, str], refusals: dict[str, str]) -> dict[str, dict[int, float]]:
+                    clock: Callable[[], float], options: dict[str, str],
+                    refusals: dict[str, str]) -> dict[str, dict[int, float]]:
     """Seconds per call by engine and batch: the fastest of `repeat` interleaved turns."""
     seconds: dict[str, dict[int, float]] = {}
     for batch in BATCHES:
@@ -276,7 +286,7 @@ def measure_network(build: Callable[[int], Network], workdir: Path, budget: floa
         turns: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(repeat):
             for name, fn in runners.items():
-                turns[name].append(turn(fn, net.feed, budget))
+                turns[name].append(turn(fn, net.feed, budget, clock))
         for name, ts in turns.items():
             seconds.setdefault(name, {})[batch] = min(ts)
     return seconds
@@ -307,7 +317,7 @@ def gemm_model(size: int, workdir: Path) -> Path:
 
 
 def measure_gemm(size: int, workdir: Path, budget: float, repeat: int,
-                 options: dict[str, str]) -> dict[str, float]:
+                 clock: Callable[[], float], options: dict[str, str]) -> dict[str, float]:
     """GOPS (2 size^3 per second) of ONNX Runtime and int8-ref on the same QLinearMatMul."""
     path = gemm_model(size, workdir)
     feed = {"a": np.random.default_rng(4).integers(0, 256, (size, size)).astype(np.uint8)}
@@ -318,7 +328,7 @@ def measure_gemm(size: int, workdir: Path, budget: float, repeat: int,
     turns: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeat):
         for name, fn in runners.items():
-            turns[name].append(turn(fn, feed, budget))
+            turns[name].append(turn(fn, feed, budget, clock))
     return {name: 2 * size ** 3 / min(ts) / 1e9 for name, ts in turns.items()}
 
 
@@ -372,6 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="example,cnn-8m,resnet18,mobilenet_v2")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds per engine per turn")
     ap.add_argument("--repeat", type=int, default=3, help="turns per engine")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                    help="what a call's time is: this process's CPU time or wall time")
     ap.add_argument("--gemm", type=int, default=1024, help="GEMM size (0: skip)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes and budgets: checks that everything runs, measures nothing")
@@ -395,9 +407,11 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             refused = refusals.setdefault(name, {})
-            results[name] = measure_network(build, work, args.budget, args.repeat, {}, refused)
+            results[name] = measure_network(build, work, args.budget, args.repeat,
+                                            CLOCKS[args.clock], {}, refused)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        gops = measure_gemm(args.gemm, work, args.budget, args.repeat, {}) if args.gemm else {}
+        gops = (measure_gemm(args.gemm, work, args.budget, args.repeat, CLOCKS[args.clock], {})
+                if args.gemm else {})
     load_after = os.getloadavg()[0]
     bars, met = bar_lines(results)
     env = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -413,7 +427,9 @@ def main(argv=None) -> int:
     text = "\n".join([
         SECTION, "",
         "`benchmarks/int8_runtime.py` (its docstring describes the networks and the method): "
-        f"the fastest of {args.repeat} interleaved turns of {args.budget:g} s per engine.", "",
+        f"the fastest of {args.repeat} interleaved turns of {args.budget:g} s per engine, "
+        f"a call timed by {'the process CPU time' if args.clock == 'cpu' else 'wall time'}.",
+        "",
         network_table(results, refusals), "",
         *(waiting + [""] if waiting else []),
         gemm_line + f"Bar (within {BAR}× of ONNX Runtime int8 at batch 1 and 64):", *bars,
