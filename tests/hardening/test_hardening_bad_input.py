@@ -150,7 +150,7 @@ def test_firmware_the_compiler_cannot_build_for(tmp_path, capsys, home):
     pipeline = cpu_project(tmp_path, two_targets(firmware="0.9.0"))
     code, error = run_bad(capsys, home, pipeline)
     assert code == 2
-    assert "targets[1].firmware_revision: compiler 'int8-ref' builds for firmware 1.0.0 or newer, found '0.9.0'" in error
+    assert "targets[1].firmware_revision: compiler 'int8-ref' builds for firmware 2.0.0 or newer, found '0.9.0'" in error
 
 
 def test_missing_calibration_set_is_named_by_its_field_before_the_export(tmp_path, capsys, home):
@@ -340,6 +340,28 @@ def test_unreachable_registry_fails_fast(tmp_path, capsys, home):
     assert f"MLflow at http://127.0.0.1:{port}: cannot look up digits-cnn-cpu" in error
     assert "Connection refused" in error
     assert time.monotonic() - start < 60  # bounded retries, not MLflow's minutes of backoff
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_named_before_anything_runs(tmp_path, capsys, home):
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    pipeline = cpu_project(tmp_path)
+    code, error = run_bad(capsys, home, pipeline, "--dask-scheduler", address)
+    assert code == 2
+    assert error.startswith(f"error: --dask-scheduler: no Dask scheduler answers at {address}")
+    assert "refused" in error
+
+
+def test_a_runner_address_that_is_not_tcp_host_port_is_a_config_error(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path, pipeline_text() + "runner:\n  dask_scheduler: dask-scheduler:8786\n")
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    assert f"{pipeline}:" in error and "runner.dask_scheduler" in error and "dask-scheduler:8786" in error
 
 
 # -- verification -------------------------------------------------------------------------------
