@@ -41,7 +41,7 @@ def dynamic_qdq(dynamic_batch_model, tmp_path_factory):
 
 
 def compile_command(model, compiler: str, output, *extra: str) -> list[str]:
-    firmware = {"onnxruntime": "1.32.0", "fp16": "1.32.0", "int8-ref": "1.0.0", "openvino": "2026.4.1",
+    firmware = {"onnxruntime": "1.32.0", "fp16": "1.32.0", "int8-ref": "2.0.0", "openvino": "2026.4.1",
                 "ethos-u": "25.08"}[compiler]
     return ["compile", str(model), "--compiler", compiler, "--firmware", firmware, "-o", str(output), *extra]
 

@@ -18,13 +18,14 @@ import pytest
 import yaml
 
 from tapeout.artifacts.registry import Registry
+from tapeout.compilers.int8_ref.compiler import __version__ as INT8_REF_VERSION
 from tapeout.flows.cli import main
 from conftest import EXAMPLE, git
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 CPU = '  - name: cpu\n    compiler: onnxruntime\n    firmware_revision: "1.32.0"\n'
-NPU = '  - name: npu-int8\n    compiler: int8-ref\n    firmware_revision: "1.1.0"\n    memory_budget_bytes: {budget}\n'
+NPU = '  - name: npu-int8\n    compiler: int8-ref\n    firmware_revision: "2.0.0"\n    memory_budget_bytes: {budget}\n'
 TAPEOUT = [sys.executable, "-m", "tapeout.flows.cli"]
 
 
@@ -151,7 +152,7 @@ def test_memory_budget_is_a_gate_with_the_op_where_memory_peaks(tmp_path, capsys
     progress = capsys.readouterr().err
     assert code == 1
     for stage in ("export digits-cnn", "calibrate (entropy, 300 samples)", "quantize",
-                  "per-layer sensitivity on 200 validation samples", "[npu-int8] compile with int8-ref 0.1.0",
+                  "per-layer sensitivity on 200 validation samples", f"[npu-int8] compile with int8-ref {INT8_REF_VERSION}",
                   "[npu-int8] evaluate on 500 validation samples"):
         assert f"· {stage} (cached)\n" in progress, progress
     summaries = sorted((home / "reports" / commit[:12]).iterdir())
