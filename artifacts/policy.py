@@ -17,6 +17,11 @@ models:
       identities:
         - identity: https://github.com/example/models/.github/workflows/release.yml@refs/heads/main
           issuer: https://token.actions.githubusercontent.com
+imports:                                     # models imported already signed by their maker
+  require_signed: true                       # refuse to build from an unsigned model file
+  signers:                                   # who may sign them, per model name (`model.name`)
+    - match: "digits-*"
+      keys: [keys/vendor.pub]                # the same fields as a model's rule
 ```
 
 Without a policy file the default policy trusts one key — the home's `keys/signing-key.pub`
@@ -35,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.keys import PUBLIC_KEY_FILE
-from tapeout.artifacts.signature import Verification, read_signature
+from tapeout.artifacts.signature import Signed, SignedModel, Verification, read_signature
 from tapeout.compilers.errors import InvalidInput
 
 POLICY_FILE = "trust-policy.yaml"
@@ -83,9 +88,18 @@ class ModelRule(_Strict):
     sigstore: SigstoreRule | None = None
 
 
+class ImportRule(_Strict):
+    """Models imported already signed (docs/trust.md, "Signed imports"): who may sign them,
+    per model name, and whether an unsigned one is refused."""
+
+    require_signed: bool = False
+    signers: list[ModelRule] = Field(default_factory=list)
+
+
 class PolicyDocument(_Strict):
     version: Literal[1] = 1
     models: list[ModelRule] = Field(min_length=1)
+    imports: ImportRule = Field(default_factory=ImportRule)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class TrustPolicy:
     source: str
     rules: tuple[ModelRule, ...]
     base: Path
+    imports: ImportRule = ImportRule()
 
     @classmethod
     def single_key(cls, public_key: Path) -> "TrustPolicy":
@@ -114,19 +129,37 @@ class TrustPolicy:
     def _path(self, text: str) -> Path:
         return (self.base / text).resolve()
 
-    def verify(self, bundle: Path, model: str | None = None) -> Verification:
-        """Verify `bundle` with the signer the policy allows for `model` (default: the model
-        named in the bundle's provenance).
+    def verify(self, bundle: Path | Signed, model: str | None = None) -> Verification:
+        """Verify `bundle` (a bundle folder, or a signed statement of its chain) with the
+        signer the policy allows for `model` (default: the model named in the bundle's
+        provenance).
 
         Raises:
             VerificationFailed: the signer is outside the policy, or the signature or any
                 file does not check (named).
             InvalidInput: a key, certificate or trust config the policy names is unreadable.
         """
-        model = model or bundle_model_name(bundle)
+        model = model or (bundle_model_name(bundle) if isinstance(bundle, Path) else None)
         who = f"for {model}" if model else "for this bundle"
         return read_signature(bundle).verify(
             bundle, self.rules_for(model), self._path, f"the policy ({self.source}) allows {who}"
+        )
+
+    def verify_import(self, imported: SignedModel, model: str) -> Verification:
+        """Verify a model imported already signed with the signer `imports.signers` allows
+        for `model` (the pipeline's model name).
+
+        Raises:
+            VerificationFailed: the signer is not one of them, or the signature or a file of
+                the model does not check (named).
+            InvalidInput: a key, certificate or trust config the policy names is unreadable.
+        """
+        rules = [
+            rule for rule in self.imports.signers
+            if rule.match == "*" or fnmatch.fnmatchcase(model, rule.match)
+        ]
+        return read_signature(imported).verify(
+            imported, rules, self._path, f"the policy ({self.source}) allows for imports of {model}"
         )
 
 
@@ -148,7 +181,7 @@ def load_policy(path: Path) -> TrustPolicy:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top)"
         raise InvalidInput(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-    return TrustPolicy(str(path.resolve()), tuple(parsed.models), path.resolve().parent)
+    return TrustPolicy(str(path.resolve()), tuple(parsed.models), path.resolve().parent, parsed.imports)
 
 
 def policy_for(home: Path, policy: Path | None = None, public_key: Path | None = None) -> TrustPolicy:
