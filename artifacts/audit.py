@@ -1,4 +1,4 @@
-"""Append-only audit records of promotions, refusals and rollbacks (DESIGN §7).
+"""Append-only audit records of promotions, refusals and rollbacks (docs/trust.md).
 
 MLflow keeps no alias history (mlflow/mlflow#2169), so every promotion, refused promotion and
 rollback writes one record: one run in the `tapeout-audit` experiment, its fields logged as

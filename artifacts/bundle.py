@@ -1,4 +1,5 @@
-"""Assemble one bundle per (model commit, target): DESIGN §6's directory, signed as a whole.
+"""Assemble one bundle per (model commit, target): the directory of docs/architecture.md, "The
+bundle", signed as a whole.
 
 A bundle is built in a staging folder, every file fsynced, signed, then moved into place with
 one rename: a reader finds a complete signed bundle or none, never a half-written one.

@@ -1,5 +1,6 @@
-"""The MLflow side (DESIGN §7): one run per (commit, target), one registered model per
-(model, target), versions registered from `runs:/<run_id>/bundle`, the `candidate` alias.
+"""The MLflow side (docs/architecture.md, "The registry"): one run per (commit, target), one
+registered model per (model, target), versions registered from `runs:/<run_id>/bundle`, the
+`candidate` alias.
 
 Registration is all-or-nothing: a version whose tags or alias could not be written is deleted
 again, so no half-registered version is ever left behind.

@@ -1,4 +1,4 @@
-"""Trace: from a deployed artifact back to everything it was built from (DESIGN §3, §6).
+"""Trace: from a deployed artifact back to everything it was built from (docs/trust.md).
 
 The record is read from the bundle itself (provenance, reports, manifests), checked afresh
 against its signature and the trust policy, and joined with what the registry knows about

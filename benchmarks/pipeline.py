@@ -7,7 +7,7 @@
 (b) a rebuild in a new process vs the first build: the same commit (found registered, nothing
     runs) and a new commit that changes nothing the build reads (every stage cached, a new
     version signed and registered).
-Bars (issue 7): overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
+The targets it is read against: overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
 
 The servers come from infra/local/services.sh (PostgreSQL, Prefect, MLflow); the build uses
 the example model with its `cpu` target only, so the numbers are about orchestration, not

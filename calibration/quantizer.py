@@ -1,6 +1,6 @@
 """Quantize an fp32 ONNX model to QDQ int8 with the ranges of a calibration table.
 
-Settings (DESIGN §1): QDQ format, int8 weights symmetric per output channel, int8 activations
+Settings (docs/calibration.md): QDQ format, int8 weights symmetric per output channel, int8 activations
 asymmetric per tensor, int32 bias — what integer-only NPUs and TFLite's int8 spec expect.
 ONNX Runtime's quantizer takes the table's ranges through its calibration cache, so it
 never re-calibrates. Named activations can be widened to int16 (mixed precision, for the

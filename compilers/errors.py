@@ -1,7 +1,8 @@
 """The error base every tapeout package raises from, and the compiler errors.
 
-Each error carries its subject (STYLE §10) and the exit code the command line maps it to
-(DESIGN §3): 2 for bad input or configuration, 1 for a failed gate or verification.
+Each error carries its subject (the file, field, node or op, expected vs found) and the exit
+code the command line maps it to (docs/architecture.md, "The command line"): 2 for bad input
+or configuration, 1 for a failed gate or verification.
 """
 
 from __future__ import annotations

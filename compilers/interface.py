@@ -1,4 +1,4 @@
-"""The compiler plugin interface (DESIGN §4).
+"""The compiler plugin interface (docs/plugins.md; docs/architecture.md, "Plugins").
 
 A compiler is one class with `name`, `version` and three methods: `capabilities()`,
 `compile()` and `load()`. Everything that crosses the interface is a frozen dataclass, so a
@@ -86,7 +86,8 @@ class CompiledArtifact:
     """A compiler's output: files under `directory`, plus what is needed to load them.
 
     `files` are paths relative to `directory`, sorted. `artifact_id` describes its own
-    configuration, e.g. "int8-ref-0.1.0-<options digest[:12]>" (STYLE §7).
+    configuration, e.g. "int8-ref-0.1.0-<options digest[:12]>": every parameter that changes
+    the result is in it.
     `minimum_firmware_revision` is the oldest runtime that can run it. `report` holds the
     compiler's own measurements (peak memory bytes, op counts...), JSON-serialisable.
     """
@@ -113,7 +114,7 @@ class Runner(Protocol):
 
 @runtime_checkable
 class Compiler(Protocol):
-    """A compiler plugin (DESIGN §4), found through the `tapeout.compilers` entry point."""
+    """A compiler plugin (docs/plugins.md), found through the `tapeout.compilers` entry point."""
 
     name: str
     version: str

@@ -1,7 +1,8 @@
 """Find compiler plugins through the `tapeout.compilers` entry-point group, and check them.
 
 Discovery and validation follow pluggy's manager (a broken plugin is named with what is
-wrong with it, STYLE §8); there is no hook machinery, since a run uses one compiler per target.
+wrong with it, as pluggy's `_verify_hook` does); there is no hook machinery, since a run uses
+one compiler per target.
 """
 
 from __future__ import annotations

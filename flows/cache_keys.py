@@ -1,4 +1,5 @@
-"""Cache keys: the digest of everything a stage's output depends on (DESIGN §1, §8).
+"""Cache keys: the digest of everything a stage's output depends on (docs/architecture.md,
+"One run").
 
 A key names the stage's output folder under `<home>/cache/<stage>/<key>` and Prefect's
 persisted result record, so an unchanged stage is not run again, also in a new process.
@@ -88,6 +89,6 @@ def evaluate_key(artifact_files: list[Path], validation_digest: str, reference_d
             "artifact": [file_digest(path) for path in artifact_files],
             "validation": validation_digest,
             "reference": reference_digest,
-            "metrics": "v2",  # issue 5: p99, throughput, warm-up, output SQNR/cosine, latencies
+            "metrics": "v2",  # v2 added p99, throughput, warm-up, output SQNR/cosine and every latency
         },
     )

@@ -28,7 +28,7 @@ GATE_METRICS = (
     "latency_p50_ms",
     "latency_p95_ms",
     "artifact_size_bytes",
-    # issue 5: more gates (flows/evaluate.py measures them)
+    # the evaluation's further metrics (flows/evaluate.py measures them)
     "accuracy_drop_relative",
     "output_sqnr_db",
     "output_cosine",
@@ -155,7 +155,7 @@ class TargetConfig(_Strict):
 
 
 class SigningConfig(_Strict):
-    """How bundles are signed (DESIGN §6): `key` (offline default), `certificate` (key + leaf
+    """How bundles are signed (docs/trust.md): `key` (offline default), `certificate` (key + leaf
     certificate + chain) or `sigstore` (keyless, CI's ambient OIDC identity)."""
 
     method: Literal["key", "certificate", "sigstore"] = "key"

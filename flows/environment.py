@@ -1,4 +1,5 @@
-"""The tapeout home and the quiet, offline defaults of Prefect and MLflow (DESIGN §7, §8).
+"""The tapeout home and the quiet, offline defaults of Prefect and MLflow (docs/architecture.md,
+"Orchestration").
 
 Everything a run keeps locally lives under the home: `$TAPEOUT_HOME`, default `./.tapeout/`.
 """

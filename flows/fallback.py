@@ -1,7 +1,7 @@
 """The accuracy-aware fallback: when an accuracy gate fails, keep the most sensitive layers
 out of int8, in a bounded search, and stop at the smallest set that passes every gate.
 
-Each target decides for itself, from its compiler's capabilities (data, STYLE §9):
+Each target decides for itself, from its compiler's capabilities (data, read without compiling):
 
 - `fp32`: the compiler takes float ops (`"float"` in `input_formats`, e.g. `onnxruntime`):
   layers are kept in fp32 (tapeout.flows.sensitivity.keep_out).

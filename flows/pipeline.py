@@ -1,4 +1,5 @@
-"""The build flow: one Prefect flow, a thin task per stage (DESIGN §1, §8).
+"""The build flow: one Prefect flow, a thin task per stage (docs/architecture.md, "One run" and
+"Orchestration").
 
 Shared stages (export, calibrate, quantize, fp32 reference) run once; targets then fan out as
 concurrent task runs. Pure stages are cached by the digest of their inputs (flows/cache_keys)
@@ -206,7 +207,7 @@ def build_target(
             artifact=artifact, validation=shared.validation, reference=shared.reference,
         )
         gated = stages.gate_stage(pipeline, target, evaluation, shared.quantized, artifact)
-        # issue 5: an accuracy gate failed → keep the most sensitive layers out of int8 (bounded).
+        # An accuracy gate failed → keep the most sensitive layers out of int8 (bounded; docs/accuracy.md).
         quantized, artifact, gated, kept = fallback.repair_target(
             pipeline, target, profile, shared, artifact, gated, cache / "fallback" / uuid.uuid4().hex, progress
         )

@@ -2,7 +2,7 @@
 
 A *layer* is a node of the QDQ model whose output is quantized (a QuantizeLinear →
 DequantizeLinear pair follows it). The map from layer to tensors is built explicitly from the
-graph (STYLE: no names parsed back out of strings): `float_tensor` is the tensor in the fp32
+graph, never parsed back out of tensor names: `float_tensor` is the tensor in the fp32
 model, `quantized_tensor` the DequantizeLinear output that stands for it in the QDQ model.
 
 Two metrics:

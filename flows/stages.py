@@ -1,5 +1,6 @@
 """The pipeline's stages as plain functions: the work itself, which the flow wraps thinly and
-tests call directly (STYLE §11). Each takes typed inputs and an explicit work directory.
+tests call directly (docs/architecture.md, "One run"). Each takes typed inputs and an explicit
+work directory.
 """
 
 from __future__ import annotations
@@ -329,7 +330,8 @@ def version_tags(
     bundle: Bundle,
     signer: Signer,
 ) -> dict[str, str]:
-    """What a registered version carries (DESIGN §7): enough for `trace` without the bundle.
+    """What a registered version carries (docs/architecture.md, "The registry"): enough for
+    `trace` without the bundle.
 
     `artifact_sha256` lists the compiled files' digests (comma-separated) so that
     `tapeout trace FILE` finds the version of a file found in the field; the `signer` tag is

@@ -1,5 +1,5 @@
 """Build on every model commit: a scheduled watcher, a git hook that emits an event, and the
-deployments that react to both (DESIGN §8).
+deployments that react to both (docs/architecture.md, "Orchestration"; docs/scale-out.md).
 
 - `watch_flow` lists the commits of a branch that touched the model or the pipeline and are
   not built yet, and builds each, oldest first. A deployment runs it on a cron schedule.

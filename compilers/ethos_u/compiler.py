@@ -72,7 +72,7 @@ _OPTION_NAMES = (
 
 @dataclass(frozen=True)
 class EthosUOptions:
-    """The resolved target options (every default written out, STYLE: no hidden defaults)."""
+    """The resolved target options, every default written out (none hidden in the code paths)."""
 
     accelerator_config: str
     system_config: str
@@ -192,7 +192,7 @@ def resolve_options(given: Mapping[str, str]) -> EthosUOptions:
 
 
 class EthosUCompiler:
-    """Compiler plugin `ethos-u` (DESIGN §4): QDQ ONNX -> int8 TFLite -> Vela."""
+    """Compiler plugin `ethos-u` (docs/plugins.md, docs/ethos-u.md): QDQ ONNX -> int8 TFLite -> Vela."""
 
     name = "ethos-u"
     version = VELA_VERSION  # the pinned Vela release; compile() checks the installed one

@@ -113,7 +113,7 @@ def resolve_options(given: Mapping[str, str]) -> Fp16Options:
 
 
 class Fp16Compiler:
-    """Compiler plugin `fp16` (DESIGN §4)."""
+    """Compiler plugin `fp16` (docs/plugins.md)."""
 
     name = "fp16"
 

@@ -43,7 +43,7 @@ FIRST_RELEASE_FOR_OPSET = {
 
 
 class OnnxRuntimeCompiler:
-    """Compiler plugin `onnxruntime` (DESIGN §4)."""
+    """Compiler plugin `onnxruntime` (docs/plugins.md)."""
 
     name = "onnxruntime"
 

@@ -107,7 +107,7 @@ def resolve_options(given: Mapping[str, str]) -> OpenVinoOptions:
 
 
 class OpenVinoCompiler:
-    """Compiler plugin `openvino` (DESIGN §4): QDQ ONNX -> OpenVINO CPU compiled blob."""
+    """Compiler plugin `openvino` (docs/plugins.md): QDQ ONNX -> OpenVINO CPU compiled blob."""
 
     name = "openvino"
 

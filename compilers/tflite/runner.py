@@ -24,7 +24,7 @@ from tapeout.compilers.errors import InvalidInput
 from tapeout.compilers.tflite.converter import NHWC, EdgeTensor
 
 
-# The CPU kernels LiteRT runs, a named choice like TFLite's TFLITE_SINGLE_ROUNDING (STYLE §4):
+# The CPU kernels LiteRT runs, a named choice like TFLite's TFLITE_SINGLE_ROUNDING:
 # - "xnnpack" (LiteRT's default): XNNPACK's int8 operators requantize in float32 and round half
 #   to even (its "fp32" requantization), as ONNX Runtime's MlasRequantizeOutput does, so conv
 #   and fully-connected layers match ONNX Runtime bit for bit; ops XNNPACK does not take run on

@@ -1,5 +1,5 @@
 """Tiny models every compiler plugin must handle, built with onnx.helper (no torch), and
-quantized as the notes of issue 8 ask: QDQ, per channel, int8 weights (symmetric) and int8
+quantized as docs/plugins.md's contract says: QDQ, per channel, int8 weights (symmetric) and int8
 activations (asymmetric)."""
 
 from __future__ import annotations

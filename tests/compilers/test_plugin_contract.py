@@ -1,4 +1,4 @@
-"""The contract every registered compiler plugin must keep (issue 8), one parametrised suite
+"""The contract every registered compiler plugin must keep (docs/plugins.md), one parametrised suite
 over `plugin_statuses()`: built-in, optional and third-party plugins alike.
 
 For each plugin: capabilities are readable without compiling; a tiny QDQ model compiles,

@@ -25,7 +25,7 @@ BUNDLE_FILES = {
     "compiled/compiler.json",
     "reports/gates.json",
     "reports/benchmark.json",
-    "reports/gates.md",  # issue 5: reports people read
+    "reports/gates.md",  # the gate report people read (docs/accuracy.md)
     "reports/latency.png",
     "reports/accuracy.png",
     "reports/sensitivity.json",

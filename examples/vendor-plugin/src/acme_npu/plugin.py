@@ -69,7 +69,7 @@ def resolve_options(given: Mapping[str, str]) -> AcmeOptions:
 
 
 class AcmeNpuCompiler:
-    """Compiler plugin `acme-npu` (tapeout DESIGN §4), registered through the entry point."""
+    """Compiler plugin `acme-npu` (tapeout's docs/plugins.md), registered through the entry point."""
 
     name = "acme-npu"
     version = VERSION  # the acme-npuc release this plugin is built for; compile() checks it
