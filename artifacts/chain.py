@@ -81,7 +81,8 @@ def bundle_format(bundle: Path) -> int:
     """The bundle's format: 1 without `bundle.json` (made before the chain), else its `format`.
 
     Raises:
-        InvalidInput: `bundle.json` is not a document tapeout writes.
+        InvalidInput: `bundle.json` is not a document tapeout writes, or names a format newer
+            than this tapeout reads (its chain would be checked by rules it does not know).
     """
     if not (bundle / FORMAT_FILE).exists():
         return 1
@@ -89,6 +90,11 @@ def bundle_format(bundle: Path) -> int:
     found = document.get("format")
     if not isinstance(found, int) or isinstance(found, bool) or found < 2:
         raise InvalidInput(f"{bundle / FORMAT_FILE}: format: expected an integer >= 2, found {found!r}")
+    if found > BUNDLE_FORMAT:
+        raise InvalidInput(
+            f"{bundle / FORMAT_FILE}: format {found} is newer than this tapeout reads (formats 1 to "
+            f"{BUNDLE_FORMAT}): check its chain with the tapeout release that wrote it"
+        )
     return found
 
 

@@ -121,6 +121,7 @@ def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False
 def verify_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.audit import require_whole
     from tapeout.artifacts.chain import require_chain
+    from tapeout.artifacts.chain_view import render_report
     from tapeout.artifacts.policy import bundle_model_name
     from tapeout.artifacts.promotion import check_served_as
 
@@ -150,22 +151,8 @@ def verify_command(args: argparse.Namespace) -> int:
     else:
         print(f"verified {where}: {result.files} files match the signature ({result.method}) by {result.signer}")
         if chain is not None:
-            print(render_chain(chain))
+            print(render_report(chain))
     return 0
-
-
-def render_chain(chain) -> str:
-    """One line per verified link: stage, what it made, from what, signed by whom."""
-    lines = [f"chain of attestations (bundle format {chain.format}): {len(chain.links)} links verified"]
-    imported = chain.imported
-    if imported is not None:
-        state = f"signed ({imported['signature']}, by {imported.get('signer')})" if imported["signed"] else "unsigned"
-        lines.append(f"  import     {imported['file']}: {state}")
-    for link in chain.links:
-        made = ", ".join(f"{name} {digest[:12]}" for name, digest in link.subjects.items())
-        inputs = ", ".join(name if not digest else f"{name} {digest[:12]}" for name, digest in link.materials.items())
-        lines.append(f"  {link.stage:<10} {made}\n             <- {inputs}\n             signed by {link.signer}")
-    return "\n".join(lines)
 
 
 # -- trace -------------------------------------------------------------------------------------
@@ -207,7 +194,8 @@ def trace_command(args: argparse.Namespace) -> int:
             print(f"report written to {args.html}")
     registry_ok = not record.get("registry", {}).get("mismatches")
     history_ok = record.get("promotions", {}).get("chain_ok", True)
-    return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
+    chain_ok = record["chain"]["verified"] is not False  # None: a bundle made before the chain
+    return 0 if record["verification"]["verified"] and registry_ok and history_ok and chain_ok else 1
 
 
 def _print_sbom(args: argparse.Namespace, policy) -> int:
