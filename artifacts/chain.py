@@ -185,7 +185,8 @@ def require_chain(bundle: Path, policy: TrustPolicy, model: str) -> ChainReport:
     """
     report = check_chain(bundle, policy, model)
     if not report.ok:
-        raise ChainBroken(bundle, ["chain of attestations: " + problem for problem in report.problems])
+        prefix = "chain of attestations: " if report.format >= 2 else ""  # format 1 says it has none
+        raise ChainBroken(bundle, [prefix + problem for problem in report.problems])
     return report
 
 
@@ -226,15 +227,17 @@ def _check_statement(
         definition = predicate.get("buildDefinition") or {}
         if definition.get("buildType") != build_type(stage):
             problems.append(f"expected build type {build_type(stage)}, found {definition.get('buildType')!r}")
-        materials = _descriptors(definition.get("resolvedDependencies"))
+        inputs = definition.get("resolvedDependencies")
+        materials = _descriptors(inputs)
     else:
         # What was tested is tested with what it was configured with: both are its inputs.
-        materials = {**_descriptors(statement.get("subject")), **_descriptors(predicate.get("configuration"))}
+        inputs = predicate.get("configuration")
+        materials = {**_descriptors(statement.get("subject")), **_descriptors(inputs)}
     subjects = _descriptors(statement.get("subject"))
     if not subjects:
         problems.append("its statement names no subject")
-    for key, digest in {**subjects, **materials}.items():
-        problem = _against_file(bundle, key, digest)
+    for item in [*_listed(statement.get("subject")), *_listed(inputs)]:
+        problem = _against_file(bundle, item)
         if problem:
             problems.append(problem)
     return Link(stage, name, subjects, materials, signer, tuple(problems)), statement
@@ -255,10 +258,19 @@ def _descriptors(items: object) -> dict[str, str]:
     return found
 
 
-def _against_file(bundle: Path, name: str, digest: str) -> str | None:
-    """A descriptor naming a file of the bundle must carry that file's sha256."""
-    if not _names_bundle_file(name):
+def _listed(items: object) -> list[dict]:
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _against_file(bundle: Path, item: dict) -> str | None:
+    """A descriptor naming a file of the bundle must carry that file's sha256. A bundle file
+    is named by its path in the bundle alone; a file of the repository has a `git+` uri too
+    (its path may well be `model/model.onnx`)."""
+    name = item.get("name")
+    if item.get("uri") or not isinstance(name, str) or not _names_bundle_file(name):
         return None
+    digests = item.get("digest") if isinstance(item.get("digest"), dict) else {}
+    digest = digests.get("sha256")
     path = _inside(bundle, name)
     if path is None or not path.is_file():
         return f"{name} is not in the bundle"

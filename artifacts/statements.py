@@ -15,7 +15,9 @@ provenance): their inputs are its `resolvedDependencies`, their settings its
 (https://github.com/in-toto/attestation/blob/main/spec/predicates/test-result.md): its subject
 is what was tested (the compiled files), its `configuration` what it was tested with, and the
 gates are its tests. Materials and subjects that are files of the bundle are named by their
-path in it; the export's source files by their path in the repository.
+path in it alone; the export's source files and the imported model's signature by their path
+in the repository with a `git+<repository>@<commit>#<path>` uri, so that a source file at
+`model/model.onnx` is never taken for the bundle's.
 
 A statement holds no time, invocation id or host: it is a function of its stage's inputs and
 outputs, so a stage taken from the cache is attested by the same statement. The statements are
@@ -125,6 +127,7 @@ def export_statement(root: Path, inputs: ExportInputs, source: SourceRevision) -
             # The maker's signature comes first: the chain starts where the model came from.
             materials.append(_descriptor(
                 name=str(model.signature_name), digest={"sha256": str(model.signature_digest)},
+                uri=f"git+{location}@{commit}#{model.signature_name}",
                 annotations={"signs": model.name, "signer": str(model.signer), "method": str(model.method)},
             ))
     # A dirty build read files that differ from the commit: the statement says which.

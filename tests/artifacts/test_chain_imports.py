@@ -42,11 +42,13 @@ def project(root: Path, exported_model, maker, *, sign_with=None) -> dict:
     maker's release certificate; committed, with a home whose key the policy trusts."""
     folder = root / "project"
     shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__", "model.py", "weights.pt"))
-    shutil.copyfile(exported_model.path, folder / "model.onnx")
+    # Under model/, as the bundle's own fp32 model is named: the chain tells the two apart.
+    (folder / "model").mkdir()
+    shutil.copyfile(exported_model.path, folder / "model" / "model.onnx")
     pipeline = folder / "pipeline.yaml"
     text = pipeline.read_text()
     start, end = text.index("  source:\n"), text.index("  inputs:\n")
-    text = text[:start] + "  source: {onnx: model.onnx}\n" + text[end:]
+    text = text[:start] + "  source: {onnx: model/model.onnx}\n" + text[end:]
     text = text[: text.index("targets:\n")] + "targets:\n" + CPU + text[text.index("\ngates:"):]
     pipeline.write_text(text.replace("signing:\n", "signing:\n  policy: trust-policy.yaml\n", 1))
     shutil.copytree(Path(maker["release"].certificate).parent, folder / "pki")
@@ -58,7 +60,7 @@ def project(root: Path, exported_model, maker, *, sign_with=None) -> dict:
         "      certificates: {roots: [pki/root.pem], sans: [models@maker.example]}\n"
     )
     if sign_with is not None:
-        sign_model(folder / "model.onnx", sign_with)
+        sign_model(folder / "model" / "model.onnx", sign_with)
     git(folder, "init", "-q", "-b", "main")
     git(folder, "add", "-A")
     git(folder, "commit", "-qm", "the example, imported")
@@ -94,17 +96,18 @@ def test_a_signed_import_is_the_first_link_of_the_chain(tmp_path, exported_model
     assert code == 0, err
     code = main(["verify", f"{NAME}@1", "--chain", "--json", "--home", str(world["home"]),
                  "--policy", str(world["project"] / "trust-policy.yaml")])
-    document = json.loads(capsys.readouterr().out)
-    assert code == 0
-    signature = world["project"] / "model.onnx.sig"
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    signature = world["project"] / "model" / "model.onnx.sig"
     imported = document["imported"]
-    assert imported["file"] == "model.onnx" and imported["signed"] and imported["verified"]
+    assert imported["file"] == "model/model.onnx" and imported["signed"] and imported["verified"]
     assert imported["signer"].startswith("x509:") and "models@maker.example" in imported["signer"]
     export = document["chain"][0]
     assert export["stage"] == "export"
     # The maker's signature is the chain's first material, the model file it signs another.
-    assert next(iter(export["materials"].items())) == ("model.onnx.sig", file_digest(signature))
-    assert export["materials"]["model.onnx"] == file_digest(world["project"] / "model.onnx")
+    assert next(iter(export["materials"].items())) == ("model/model.onnx.sig", file_digest(signature))
+    assert export["materials"]["model/model.onnx"] == file_digest(world["project"] / "model" / "model.onnx")
     (bundle,) = (world["home"] / "bundles" / NAME).iterdir()
     assert (bundle / "attestations" / "imported-model.sig").read_bytes() == signature.read_bytes()
 
@@ -115,7 +118,7 @@ def test_a_signed_import_is_the_first_link_of_the_chain(tmp_path, exported_model
     shutil.copytree(bundle, copy)
     model = tmp_path / "stranger" / "model.onnx"
     model.parent.mkdir()
-    shutil.copyfile(world["project"] / "model.onnx", model)
+    shutil.copyfile(world["project"] / "model" / "model.onnx", model)
     shutil.copyfile(sign_model(model, maker["stranger"]), copy / "attestations" / "imported-model.sig")
     (copy / "model.sig").unlink()
     sign_bundle(copy, world["home"] / "keys" / "signing-key.pem")
@@ -141,16 +144,16 @@ def test_an_import_signed_by_a_maker_outside_the_policy_is_refused(tmp_path, exp
     world = project(tmp_path, exported_model, maker, sign_with=maker["stranger"])
     code, err = run(world, capsys)
     assert code == 1
-    assert "model.onnx" in err and "verification failed" in err and "allows for imports of digits-cnn" in err
+    assert "model/model.onnx: verification failed: signature is invalid or not made by the pinned certificate roots" in err
     assert_nothing_built(world)
 
 
 def test_an_import_changed_after_it_was_signed_is_refused(tmp_path, exported_model, maker, capsys):
     world = project(tmp_path, exported_model, maker, sign_with=maker["release"])
-    model = world["project"] / "model.onnx"
+    model = world["project"] / "model" / "model.onnx"
     model.write_bytes(model.read_bytes() + b"\0")
     git(world["project"], "commit", "-qam", "a byte more")
     code, err = run(world, capsys)
     assert code == 1
-    assert "model.onnx" in err and "verification failed" in err
+    assert "model/model.onnx: verification failed: " in err and "Hash mismatch" in err
     assert_nothing_built(world)
