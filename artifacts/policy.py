@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.keys import PUBLIC_KEY_FILE
-from tapeout.artifacts.signature import Signed, SignedModel, Verification, read_signature
+from tapeout.artifacts.signature import Signed, SignedModel, SignedStatement, Verification, read_signature
 from tapeout.compilers.errors import InvalidInput
 
 POLICY_FILE = "trust-policy.yaml"
@@ -145,9 +145,10 @@ class TrustPolicy:
             bundle, self.rules_for(model), self._path, f"the policy ({self.source}) allows {who}"
         )
 
-    def verify_import(self, imported: SignedModel, model: str) -> Verification:
-        """Verify a model imported already signed with the signer `imports.signers` allows
-        for `model` (the pipeline's model name).
+    def verify_import(self, imported: SignedModel | SignedStatement, model: str) -> Verification:
+        """Verify a model imported already signed (or, in a bundle, the maker's signature
+        kept without the model) with the signer `imports.signers` allows for `model` (the
+        pipeline's model name).
 
         Raises:
             VerificationFailed: the signer is not one of them, or the signature or a file of
