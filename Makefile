@@ -15,7 +15,7 @@ $(BIN)/python:
 # The tests cover every optional compiler, so they install every extra, and the out-of-tree
 # plugin example (examples/vendor-plugin) as a package of its own, as a third party would.
 $(INSTALLED): $(BIN)/python $(BUILD_INPUTS)
-	$(BIN)/python -m pip install --quiet -e '.[torch,ethos-u,openvino,sklearn,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,ethos-u,openvino,sklearn,dask,dev]'
 	$(BIN)/python -m pip install --quiet -e examples/vendor-plugin
 	touch $@
 

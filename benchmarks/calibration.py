@@ -110,6 +110,18 @@ def worker(impl: str, method: str, model: Path, set_path: Path, workdir: Path) -
     }
 
 
+def report(table_text: str, results: list[dict], checks: list[tuple[str, bool]], json_path: Path | None) -> int:
+    """Print the table and each bar's verdict, write the raw results to `json_path` if given;
+    the exit code: 0 when every bar passed."""
+    print(table_text)
+    print()
+    for text, passed in checks:
+        print(f"{'PASS' if passed else 'FAIL'}  {text}")
+    if json_path:
+        json_path.write_text(json.dumps({"results": results, "bars": checks}, indent=2))
+    return 0 if all(passed for _, passed in checks) else 1
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size: VmHWM, of this process image only.
 
@@ -278,14 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(args.sizes)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     results = measure(sizes, args.repeat)
-    print(table(results))
-    print()
-    checks = bars(results, sizes)
-    for text, passed in checks:
-        print(f"{'PASS' if passed else 'FAIL'}  {text}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "bars": checks}, indent=2))
-    return 0 if all(passed for _, passed in checks) else 1
+    return report(table(results), results, bars(results, sizes), args.json)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
     samples = stages.calibration_set(pipeline, model)
     calibrated = stages.calibrate_stage(pipeline, model, samples, work / "calibrate")
     quantized = stages.quantize_stage(model, calibrated, work / "quantize")
-    validation, reference = stages.validation_stage(pipeline, model)
+    validation = stages.validation_set(pipeline, model)
+    reference = stages.reference_stage(model, validation, work / "reference")
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for target in pipeline.config.targets:
         artifact = stages.compile_stage(quantized, pipeline.target_profile(target), work / "compile" / target.name)

@@ -18,7 +18,7 @@ LSB is one code. An output without a per-tensor scale (a float output) is compar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -110,14 +110,16 @@ def _finish(name: str, counter: LsbHistogram, lsb: float | None, source: str) ->
 def compare_runners(
     candidate: Runner,
     reference: Runner,
-    arrays: Mapping[str, np.ndarray],
+    chunks: Iterable[Mapping[str, np.ndarray]],
     inputs: tuple[TensorSpec, ...],
     count: int,
     lsb: Mapping[str, float],
     tolerance_lsb: int = 1,
 ) -> tuple[tuple[TensorDiff, ...], tuple[TensorDiff, ...], str, str | None]:
-    """Run both on the first `count` samples; returns (outputs, layers, layers note, first
-    divergent layer).
+    """Run both on the first `count` samples of `chunks` (arrays keyed by input name, read one
+    chunk after the other: `[arrays]` for samples in memory, `SampleSet.chunks()` for a set on
+    disk); returns (outputs, layers, layers note, first divergent layer). What is kept is
+    counts, never outputs, so memory does not grow with `count`.
 
     A layer is compared when both runners trace it with the same shape and an integer dtype
     (its int8 codes). The first divergent layer is the first one, in the reference's order,
@@ -127,7 +129,7 @@ def compare_runners(
     outputs: dict[str, LsbHistogram] = {}
     layers: dict[str, LsbHistogram] = {}
     layer_order: list[str] = []
-    for feed, real in padded_batches(arrays, inputs, count):
+    for feed, real in padded_batches(chunks, inputs, count):
         if tracing:
             got_trace = candidate.trace(feed)  # type: ignore[union-attr]
             want_trace = reference.trace(feed)  # type: ignore[union-attr]

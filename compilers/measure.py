@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,22 +22,48 @@ SQNR_CAP_DB = 200.0
 
 
 def padded_batches(
-    arrays: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], count: int
+    chunks: Iterable[Mapping[str, np.ndarray]], inputs: tuple[TensorSpec, ...], count: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """The first `count` samples of `arrays` (keyed by input name, samples first) in batches of
-    the model's fixed batch size (the first input's first dimension), each input as its spec's
-    dtype. The last batch is padded with copies of its final sample: yields (feed, how many
-    of its samples are real), and a caller keeps only the first `real` rows of each output."""
+    """The first `count` samples of `chunks` (arrays keyed by input name, samples first, read
+    one chunk after the other: a whole set is `[arrays]`) in batches of the model's fixed batch
+    size (the first input's first dimension), each input as its spec's dtype. The last batch is
+    padded with copies of its final sample: yields (feed, how many of its samples are real),
+    and a caller keeps only the first `real` rows of each output. No chunk is read once
+    `count` samples are."""
     batch = inputs[0].shape[0]
-    for start in range(0, count, batch):
-        feed, real = {}, 0
-        for spec in inputs:
-            chunk = arrays[spec.name][start : min(start + batch, count)]
-            real = chunk.shape[0]
-            if real < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-            feed[spec.name] = np.ascontiguousarray(chunk, dtype=spec.dtype)
-        yield feed, real
+    names = [spec.name for spec in inputs]
+    held: dict[str, list[np.ndarray]] = {name: [] for name in names}  # < batch samples
+    waiting = taken = 0
+    for chunk in chunks:
+        rows = min(chunk[names[0]].shape[0], count - taken)
+        taken += rows
+        start = 0
+        if waiting:  # complete the batch the chunk before began
+            start = min(batch - waiting, rows)
+            for name in names:
+                held[name].append(chunk[name][:start])
+            waiting += start
+            if waiting == batch:
+                yield _feed({name: np.concatenate(held[name]) for name in names}, inputs), batch
+                held, waiting = {name: [] for name in names}, 0
+        if not waiting:
+            whole = start + (rows - start) // batch * batch
+            for first in range(start, whole, batch):
+                yield _feed({name: chunk[name][first : first + batch] for name in names}, inputs), batch
+            if whole < rows:
+                for name in names:  # copies, not views: the chunk can go
+                    held[name].append(chunk[name][whole:rows].copy())
+                waiting = rows - whole
+        if taken >= count:
+            break
+    if waiting:  # the last batch, padded
+        tail = {name: np.concatenate(held[name]) for name in names}
+        padded = {name: np.concatenate([a, np.repeat(a[-1:], batch - waiting, axis=0)]) for name, a in tail.items()}
+        yield _feed(padded, inputs), waiting
+
+
+def _feed(arrays: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    return {spec.name: np.ascontiguousarray(arrays[spec.name], dtype=spec.dtype) for spec in inputs}
 
 
 def sqnr_db(signal: float, noise: float) -> float:

@@ -27,24 +27,29 @@ def build(
     home: Path,
     progress: Progress = lambda m: None,
     root: Path | None = None,
+    dask_scheduler: str | None = None,
 ) -> BuildResult:
     """Run the whole pipeline once, reporting each stage to `progress`. Without `commit` the
     work tree at HEAD is built; with it, that commit's own files (tapeout.flows.source).
     `root`: the repository, when the pipeline file is named inside it but not read from it.
+    `dask_scheduler`: run the targets on that scheduler's workers, whatever the pipeline's
+    `runner` says (tapeout.flows.runners).
 
     Raises:
         TapeoutError: bad input shared by every target (config, commit, model, data, key).
     """
     with checkout(pipeline_file, commit, home, root) as files:
         try:
-            source, outcomes = _build(files, home, progress)
+            source, outcomes = _build(files, home, progress, dask_scheduler)
         except TapeoutError as error:
             error.args = (files.public(str(error)),)  # name the commit, not its removed checkout
             raise
     return BuildResult(source, tuple(replace(item, message=files.public(item.message)) for item in outcomes))
 
 
-def _build(files: Checkout, home: Path, progress: Progress) -> tuple[SourceRevision, list[TargetOutcome]]:
+def _build(
+    files: Checkout, home: Path, progress: Progress, dask_scheduler: str | None
+) -> tuple[SourceRevision, list[TargetOutcome]]:
     # Fail fast on what every target shares, and skip Prefect entirely when every target of
     # this commit is already registered.
     pipeline = load_pipeline(files.pipeline_file)
@@ -66,5 +71,14 @@ def _build(files: Checkout, home: Path, progress: Progress) -> tuple[SourceRevis
     from tapeout.flows.pipeline import build_flow  # imports Prefect
     from tapeout.flows.prefect_server import prefect_api
 
+    flow = build_flow
+    address, field = (dask_scheduler, "--dask-scheduler") if dask_scheduler else (
+        pipeline.config.runner.dask_scheduler, f"{pipeline.path}: runner.dask_scheduler"
+    )
+    if address:
+        from tapeout.flows.runners import dask_task_runner
+
+        flow = build_flow.with_options(task_runner=dask_task_runner(address, field))
+        progress(f"targets run on the Dask workers of {address}")
     with prefect_api():  # a temporary server dies with this process, even on SIGKILL
-        return source, build_flow(str(files.pipeline_file), source, str(home), progress)
+        return source, flow(str(files.pipeline_file), source, str(home), progress)

@@ -20,7 +20,7 @@ from tapeout.compilers.versions import package_versions
 from tapeout.flows.config import Pipeline
 
 # Bump when a stage's own code changes what it writes for the same inputs.
-STAGE_FORMAT = {"export": 1, "calibrate": 2, "quantize": 1, "compile": 2, "evaluate": 2}
+STAGE_FORMAT = {"export": 1, "calibrate": 2, "quantize": 1, "reference": 1, "compile": 2, "evaluate": 2}
 
 
 def _key(stage: str, document: dict) -> str:
@@ -79,6 +79,14 @@ def compile_key(quantized_digest: str, target: TargetProfile, compiler_version: 
             "options": target.options_digest(),
             "memory_budget_bytes": target.memory_budget_bytes,
         },
+    )
+
+
+def reference_key(model_digest: str, validation_digest: str) -> str:
+    """The fp32 model's predictions on the validation set (flows.stages.reference_stage)."""
+    return _key(
+        "reference",
+        {"model": model_digest, "validation": validation_digest, "tools": package_versions("onnxruntime", "tapeout")},
     )
 
 

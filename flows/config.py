@@ -208,6 +208,15 @@ class RegistryConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: sqlite:///<home>/mlflow.db")
 
 
+class RunnerConfig(_Strict):
+    """Where the targets run (tapeout.flows.runners): threads of the build's process, or the
+    workers of a Dask scheduler. Not part of the config digest: it changes no built byte."""
+
+    dask_scheduler: Annotated[str, StringConstraints(pattern=r"^(tcp|tls)://[^\s/]+:[0-9]+$")] | None = Field(
+        default=None, description="tcp://HOST:PORT of a distributed scheduler; default: threads of the build process"
+    )
+
+
 class PipelineConfig(_Strict):
     model: ModelConfig
     calibration: CalibrationConfig
@@ -218,6 +227,7 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     fallback: FallbackConfig = FallbackConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
+    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="after")
     def _unique_targets(self) -> "PipelineConfig":
@@ -312,8 +322,9 @@ class Pipeline:
         return gates
 
     def resolved(self) -> dict[str, Any]:
-        """The config with every default filled in, as plain data (goes into the bundle)."""
-        return self.config.model_dump(mode="json")
+        """The config with every default filled in, as plain data (goes into the bundle), but
+        where the targets run: threads or Dask workers build the same bytes."""
+        return self.config.model_dump(mode="json", exclude={"runner"})
 
     def digest(self, target: TargetConfig | None = None) -> str:
         """sha256 of the resolved config; with `target`, of everything that builds that target.

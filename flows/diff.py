@@ -139,7 +139,8 @@ def run_diff(
     reference = reference_compiler.load(reference_artifact)
     lsb = {**output_lsb(subject.qdq_model), **dict(lsb_overrides or {})}
     outputs, layers, note, first = compare_runners(
-        candidate, reference, samples.arrays(), described.inputs, count, lsb, tolerance_lsb
+        candidate, reference, samples.chunks(described.inputs[0].shape[0]), described.inputs, count, lsb,
+        tolerance_lsb,
     )
     return DiffReport(
         candidate={

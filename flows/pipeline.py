@@ -31,14 +31,14 @@ from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, evidence, fallback, stages
+from tapeout.flows import cache_keys, evidence, fallback, runners, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
 from tapeout.flows.outcome import TargetOutcome, already_registered
 from tapeout.flows.settings import BuildSettings, Progress, settings_for
-from tapeout.flows.evaluate import Evaluation
+from tapeout.flows.evaluate import Evaluation, load_predictions
 from tapeout.flows.gates import GateResult
 
 
@@ -100,7 +100,7 @@ def _load_evaluation(workdir: Path) -> Evaluation:
 
 compile_task = _cached(_compile, "compile")
 evaluate_task = _cached(_evaluate, "evaluate")
-reference_task = task(stages.validation_stage, name="fp32-reference", cache_policy=NO_CACHE)
+reference_task = _cached(stages.reference_stage, "fp32-reference")
 bundle_task = task(stages.bundle_stage, name="bundle-and-sign", cache_policy=NO_CACHE)
 # The registry is the one stage that talks to a server: retry it. It is idempotent.
 register_task = task(
@@ -183,13 +183,31 @@ def build_target(
     settings: BuildSettings,
     registry: Registry,
 ) -> TargetOutcome:
-    """Compile, evaluate, gate, bundle, sign and register one target."""
+    """Compile, evaluate, gate, bundle, sign and register one target, in the build's home, or
+    on a Dask worker in the worker's own (tapeout.flows.runners)."""
+    home = runners.target_home(settings.home)
+    if home == settings.home:
+        return _build_target(pipeline, target, shared, settings, registry, home)
+    with home_in_use(home):  # `tapeout gc` on the worker leaves this target's files alone
+        return _build_target(pipeline, target, shared, settings, registry, home)
+
+
+def _build_target(
+    pipeline: Pipeline,
+    target: TargetConfig,
+    shared: stages.SharedStages,
+    settings: BuildSettings,
+    registry: Registry,
+    home: Path,
+) -> TargetOutcome:
     name = registered_name(pipeline.config.model.name, target.name)
     progress = settings.progress
-    cache = settings.home / "cache"
+    cache = home / "cache"
     source = shared.source
     started_on = _now()
     try:
+        if home != settings.home:  # a worker's home: the shared stages' files must reach it
+            runners.require_readable(shared.files())
         profile = pipeline.target_profile(target)
         compiler_version = load_compiler(profile.compiler).version
         key = cache_keys.compile_key(shared.quantized.digest, profile, compiler_version)
@@ -229,7 +247,7 @@ def build_target(
             pipeline=pipeline, target=target, model=shared.model, quantized=quantized,
             calibrated=shared.calibrated, artifact=artifact, gated=gated, source=source,
             invocation_id=shared.invocation_id, started_on=started_on, finished_on=_now(),
-            bundles_root=settings.home / "bundles", private_key=settings.private_key, extra_reports=reports,
+            bundles_root=home / "bundles", private_key=settings.private_key, extra_reports=reports,
             calibration_pointer=shared.calibration_pointer,
             chain=evidence.chain_inputs(pipeline, shared.export_inputs, shared.validation),
         )
@@ -291,7 +309,13 @@ def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Prog
             quantize_task, cache / "quantize" / cache_keys.quantize_key(model.digest, calibrated.table_path),
             lambda q: [q.path], label="quantize", say=progress, model=model, calibrated=calibrated,
         )
-        validation, reference = reference_task(pipeline, model)
+        validation = stages.validation_set(pipeline, model)
+        reference = _run_cached(
+            reference_task, cache / "reference" / cache_keys.reference_key(model.digest, validation.digest),
+            lambda p: [p.outputs], load_predictions,
+            label=f"fp32 reference on {validation.count} validation samples", say=progress,
+            model=model, samples=validation,
+        )
         pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)
         if pointer is not None:
             progress(f"calibration set {samples.digest[:12]} ({pointer['size_bytes']} bytes) stored once at {pointer['uri']}")

@@ -38,7 +38,8 @@ import numpy as np
 
 from tapeout.calibration.table import CalibrationTable
 from tapeout.compilers.interface import QuantizedModel, TensorSpec
-from tapeout.compilers.measure import SQNR_CAP_DB, cosines, padded_batches, sqnr_db
+from tapeout.compilers.measure import SQNR_CAP_DB, cosines, sqnr_db
+from tapeout.flows.evaluate import validation_batches
 
 SCHEMA = "tapeout.sensitivity/v1"
 DEFAULT_SAMPLES = 200
@@ -271,21 +272,23 @@ def _session(model, extra_outputs: Sequence[str]):
     return onnxruntime.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _top1(session, arrays, inputs, count, output_name: str) -> np.ndarray:
+def _top1(session, samples, inputs, count, output_name: str) -> np.ndarray:
     top1 = []
-    for feed, real in padded_batches(arrays, inputs, count):
+    for feed, real in validation_batches(samples, inputs, count):
         (output,) = session.run([output_name], feed)
         top1.append(np.asarray(output).reshape(output.shape[0], -1).argmax(axis=1)[:real])
     return np.concatenate(top1)
 
 
 class _Accumulator:
-    """Σx², Σ(x−x̂)² and the per-sample cosines of one tensor, over every sample."""
+    """Σx², Σ(x−x̂)², per channel and in all, and the sum of the per-sample cosines of one
+    tensor, over every sample: sums, so that memory does not grow with the samples."""
 
     def __init__(self) -> None:
         self.signal = 0.0
         self.noise = 0.0
-        self.cosines: list[float] = []
+        self.cosine_sum = 0.0
+        self.samples = 0
         self.channel_signal: np.ndarray | None = None
         self.channel_noise: np.ndarray | None = None
 
@@ -304,7 +307,8 @@ class _Accumulator:
         approximate = approximate.reshape(real, -1)
         self.signal += float(np.sum(exact**2))
         self.noise += float(np.sum((exact - approximate) ** 2))
-        self.cosines.extend(cosines(exact, approximate).tolist())
+        self.cosine_sum += float(np.sum(cosines(exact, approximate)))
+        self.samples += real
 
     def sqnr_db(self) -> float:
         return sqnr_db(self.signal, self.noise)
@@ -319,7 +323,7 @@ class _Accumulator:
         return float(np.median(values)) if values else sqnr_db(0.0, float(np.sum(self.channel_noise)))
 
     def cosine(self) -> float:
-        return float(np.mean(self.cosines)) if self.cosines else 1.0
+        return self.cosine_sum / self.samples if self.samples else 1.0
 
 
 def analyse(
@@ -352,15 +356,15 @@ def analyse(
         raise InvalidInput(f"{quantized.path}: no quantized layer found to analyse")
     inputs = quantized.inputs
     count = min(samples.count, samples_limit)
-    arrays = samples.arrays()
-    labels = np.asarray(arrays[samples.label_key])[:count] if samples.label_key else None
+    labels = samples.labels()
+    labels = labels[:count] if labels is not None else None
     output_name = float_model.graph.output[0].name
     float_names = sorted(activations)
     float_session = _session(float_model, float_names)
     qdq_session = _session(qdq_model, [activations[name] for name in float_names])
     accumulators = {name: _Accumulator() for name in float_names}
     float_top1, qdq_top1 = [], []
-    for feed, real in padded_batches(arrays, inputs, count):
+    for feed, real in validation_batches(samples, inputs, count):
         exact = dict(zip([output_name, *float_names], float_session.run([output_name, *float_names], feed)))
         approximate_names = [output_name, *(activations[name] for name in float_names)]
         approximate = dict(zip(approximate_names, qdq_session.run(approximate_names, feed)))
@@ -395,7 +399,7 @@ def analyse(
                 output_path=workdir / f"alone-{index}" / "model.qdq.onnx",
             )
             session = _session(onnx.load(str(model.path)), [])
-            top1 = _top1(session, arrays, inputs, count, output_name)
+            top1 = _top1(session, samples, inputs, count, output_name)
             agreement = float(np.mean(top1 == reference))
             accuracy = float(np.mean(top1 == labels)) if labels is not None else None
             item = LayerSensitivity(

@@ -34,6 +34,7 @@ from tapeout.compilers.cost import Cost
 from tapeout.compilers.ethos_u.placement import PlacedOperator, model_operators, npu_mac_share, placement
 from tapeout.compilers.errors import CompilationFailed, InvalidInput, UnsupportedOperator
 from tapeout.compilers.interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile
+from tapeout.compilers.tflite import FLOAT_OPS
 from tapeout.compilers.versions import at_least, parse_version
 
 VELA_VERSION = "5.2.0"
@@ -66,7 +67,7 @@ ANY_OP = "*"  # allowed_cpu_ops: every op may fall back to the CPU
 _CPU_KERNELS = ("xnnpack", "reference")
 _OPTION_NAMES = (
     "accelerator_config", "system_config", "memory_mode", "optimise", "sram_budget_bytes",
-    "flash_budget_bytes", "allowed_cpu_ops", "min_inferences_per_second", "cpu_kernels",
+    "flash_budget_bytes", "allowed_cpu_ops", "min_inferences_per_second", "cpu_kernels", "float_ops",
 )
 
 
@@ -83,6 +84,7 @@ class EthosUOptions:
     allowed_cpu_ops: tuple[str, ...]
     min_inferences_per_second: float | None
     cpu_kernels: str
+    float_ops: tuple[str, ...]
 
     @property
     def family(self) -> str:
@@ -101,6 +103,7 @@ class EthosUOptions:
                 "" if self.min_inferences_per_second is None else repr(self.min_inferences_per_second)
             ),
             "cpu_kernels": self.cpu_kernels,
+            "float_ops": ",".join(self.float_ops),
         }
 
 
@@ -188,7 +191,11 @@ def resolve_options(given: Mapping[str, str]) -> EthosUOptions:
     kernels = values.get("cpu_kernels", "xnnpack")
     if kernels not in _CPU_KERNELS:
         raise bad("cpu_kernels", f"one of {list(_CPU_KERNELS)}")
-    return EthosUOptions(accelerator, system, mode, optimise, sram, flash, allowed, sla, kernels)
+    listed = {op.strip().upper() for op in values.get("float_ops", "").split(",") if op.strip()}
+    float_ops = tuple(sorted(FLOAT_OPS if listed == {ANY_OP} else listed))
+    if not set(float_ops) <= set(FLOAT_OPS):
+        raise bad("float_ops", f'comma-separated TFLite ops of {list(FLOAT_OPS)}, or "*" for all of them')
+    return EthosUOptions(accelerator, system, mode, optimise, sram, flash, allowed, sla, kernels, float_ops)
 
 
 class EthosUCompiler:
@@ -216,6 +223,7 @@ class EthosUCompiler:
                 "allowed_cpu_ops": (),
                 "min_inferences_per_second": (),
                 "cpu_kernels": _CPU_KERNELS,
+                "float_ops": (),
             },
         )
 
@@ -239,7 +247,7 @@ class EthosUCompiler:
                 f"target {target.name!r}: firmware_revision {target.firmware_revision} predates "
                 f"{options.family} support; Ethos-U software {minimum_firmware} or newer is needed"
             )
-        conversion = self._convert(model.path, workdir)
+        conversion = self._convert(model.path, workdir, options)
         estimates, cpu_ops = self._run_vela(options, workdir)
         macs_total, macs_on_cpu, share = npu_mac_share(workdir / INT8_MODEL, workdir / VELA_MODEL)
         report = {
@@ -293,7 +301,7 @@ class EthosUCompiler:
         """
         resolved = resolve_options(options)
         self._check_vela()
-        self._convert(model_path, workdir)
+        self._convert(model_path, workdir, resolved)
         self._run_vela(resolved, workdir)
         return tuple(placement(workdir / INT8_MODEL, workdir / VELA_MODEL, (workdir / VELA_LOG).read_text()))
 
@@ -311,12 +319,12 @@ class EthosUCompiler:
         self._check_vela()
         return resolve_options(target.options)
 
-    def _convert(self, model_path: Path, workdir: Path):
+    def _convert(self, model_path: Path, workdir: Path, options: EthosUOptions):
         from tapeout.compilers.tflite import convert
 
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            conversion = convert(model_path, workdir / INT8_MODEL)
+            conversion = convert(model_path, workdir / INT8_MODEL, frozenset(options.float_ops))
         except UnsupportedOperator as error:
             raise UnsupportedOperator(self.name, error.node, error.op_type, error.reason) from error
         (workdir / IO_FILE).write_text(conversion.io_json())

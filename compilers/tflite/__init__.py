@@ -6,6 +6,7 @@ part of the `ethos-u` extra; importing this package needs neither.
 """
 
 from tapeout.compilers.tflite.converter import (
+    FLOAT_OPS,
     SUPPORTED_OPS,
     Conversion,
     EdgeTensor,
@@ -13,4 +14,4 @@ from tapeout.compilers.tflite.converter import (
     read_edges,
 )
 
-__all__ = ["SUPPORTED_OPS", "Conversion", "EdgeTensor", "convert", "read_edges"]
+__all__ = ["FLOAT_OPS", "SUPPORTED_OPS", "Conversion", "EdgeTensor", "convert", "read_edges"]

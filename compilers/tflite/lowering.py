@@ -9,6 +9,7 @@ and `PATTERNS` are multi-node matches (GELU, hard swish) tried first.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,11 @@ SAME, VALID, NO_ACTIVATION = 0, 1, 0
 # Ops that read a 4-D tensor as an image (NHWC in TFLite): a 4-D graph input read by one of
 # them is NHWC in TFLite, any other keeps ONNX's order.
 IMAGE_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
+
+# TFLite int8 kernels that no choice of int8 parameters makes compute what ONNX Runtime
+# computes (docs/ethos-u.md, "Exactness per op"), and that the converter writes in float32
+# instead when asked (`convert(..., float_ops=...)`): exact to ONNX Runtime, but off the NPU.
+FLOAT_OPS = ("HARD_SWISH", "LOGISTIC", "SOFTMAX")
 
 # Edge layouts (EdgeTensor.layout) of a TFLite graph input or output against its ONNX tensor.
 SAME_ORDER = "same"          # identical shape and element order
@@ -69,8 +75,9 @@ def dequantize_constant(constant: Constant) -> np.ndarray:
 class Lowering:
     """One pass over the ONNX nodes in order, emitting TFLite tensors and operators."""
 
-    def __init__(self, qdq: QdqGraph) -> None:
+    def __init__(self, qdq: QdqGraph, float_ops: frozenset[str] = frozenset()) -> None:
         self.qdq = qdq
+        self.float_ops = frozenset(float_ops)                 # of FLOAT_OPS, written in float32
         self.fb = FbGraph()
         self.index: dict[str, int] = {}                       # activation -> its tensor
         self.perm: dict[str, tuple[int, ...]] = {}            # activation -> its layout
@@ -175,6 +182,31 @@ class Lowering:
         source_index = self.read(node, source, perm)
         output = self.define(result, perm)
         self.emit(opcode, (source_index,), (output,), options)
+
+    def in_float(self, name: str, source_index: int, output: int, compute) -> None:
+        """Float32 ops between a DEQUANTIZE of `source_index` and a QUANTIZE into `output`, as
+        ONNX Runtime runs an op it leaves between DequantizeLinear and QuantizeLinear:
+        `compute(float_op, values)` emits them through `float_op(opcode, inputs, options)`
+        (inputs are tensor indices or Python floats, made float32 constants) and returns the
+        result's index."""
+        shape = self.shape_of(output)
+        names = itertools.count()
+
+        def float_op(opcode: str, inputs, options=None) -> int:
+            indices = []
+            for value in inputs:
+                if isinstance(value, float):
+                    constant = np.array([value], np.float32)
+                    value = self.add(FbTensor(f"{name}_constant{next(names)}", constant.shape, "float32",
+                                              data=array_bytes(constant)))
+                indices.append(value)
+            result = self.add(FbTensor(f"{name}_{opcode.lower()}{next(names)}", shape, "float32"))
+            self.emit(opcode, indices, (result,), options)
+            return result
+
+        values = self.add(FbTensor(f"{name}_float", self.shape_of(source_index), "float32"))
+        self.emit("DEQUANTIZE", (source_index,), (values,))
+        self.emit("QUANTIZE", (compute(float_op, values),), (output,), ("QuantizeOptions", {}))
 
     def requantize(self, index: int, act: Activation) -> None:
         """QUANTIZE a temporary into `act` (defined in the temporary's layout by the caller)."""

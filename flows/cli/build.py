@@ -17,6 +17,10 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     run.add_argument("pipeline", type=Path, help="pipeline.yaml")
     run.add_argument("--commit", help="source commit (default: git HEAD of the pipeline's folder)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument(
+        "--dask-scheduler", metavar="tcp://HOST:PORT",
+        help="run the targets on this Dask scheduler's workers (default: pipeline.yaml's runner)",
+    )
     run.set_defaults(func=run_command)
 
 
@@ -36,7 +40,7 @@ def run_command(args: argparse.Namespace) -> int:
     # to stderr with the progress.
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        result = build(args.pipeline, args.commit, args.home_path, progress=say)
+        result = build(args.pipeline, args.commit, args.home_path, progress=say, dask_scheduler=args.dask_scheduler)
     outcomes, exit_code = result.outcomes, result.exit_code
     if args.json:
         source = result.source

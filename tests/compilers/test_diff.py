@@ -105,7 +105,7 @@ def test_a_miscompiled_layer_is_named_as_the_first_divergent_one():
 
     arrays = {"x": np.random.default_rng(1).random((6, 4), dtype=np.float32)}
     outputs, layers, note, first = compare_runners(
-        Candidate(), Reference(), arrays, (TensorSpec("x", (2, 4), "float32"),), 6, {"y": 0.5}
+        Candidate(), Reference(), [arrays], (TensorSpec("x", (2, 4), "float32"),), 6, {"y": 0.5}
     )
     assert first == "b"
     by_name = {layer.name: layer for layer in layers}

@@ -12,10 +12,34 @@ from tapeout.compilers.measure import SQNR_CAP_DB, LsbHistogram, cosines, padded
 
 def test_padded_batches_hold_exactly_the_first_count_samples():
     arrays = {"x": np.arange(7, dtype=np.float64).reshape(7, 1)}
-    batches = list(padded_batches(arrays, (TensorSpec("x", (3, 1), "float32"),), 5))
+    batches = list(padded_batches([arrays], (TensorSpec("x", (3, 1), "float32"),), 5))
     assert [real for _, real in batches] == [3, 2]
     assert [feed["x"].ravel().tolist() for feed, _ in batches] == [[0, 1, 2], [3, 4, 4]]  # sample 5 never read
     assert all(feed["x"].dtype == np.float32 and feed["x"].flags.c_contiguous for feed, _ in batches)
+
+
+@pytest.mark.parametrize("chunk_rows", [[11], [1] * 11, [2, 3, 1, 5], [4, 4, 3], [7, 4], [3, 3, 3, 2]])
+@pytest.mark.parametrize("count", [1, 5, 8, 11])
+def test_padded_batches_are_the_same_whatever_the_chunks_the_samples_come_in(chunk_rows, count):
+    x = np.arange(22, dtype=np.float32).reshape(11, 2)
+    y = -np.arange(11, dtype=np.float64).reshape(11, 1)
+    inputs = (TensorSpec("x", (4, 2), "float32"), TensorSpec("y", (4, 1), "float32"))
+    starts = np.cumsum([0, *chunk_rows])
+    read: list[int] = []
+
+    def chunks():
+        for start, stop in zip(starts, starts[1:]):
+            read.append(int(start))
+            yield {"x": x[start:stop], "y": y[start:stop]}
+
+    whole = list(padded_batches([{"x": x, "y": y}], inputs, count))
+    streamed = list(padded_batches(chunks(), inputs, count))
+    assert [real for _, real in streamed] == [real for _, real in whole]
+    for (got, _), (want, _) in zip(streamed, whole):
+        for name in ("x", "y"):
+            assert got[name].dtype == np.float32 and got[name].flags.c_contiguous
+            np.testing.assert_array_equal(got[name], want[name])
+    assert all(start < count for start in read)  # no chunk read after the count-th sample
 
 
 class _Scaled:
@@ -36,10 +60,10 @@ class _Scaled:
 def test_a_comparison_of_n_samples_compares_exactly_n_when_n_is_not_a_whole_number_of_batches():
     arrays = {"x": np.repeat(np.arange(8, dtype=np.float32)[:, None], 4, axis=1)}
     inputs = (TensorSpec("x", (2, 4), "float32"),)
-    (output,), _, _, _ = compare_runners(_Scaled(differ_from=3), _Scaled(), arrays, inputs, 3, {"y": 0.5})
+    (output,), _, _, _ = compare_runners(_Scaled(differ_from=3), _Scaled(), [arrays], inputs, 3, {"y": 0.5})
     assert output.elements == 3 * 4  # samples 0..2: sample 3 fills the second batch only as padding
     assert output.buckets["exact"] == 12 and output.max_lsb == 0
-    (output,), _, _, _ = compare_runners(_Scaled(differ_from=3), _Scaled(), arrays, inputs, 4, {"y": 0.5})
+    (output,), _, _, _ = compare_runners(_Scaled(differ_from=3), _Scaled(), [arrays], inputs, 4, {"y": 0.5})
     assert output.elements == 16 and output.buckets[">2"] == 4  # sample 3 itself: 5 / 0.5 = 10 LSB
 
 

@@ -109,6 +109,16 @@ def test_per_target_digest_ignores_other_targets(tmp_path):
     assert two.digest(two.config.targets[0]) != two.digest(two.config.targets[1])
 
 
+def test_where_the_targets_run_is_not_part_of_what_they_build(tmp_path):
+    threads = load_pipeline(write(tmp_path, VALID))
+    dask = load_pipeline(write(tmp_path, VALID + "runner:\n  dask_scheduler: tcp://10.0.0.5:8786\n"))
+    assert dask.config.runner.dask_scheduler == "tcp://10.0.0.5:8786"
+    assert threads.config.runner.dask_scheduler is None
+    assert dask.digest() == threads.digest()
+    assert dask.digest(dask.config.targets[0]) == threads.digest(threads.config.targets[0])
+    assert "runner" not in dask.resolved()
+
+
 def test_command_line_exits_2_with_one_line_naming_the_field(tmp_path, capsys):
     path = write(tmp_path, VALID.replace("  samples: 300\n", "  samples: 300\n  bins: 2048\n"))
     git(tmp_path, "init", "-q")

@@ -23,7 +23,8 @@ def prepared(tmp_path_factory):
     model = stages.export_stage(pipeline, root / "export")
     calibrated = stages.calibrate_stage(pipeline, model, stages.calibration_set(pipeline, model), root / "calibrate")
     quantized = stages.quantize_stage(model, calibrated, root / "quantize")
-    validation, reference = stages.validation_stage(pipeline, model)
+    validation = stages.validation_set(pipeline, model)
+    reference = stages.reference_stage(model, validation, root / "reference")
     sensitivity = analyse(
         model.path, quantized, validation, table=calibrated.table, top_k=3, workdir=root / "sensitivity"
     )

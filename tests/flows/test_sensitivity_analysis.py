@@ -23,7 +23,7 @@ def outlier(tmp_path_factory):
     model = stages.export_stage(pipeline, root / "export")
     calibrated = stages.calibrate_stage(pipeline, model, stages.calibration_set(pipeline, model), root / "calibrate")
     quantized = stages.quantize_stage(model, calibrated, root / "quantize")
-    validation, _ = stages.validation_stage(pipeline, model)
+    validation = stages.validation_set(pipeline, model)
     return {"root": root, "model": model, "calibrated": calibrated, "quantized": quantized, "validation": validation}
 
 

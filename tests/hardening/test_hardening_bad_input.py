@@ -342,6 +342,28 @@ def test_unreachable_registry_fails_fast(tmp_path, capsys, home):
     assert time.monotonic() - start < 60  # bounded retries, not MLflow's minutes of backoff
 
 
+def _closed_port() -> int:
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_named_before_anything_runs(tmp_path, capsys, home):
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    pipeline = cpu_project(tmp_path)
+    code, error = run_bad(capsys, home, pipeline, "--dask-scheduler", address)
+    assert code == 2
+    assert error.startswith(f"error: --dask-scheduler: no Dask scheduler answers at {address}")
+    assert "refused" in error
+
+
+def test_a_runner_address_that_is_not_tcp_host_port_is_a_config_error(tmp_path, capsys, home):
+    pipeline = cpu_project(tmp_path, pipeline_text() + "runner:\n  dask_scheduler: dask-scheduler:8786\n")
+    code, error = run_bad(capsys, home, pipeline)
+    assert code == 2
+    assert f"{pipeline}:" in error and "runner.dask_scheduler" in error and "dask-scheduler:8786" in error
+
+
 # -- verification -------------------------------------------------------------------------------
 
 

@@ -148,7 +148,7 @@ def compare_with_onnxruntime(model: RealModel, runner) -> Agreement:
     outputs, _, _, _ = compare_runners(
         runner,
         OnnxRuntimeReference(model.qdq_path),
-        {spec.name: model.test_inputs for spec in model.quantized.inputs},
+        [{spec.name: model.test_inputs for spec in model.quantized.inputs}],
         model.quantized.inputs,
         len(model.test_inputs),
         output_steps(model.qdq_path),

@@ -150,11 +150,18 @@ def lower_batchnormalization(lowering: Lowering, node) -> None:
     """Inference BatchNormalization as a 1x1 DEPTHWISE_CONV_2D: per channel
     y = x * (gamma / sqrt(var + eps)) + (beta - mean * gamma / sqrt(var + eps)).
 
-    ONNX Runtime runs it in float on the dequantized gamma (int8) and beta (int32). Here the
-    weights are gamma's int8 values themselves, with per-channel scale
-    gamma_scale / sqrt(var + eps), so the slope is exact; only the offset is rounded, to the
-    int32 bias at scale input × weight (far below an output LSB).
+    ONNX Runtime runs it in float between its DequantizeLinear and QuantizeLinear, so each
+    channel maps the 256 input codes to 256 output codes. Those codes are read off ONNX Runtime
+    itself (compilers/tflite/reference_codes.py) and each channel's weight, weight scale and
+    bias are chosen so that the depthwise convolution writes the same codes
+    (compilers/tflite/affine_fit.py); a channel no choice reproduces takes the one that misses
+    the fewest input codes. The plain folding (gamma's int8 value as weight at scale
+    gamma_scale / sqrt(var + eps), the offset rounded to the int32 bias) is kept only for an
+    output ONNX Runtime leaves in float; it is off by one LSB near rounding boundaries.
     """
+    from tapeout.compilers.tflite.affine_fit import fit_channel
+    from tapeout.compilers.tflite.reference_codes import channel_codes
+
     qdq = lowering.qdq
     source = lowering.input(node, 0)
     if len(source.shape) != 4:
@@ -174,16 +181,24 @@ def lower_batchnormalization(lowering: Lowering, node) -> None:
     deviation = np.sqrt(variance + np.float32(epsilon))
     gamma_scales = np.broadcast_to(gamma.scales.astype(np.float64).reshape(-1), (channels,))
     weight_scales = (gamma_scales / deviation).astype(np.float32)
-    slope = gamma.values.astype(np.float64).reshape(-1) * weight_scales
+    weight_values = gamma.values.reshape(-1).copy()
+    slope = weight_values.astype(np.float64) * weight_scales
     offset = dequantize_constant(beta).astype(np.float64).reshape(-1) - mean * slope
     accumulator_scales = np.float64(source.scale) * weight_scales.astype(np.float64)
     bias_values = np.rint(offset / accumulator_scales)
+    if _quantized_output(qdq, node):
+        codes = channel_codes(qdq, node, channels)
+        for channel in range(channels):
+            weight_values[channel], weight_scales[channel], bias_values[channel] = fit_channel(
+                codes[channel], slope[channel], source.scale, source.zero_point, result.scale, result.zero_point,
+            )
     if np.any(np.abs(bias_values) >= 2**31):
         raise refuse(node, "the folded offset does not fit an int32 bias")
+    accumulator_scales = (np.float64(source.scale) * weight_scales.astype(np.float64)).astype(np.float32)
     weight_index = weights(
-        lowering, f"{node.name}_weights", gamma.values.reshape(1, 1, 1, channels), weight_scales, 3
+        lowering, f"{node.name}_weights", weight_values.reshape(1, 1, 1, channels), weight_scales, 3
     )
-    bias_index = bias(lowering, node, Constant(bias_values.astype(np.int32), accumulator_scales.astype(np.float32),
+    bias_index = bias(lowering, node, Constant(bias_values.astype(np.int32), accumulator_scales,
                                                np.zeros(1, np.int32), 0), source, weight_scales, channels)
     source_index = lowering.read(node, source, layouts.NHWC)
     output = lowering.define(result, layouts.NHWC)
@@ -192,6 +207,11 @@ def lower_batchnormalization(lowering: Lowering, node) -> None:
                                    "FusedActivationFunction": NO_ACTIVATION, "DilationWFactor": 1,
                                    "DilationHFactor": 1},
     ))
+
+
+def _quantized_output(qdq, node) -> bool:
+    consumers = qdq.consumers.get(node.output[0], [])
+    return len(consumers) == 1 and consumers[0].op_type == "QuantizeLinear"
 
 
 def lower_gemm(lowering: Lowering, node) -> None:

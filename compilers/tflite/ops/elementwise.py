@@ -3,8 +3,9 @@ and HardSigmoid·x patterns.
 
 Each keeps ONNX Runtime's output quantization. Where TFLite's int8 kernel fixes the output
 quantization (tensorflow.org/lite/performance/quantization_spec: LOGISTIC writes scale 1/256,
-zero point -128), a QUANTIZE op requantizes to ONNX Runtime's; that double rounding is the only
-difference docs/ethos-u.md lists for them.
+zero point -128), a QUANTIZE op requantizes to ONNX Runtime's, rounding twice; HARD_SWISH works in
+16-bit fixed point. With LOGISTIC or HARD_SWISH in `float_ops` they run in float32 between
+DEQUANTIZE and QUANTIZE instead, as ONNX Runtime runs them (docs/ethos-u.md).
 
 Relu and Clip that ONNX Runtime removed (it narrows the producer's output range to [0, max], so
 its zero point is -128: onnxruntime/quantization/base_quantizer.py `adjust_tensor_ranges`) need
@@ -96,19 +97,24 @@ def lower_clip(lowering: Lowering, node) -> None:
 
 
 def lower_sigmoid(lowering: Lowering, node) -> None:
-    """LOGISTIC writes scale 1/256, zero point -128; QUANTIZE requantizes to ONNX Runtime's
-    (its range [0, max] gives 1/255 or finer, so about a third of the values round twice to
-    1 LSB off). An int16 LOGISTIC between two QUANTIZEs rounds once, but Vela's estimate for
-    EfficientNet-B0 on the U55-128 fell from 15.5 to 9.8 inferences per second with it, and
-    the model's output stayed as far from ONNX Runtime's (docs/ethos-u.md)."""
+    """LOGISTIC writes scale 1/256, zero point -128 (LiteRT refuses any other); QUANTIZE
+    requantizes to ONNX Runtime's (its range [0, max] gives 1/255 or finer), so a quarter to
+    half of the values round twice, 1 LSB off ONNX Runtime's QLinearSigmoid, which rounds its
+    float sigmoid once. An int16 LOGISTIC between two QUANTIZEs rounds once but halved Vela's
+    estimate for EfficientNet-B0. With LOGISTIC in `float_ops`, the float32 LOGISTIC between
+    DEQUANTIZE and QUANTIZE rounds once, as ONNX Runtime does (docs/ethos-u.md)."""
     source = lowering.input(node, 0)
     result = lowering.qdq.output_of(node)
     fixed = (LOGISTIC_SCALE, LOGISTIC_ZERO_POINT)
-    if (result.scale, result.zero_point) == fixed:
-        lowering.with_layout(node, source, result, "LOGISTIC")
-        return
     perm = lowering.perm[source.name]
     source_index = lowering.read(node, source, perm)
+    if "LOGISTIC" in lowering.float_ops:
+        lowering.in_float(node.name, source_index, lowering.define(result, perm),
+                          lambda op, x: op("LOGISTIC", (x,)))
+        return
+    if (result.scale, result.zero_point) == fixed:
+        lowering.emit("LOGISTIC", (source_index,), (lowering.define(result, perm),))
+        return
     logistic = lowering.temporary(f"{node.name}_logistic", lowering.shape_of(source_index), *fixed)
     lowering.emit("LOGISTIC", (source_index,), (logistic,))
     lowering.define(result, perm)
@@ -116,7 +122,24 @@ def lower_sigmoid(lowering: Lowering, node) -> None:
 
 
 def lower_hardswish(lowering: Lowering, node) -> None:
-    lowering.with_layout(node, lowering.input(node, 0), lowering.qdq.output_of(node), "HARD_SWISH")
+    """HARD_SWISH: TFLite's int8 kernel works in 16-bit fixed point, ONNX Runtime in float
+    between DequantizeLinear and QuantizeLinear (up to 3% of the values 1 LSB off). With
+    HARD_SWISH in `float_ops`, ONNX's definition x · max(0, min(1, x/6 + 1/2)) in float32 ops
+    between DEQUANTIZE and QUANTIZE (Vela refuses a float32 HARD_SWISH itself)."""
+    source, result = lowering.input(node, 0), lowering.qdq.output_of(node)
+    if "HARD_SWISH" not in lowering.float_ops:
+        lowering.with_layout(node, source, result, "HARD_SWISH")
+        return
+    none = ("MulOptions", {"FusedActivationFunction": NO_ACTIVATION})
+
+    def hard_swish(op, x):
+        gate = op("ADD", (op("MUL", (x, float(np.float32(1 / 6))), none), 0.5),
+                  ("AddOptions", {"FusedActivationFunction": NO_ACTIVATION}))
+        gate = op("MINIMUM", (op("MAXIMUM", (gate, 0.0)), 1.0))
+        return op("MUL", (x, gate), none)
+
+    perm = lowering.perm[source.name]
+    lowering.in_float(node.name, lowering.read(node, source, perm), lowering.define(result, perm), hard_swish)
 
 
 def lower_hardsigmoid(lowering: Lowering, node) -> None:
@@ -183,8 +206,9 @@ def _other_operand(lowering: Lowering, node, position: int):
 
 def hard_swish_pattern(lowering: Lowering, node) -> bool:
     """HardSigmoid(x; 1/6, 1/2) · x is HARD_SWISH(x): one TFLite op instead of ONNX Runtime's
-    two quantized steps (so within an LSB of it, not bit-exact)."""
-    if node.op_type != "HardSigmoid":
+    two quantized steps (so within an LSB of it, not bit-exact). Not with HARD_SWISH in
+    `float_ops`: then HardSigmoid and Mul are lowered each on its own, both exact."""
+    if node.op_type != "HardSigmoid" or "HARD_SWISH" in lowering.float_ops:
         return False
     attrs = attributes(node)
     if not (np.isclose(attrs.get("alpha", 0.2), 1 / 6) and np.isclose(attrs.get("beta", 0.5), 0.5)):

@@ -14,7 +14,7 @@ import numpy as np
 from tapeout.compilers.tflite import layout as layouts
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, VALID, Lowering, refuse
 from tapeout.compilers.tflite.ops.window import pad, window_padding
-from tapeout.compilers.tflite.qdq import Activation, attributes
+from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
 
 
 # Vela runs a depthwise convolution on the NPU only up to stride 3 (its constraint tables); an
@@ -80,21 +80,41 @@ def _pool(lowering: Lowering, node, opcode: str) -> None:
 
 def _window_mean(lowering: Lowering, node, source: Activation, index: int, result: Activation, kernel, strides) -> None:
     """An average over every pixel of each window (no padding, or padding that counts) as a
-    DEPTHWISE_CONV_2D with weights 1 at scale 1/(kernel height × width): its requantization
-    rounds half to even as ONNX Runtime's average pool does, where AVERAGE_POOL_2D rounds half
-    away from zero (1 LSB off on ties, common with 2×2 windows)."""
+    DEPTHWISE_CONV_2D with weights 1 at scale 1/(kernel height × width), whose requantization
+    (XNNPACK's, in float) rounds half to even, where AVERAGE_POOL_2D rounds half away from zero.
+
+    ONNX Runtime's QLinearAveragePool rounds `avg / s + z` half to even, the output zero point
+    z included (onnxruntime/contrib_ops/cpu/quantization/qlinear_pool.cc `quantize_value`),
+    where a TFLite kernel rounds `avg / s` and adds z after. The two differ on every tie when z
+    is odd, and ties are a quarter of a 2×2 average's values when input and output share their
+    scale (as ONNX Runtime's quantizer makes them). Then the convolution adds one output LSB
+    through its bias and writes at zero point z - 1 (even), so that it rounds `avg / s + 1`,
+    which ties the same way as `avg / s + z`; an ADD of minus one LSB brings the codes, now
+    ONNX Runtime's, to zero point z.
+    """
     from tapeout.compilers.tflite.ops.convolution import bias, weights
 
     channels = source.shape[1]
     count = kernel[0] * kernel[1]
     scales = np.full(channels, np.float32(1.0 / count))
     weight_index = weights(lowering, f"{node.name}_weights", np.ones((1, *kernel, channels), np.int8), scales, 3)
-    bias_index = bias(lowering, node, None, source, scales, channels)
     output = lowering.define(result, layouts.NHWC)
-    lowering.emit("DEPTHWISE_CONV_2D", (index, weight_index, bias_index), (output,), ("DepthwiseConv2DOptions", {
+    options = ("DepthwiseConv2DOptions", {
         "Padding": VALID, "StrideW": strides[1], "StrideH": strides[0], "DepthMultiplier": 1,
         "FusedActivationFunction": NO_ACTIVATION, "DilationWFactor": 1, "DilationHFactor": 1,
-    }))
+    })
+    if result.zero_point % 2 == 0 or result.scale != source.scale:
+        bias_index = bias(lowering, node, None, source, scales, channels)
+        lowering.emit("DEPTHWISE_CONV_2D", (index, weight_index, bias_index), (output,), options)
+        return
+    one_lsb = Constant(np.full(channels, count, np.int32), scales * np.float32(source.scale),
+                       np.zeros(1, np.int32), 0)
+    bias_index = bias(lowering, node, one_lsb, source, scales, channels)
+    shifted = lowering.temporary(f"{node.name}_shifted", lowering.shape_of(output), result.scale,
+                                 result.zero_point - 1)
+    lowering.emit("DEPTHWISE_CONV_2D", (index, weight_index, bias_index), (shifted,), options)
+    minus_one = lowering.quantized_constant(f"{node.name}_minus_one", np.array([-1], np.int8), result.scale, 0)
+    lowering.emit("ADD", (shifted, minus_one), (output,), ("AddOptions", {"FusedActivationFunction": NO_ACTIVATION}))
 
 
 def lower_maxpool(lowering: Lowering, node) -> None:

@@ -91,17 +91,18 @@ def quantize_model(model, directory: Path, seed: int = 0, activations: str = "in
 
 
 def lsb_differences(
-    qdq_path: Path, tflite_dir: Path, kernels: str = "xnnpack", samples: int = 8, seed: int = 1
+    qdq_path: Path, tflite_dir: Path, kernels: str = "xnnpack", samples: int = 8, seed: int = 1,
+    float_ops: frozenset[str] = frozenset(),
 ):
-    """Convert, run both models on random inputs, return (max |LSB diff|, share of outputs off)
-    and the conversion."""
+    """Convert (with `float_ops` in float32), run both models on random inputs, return
+    (max |LSB diff|, share of outputs off) and the conversion."""
     import onnx
     import onnxruntime
 
     from tapeout.compilers.tflite import convert
     from tapeout.compilers.tflite.runner import TfliteRunner, quantize
 
-    conversion = convert(qdq_path, tflite_dir / "model.tflite")
+    conversion = convert(qdq_path, tflite_dir / "model.tflite", float_ops)
     runner = TfliteRunner(conversion.path, conversion.inputs, conversion.outputs, kernels)
     session = onnxruntime.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

@@ -24,18 +24,18 @@ COLUMN = COLUMNS["ethos-u"]
 # Runtime's top-1 on every test input, not LSB.
 LAYERNORM_HEAVY = ("convnext_tiny", "vit_tiny_d4")
 
-# Models whose output is further than 2 LSB from ONNX Runtime's, measured: each has an op whose
-# TFLite kernel rounds a tie differently from ONNX Runtime's (docs/ethos-u.md, "Exactness per
-# op") on a few values, and the difference grows layer by layer. ONNX Runtime's own unoptimized
-# session (float ops between DequantizeLinear and QuantizeLinear) differs from its optimized
-# one by as much on these models. Strict: a model that comes within 2 LSB fails here until
-# its entry goes.
+# Models whose output is further than 2 LSB from ONNX Runtime's, measured, with the op whose
+# int8 TFLite kernel cannot compute what ONNX Runtime computes (docs/ethos-u.md, "The real-model
+# suite"): a few values 1 LSB off, which these randomly initialised networks grow layer by
+# layer. Strict: a model that comes within 2 LSB fails here until its entry goes.
 BEYOND_TWO_LSB = {
-    "mobilenet_v3_small": "8 LSB: HARD_SWISH's fixed point first (ONNX Runtime unoptimized vs optimized: 7)",
-    "efficientnet_b0": "31 LSB: LOGISTIC's 1/256 output requantized first (ONNX Runtime unoptimized vs optimized: 15)",
-    "regnet_x_400mf": "6 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
-    "mnasnet0_5": "4 LSB: ADD's fixed point first (ONNX Runtime unoptimized vs optimized: 9)",
-    "densenet121": "13 LSB: BatchNormalization's rounded offset first (ONNX Runtime unoptimized vs optimized: 8)",
+    "mobilenet_v3_small": "8 LSB: HARD_SWISH's 16-bit fixed point, up to 3.8% of a layer's values 1 LSB off "
+                          "(float_ops=HARD_SWISH: 2 LSB)",
+    "efficientnet_b0": "31 LSB: LOGISTIC's output fixed at 1/256 and requantized, up to 56% of a sigmoid's values "
+                       "1 LSB off (float_ops=LOGISTIC: 13 LSB, from 4 MUL and 1 ReduceMean values)",
+    "regnet_x_400mf": "6 LSB: ADD, LiteRT's integer multipliers against QLinearAdd's float32, 11 of 200,704 "
+                      "values of one block 1 LSB off",
+    "mnasnet0_5": "4 LSB: ADD, as RegNetX, 2 of 31,360 values of one block 1 LSB off",
 }
 
 
@@ -47,7 +47,7 @@ def _cases():
         yield pytest.param(name, marks=marks, id=name)
 
 
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", list(_cases()))
 def test_converts_compiles_and_agrees_with_onnxruntime(name, real_model, tmp_path):
     model = real_model(name, COLUMN.activations)
     artifact = compile_model(model, COLUMN, tmp_path)
@@ -61,6 +61,22 @@ def test_converts_compiles_and_agrees_with_onnxruntime(name, real_model, tmp_pat
         assert {op["op"] for op in report["cpu_operators"]} >= {"DEQUANTIZE", "RSQRT", "QUANTIZE"}
     else:
         assert agreement.max_lsb is not None and agreement.max_lsb <= 2, agreement
+
+
+@pytest.mark.slow
+def test_float_hard_swish_brings_mobilenet_v3_within_two_lsb(real_model, tmp_path):
+    """float_ops: HARD_SWISH, whose int8 kernel cannot compute what ONNX Runtime computes, in
+    float32 ops on the CPU (the NPU keeps every MAC)."""
+    import dataclasses
+
+    column = dataclasses.replace(COLUMN, options={**COLUMN.options, "float_ops": "HARD_SWISH"})
+    model = real_model("mobilenet_v3_small", column.activations)
+    artifact = compile_model(model, column, tmp_path)
+    on_cpu = {o["op"] for o in artifact.report["cpu_operators"]}
+    assert on_cpu == {"DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "QUANTIZE"}
+    assert artifact.report["npu_mac_share"] == 1.0
+    agreement = compare_with_onnxruntime(model, load_runner(artifact))
+    assert agreement.max_lsb is not None and agreement.max_lsb <= 2, agreement
 
 
 def test_uint8_and_int8_models_convert_to_the_same_arithmetic(real_model, tmp_path):
