@@ -15,7 +15,6 @@ They are bundle files like the others, so `model.sig` covers them too. A bundle 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,8 @@ def write_chain(
         signer.sign_statement(statement, root / name)
         entries.append({"stage": stage, "file": name})
     imported = chain.export.imported
-    if imported is not None and imported.signature is not None:
-        shutil.copyfile(imported.signature, root / IMPORTED_SIGNATURE)
+    if imported is not None and imported.signature_content is not None:
+        (root / IMPORTED_SIGNATURE).write_bytes(imported.signature_content)
     return {
         "format": BUNDLE_FORMAT,
         "chain": entries,

@@ -12,6 +12,7 @@ says `imports.require_signed`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ FILE_SIGNATURE_SUFFIX = ".sig"
 @dataclass(frozen=True)
 class ImportedModel:
     """The model file an export read (`name`: as the repository names it) and its maker's
-    signature: where it is, its sha256 and who signed it, as the policy verified; all None
-    for an unsigned model."""
+    signature: where it is, its sha256 and who signed it, as the policy verified, and its
+    bytes (the bundle keeps them; a target built on a Dask worker may not see the file);
+    all None for an unsigned model."""
 
     name: str
     digest: str
@@ -35,6 +37,7 @@ class ImportedModel:
     signature_digest: str | None = None
     signer: str | None = None
     method: str | None = None
+    signature_content: bytes | None = None
 
     @property
     def signed(self) -> bool:
@@ -105,7 +108,8 @@ def check_import(
         )
     verification = policy.verify_import(found, model)
     signature_name = str(Path(name).parent / found.signature.name) if "/" in name else found.signature.name
+    content = found.signature.read_bytes()
     return ImportedModel(
-        name, digest, found.signature, signature_name, file_digest(found.signature),
-        verification.signer, verification.method,
+        name, digest, found.signature, signature_name, hashlib.sha256(content).hexdigest(),
+        verification.signer, verification.method, content,
     )
