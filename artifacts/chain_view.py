@@ -92,6 +92,7 @@ def render_html(record: dict) -> str:
 CSS = (
     ".chain{display:flex;flex-wrap:wrap;align-items:center;gap:.3em;margin:1em 0}"
     ".node{border:3px solid #999;border-radius:6px;padding:.4em .6em;max-width:16em;word-break:break-all}"
+    ".node.ok,.node.bad{color:inherit;font-weight:normal}"
     ".node.ok{border-color:#075}.node.bad{border-color:#b00;background:#fee}.arrow{font-size:1.5em;color:#555}"
     "pre.yaml{background:#f8f8f8;border:1px solid #ccc;padding:.5em;overflow-x:auto}"
 )

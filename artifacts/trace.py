@@ -14,8 +14,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tapeout.artifacts import identity
-from tapeout.artifacts import chain_view
+from tapeout.artifacts import chain_view, identity
 from tapeout.artifacts.audit import History
 from tapeout.artifacts.compiled import file_digests
 from tapeout.artifacts.digest import bundle_digest, file_digest
@@ -352,7 +351,8 @@ def render_html(record: dict) -> str:
 
 
 def _yaml(document: object) -> str:
-    """The resolved config as the YAML a pipeline file is written in, keys in its order."""
+    """The resolved config as the YAML a pipeline file is written in (keys in the order
+    provenance.json keeps them)."""
     import yaml
 
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
