@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 NAME = "digits-cnn-cpu"
 CPU = '  - name: cpu\n    compiler: onnxruntime\n    firmware_revision: "1.32.0"\n'
 STAGES = ["export", "calibrate", "quantize", "compile", "evaluate"]
+REMOTE = "https://github.com/example/digits.git"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def built(tmp_path_factory, prefect_harness):
     text = pipeline.read_text()
     pipeline.write_text(text[: text.index("targets:\n")] + "targets:\n" + CPU + text[text.index("\ngates:"):])
     git(project, "init", "-q", "-b", "main")
+    git(project, "remote", "add", "origin", REMOTE)  # never fetched: only named in the evidence
     git(project, "add", "-A")
     git(project, "commit", "-qm", "the example")
     home = root / "home"
@@ -78,7 +80,8 @@ def test_every_transformation_is_a_signed_link(built, capsys):
     commit = git(built["project"], "rev-parse", "HEAD")
     export = links["export"]
     assert export["subjects"] == {"model/model.onnx": file_digest(bundle / "model" / "model.onnx")}
-    assert commit in export["materials"].values()
+    # The source by the repository's remote URL, not the path it was built in.
+    assert export["materials"][f"git+{REMOTE}@{commit}"] == commit
     assert export["materials"]["weights.pt"] == file_digest(EXAMPLE / "weights.pt")
     assert export["materials"]["model.py"] == file_digest(EXAMPLE / "model.py")
     assert document["imported"] == {"file": "weights.pt", "signed": False}
@@ -274,7 +277,8 @@ def test_trace_draws_the_chain(built, capsys, tmp_path):
     for node in ("commit", "fp32 model", "calibration set", "calibration table", "QDQ model", "compiled",
                  "gates", "bundle", "version"):
         assert f"<b>{node}</b>" in page, node
-    assert commit[:12] in page
+    assert commit[:12] in page and f"git+{REMOTE}@{commit}" in page
+    assert str(built["project"]) not in page
     assert file_digest(built["bundle"] / "model" / "model.qdq.onnx")[:12] in page
     assert page.count("class=\"node ok\"") >= 8 and "class=\"node bad\"" not in page
     # The resolved config as YAML, not one line of JSON.
