@@ -199,11 +199,15 @@ def trace_command(args: argparse.Namespace) -> int:
 
 
 def _print_sbom(args: argparse.Namespace, policy) -> int:
-    """The bundle's sbom.cdx.json as it was signed: printed only once the signature verifies."""
+    """The bundle's sbom.cdx.json as it was signed: printed only once the signature verifies
+    and, for a registered version, the bundle is the one the version is served as."""
     from tapeout.artifacts.chain import SBOM_FILE
+    from tapeout.artifacts.promotion import check_served_as
 
     with bundle_for(args) as (bundle, version):
         policy.verify(bundle, version.name if version else None)
+        if version is not None:
+            check_served_as(bundle, version)
         path = bundle / SBOM_FILE
         if not path.is_file():
             raise InvalidInput(f"{bundle}: no {SBOM_FILE}: the bundle was made before tapeout wrote one (format 1)")
