@@ -29,9 +29,11 @@ from tapeout.artifacts.registry import CANDIDATE_ALIAS, Registry, RegistryUnavai
 from tapeout.compilers.errors import InvalidInput
 
 AUDIT_EXPERIMENT = "tapeout-audit"
-ACTIONS = ("promote", "refuse", "rollback")
+ACTIONS = ("promote", "refuse", "rollback", "approve")
 _TAG = "tapeout.audit"
 HEAD_TAG = f"{_TAG}.head."  # + alias: a registered-model tag holding the signed head
+ATTACHMENTS = "attached"  # a record's files (an approval's signed statement), in its run
+_LATER_FIELDS = ("approval_digest", "approvals")
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,25 @@ class AuditRecord:
     verification: str
     signer: str
     bundle_digest: str
+    # An approval: the digest of its signed files, kept with the record (tapeout.artifacts.approvals).
+    approval_digest: str = ""
+    # A promotion: the approvals it counted, as JSON (record, approver, approval digest each).
+    approvals: str = ""
     sequence: int = 0
     previous_digest: str = ""
     record_id: str = ""
     record_digest: str = ""
 
     def fields(self) -> dict[str, str]:
-        """Every field that goes into the digest (not the run id or the digest itself)."""
+        """Every field that goes into the digest (not the run id or the digest itself). The
+        approval fields count only when set, so records written before they existed keep
+        their digests."""
         values = asdict(self)
         values.pop("record_id")
         values.pop("record_digest")
+        for name in _LATER_FIELDS:
+            if not values[name]:
+                values.pop(name)
         return {key: str(value) for key, value in values.items()}
 
     def computed_digest(self) -> str:
@@ -166,11 +177,17 @@ def current_user() -> str:
 
 
 def append(
-    registry: Registry, record: AuditRecord, version_after: str, anchor: Anchor = Anchor()
+    registry: Registry,
+    record: AuditRecord,
+    version_after: str,
+    anchor: Anchor = Anchor(),
+    attachments: Path | None = None,
 ) -> AuditRecord:
     """Write `record` after the last one for its model and alias, then move the head to it
     (`version_after`: where the alias points once the record stands). Returns the record as
-    stored.
+    stored. The files of the folder `attachments` are kept with the record (under
+    `ATTACHMENTS` in its run), stored before the record is finished: a record that can be
+    read has its files.
 
     The record follows the *head* when there is one, so that records deleted from the end
     stay visible as a gap. When the chain's end is already in doubt (its head is missing,
@@ -212,6 +229,8 @@ def append(
     )
     try:
         registry.log(run_id, params={**record.fields(), "record_digest": record.record_digest})
+        if attachments is not None:
+            registry.log_directory(run_id, attachments, ATTACHMENTS)
     except Exception as error:
         registry.end_run(run_id, "FAILED")
         raise RegistryUnavailable(

@@ -184,6 +184,8 @@ def _trust_both(home: Path, current: Path, retired: Path) -> Path:
             if keys:
                 entry["keys"] = keys
             document["models"].append(entry)
+        if policy.aliases:  # who may approve is not the home's key: kept as it is
+            document["aliases"] = [rule.model_dump(exclude_defaults=True) for rule in policy.aliases]
     write_atomically(path, yaml.safe_dump(document, sort_keys=False).encode(), 0o644, replace=True)
     return path
 

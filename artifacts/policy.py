@@ -24,6 +24,23 @@ imports:                                     # models imported already signed by
       keys: [keys/vendor.pub]                # the same fields as a model's rule
 ```
 
+An `aliases` section says who may move an alias (docs/trust.md, "Approvals"): for an alias
+and the registered models matching `match`, how many distinct approvers must sign an approval
+(`tapeout approve`) before `tapeout promote` moves it, who they are — the signer forms above,
+and keys also by their identity `key:sha256:<hex>` — and whether the builder (the bundle's
+signer) may be one of them:
+
+```yaml
+aliases:
+  - alias: production
+    match: "digits-cnn-*"
+    approvals: 2
+    approvers:
+      keys: [keys/alice.pub, "key:sha256:9f2c...e1"]
+      certificates: {roots: [pki/root.pem], sans: [bob@example.com]}
+    builder_may_approve: false               # the default
+```
+
 Without a policy file the default policy trusts one key — the home's `keys/signing-key.pub`
 (or `--public-key`) — for every model, which is what a local build signs with.
 """
@@ -31,6 +48,7 @@ Without a policy file the default policy trusts one key — the home's `keys/sig
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,10 +114,58 @@ class ImportRule(_Strict):
     signers: list[ModelRule] = Field(default_factory=list)
 
 
+_KEY_IDENTITY = re.compile(r"^key:sha256:[0-9a-f]{64}$")
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class ApproverRule(_Strict):
+    """Who may approve: the signer forms of a model rule. A key is a public key file or its
+    identity, `key:sha256:<hex>` (an approval carries its signer's public key)."""
+
+    keys: list[str] = Field(default_factory=list)
+    certificates: CertificateRule | None = None
+    sigstore: SigstoreRule | None = None
+
+    @field_validator("keys")
+    @classmethod
+    def _key_forms(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if key.startswith("key:") and not _KEY_IDENTITY.match(key):
+                raise ValueError(f"{key!r}: expected a public key file or key:sha256:<64 lowercase hex digits>")
+        return keys
+
+    @model_validator(mode="after")
+    def _someone(self) -> "ApproverRule":
+        if not self.keys and self.certificates is None and self.sigstore is None:
+            raise ValueError("name at least one approver: keys, certificates or sigstore")
+        return self
+
+
+class AliasRule(_Strict):
+    """What moving `alias` of the registered models matching `match` takes."""
+
+    alias: str
+    match: str = "*"
+    approvals: int = Field(ge=1, description="distinct approvers needed")
+    approvers: ApproverRule
+    builder_may_approve: bool = False
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_name(cls, alias: str) -> str:
+        if not _ALIAS.match(alias) or alias.isdigit() or alias == "candidate":
+            raise ValueError(
+                f"{alias!r}: expected an alias promote moves, like production (letters, digits, - and _; "
+                "not candidate, which tapeout run sets)"
+            )
+        return alias
+
+
 class PolicyDocument(_Strict):
     version: Literal[1] = 1
     models: list[ModelRule] = Field(min_length=1)
     imports: ImportRule = Field(default_factory=ImportRule)
+    aliases: list[AliasRule] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,6 +175,7 @@ class TrustPolicy:
     source: str
     rules: tuple[ModelRule, ...]
     base: Path
+    aliases: tuple[AliasRule, ...] = ()
     imports: ImportRule = ImportRule()
 
     @classmethod
@@ -124,9 +191,16 @@ class TrustPolicy:
 
     def keys_for(self, model: str | None) -> list[Path]:
         """The EC public keys the policy admits for `model`."""
-        return [self._path(key) for rule in self.rules_for(model) for key in rule.keys]
+        return [self.path(key) for rule in self.rules_for(model) for key in rule.keys]
 
-    def _path(self, text: str) -> Path:
+    def alias_rule(self, model: str, alias: str) -> AliasRule | None:
+        """The first `aliases` entry for `alias` whose pattern matches `model`, if any."""
+        return next(
+            (rule for rule in self.aliases if rule.alias == alias and fnmatch.fnmatchcase(model, rule.match)), None
+        )
+
+    def path(self, text: str) -> Path:
+        """A path the policy names (relative to the policy file), made absolute."""
         return (self.base / text).resolve()
 
     def verify(self, bundle: Path | Signed, model: str | None = None) -> Verification:
@@ -142,7 +216,7 @@ class TrustPolicy:
         model = model or (bundle_model_name(bundle) if isinstance(bundle, Path) else None)
         who = f"for {model}" if model else "for this bundle"
         return read_signature(bundle).verify(
-            bundle, self.rules_for(model), self._path, f"the policy ({self.source}) allows {who}"
+            bundle, self.rules_for(model), self.path, f"the policy ({self.source}) allows {who}"
         )
 
     def verify_import(self, imported: SignedModel | SignedStatement, model: str) -> Verification:
@@ -160,7 +234,7 @@ class TrustPolicy:
             if rule.match == "*" or fnmatch.fnmatchcase(model, rule.match)
         ]
         return read_signature(imported).verify(
-            imported, rules, self._path, f"the policy ({self.source}) allows for imports of {model}"
+            imported, rules, self.path, f"the policy ({self.source}) allows for imports of {model}"
         )
 
 
@@ -182,7 +256,9 @@ def load_policy(path: Path) -> TrustPolicy:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top)"
         raise InvalidInput(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-    return TrustPolicy(str(path.resolve()), tuple(parsed.models), path.resolve().parent, parsed.imports)
+    return TrustPolicy(
+        str(path.resolve()), tuple(parsed.models), path.resolve().parent, tuple(parsed.aliases), parsed.imports
+    )
 
 
 def policy_for(home: Path, policy: Path | None = None, public_key: Path | None = None) -> TrustPolicy:

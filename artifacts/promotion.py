@@ -6,9 +6,11 @@ the trust policy; the bundle is the one the version claims (its digest equals th
 `bundle_digest` tag, and its signed provenance names this registered model, commit and
 config digest); the signed gates report says `pass`; the deployed firmware revision
 (`--firmware`) is within the artifact's signed range; and the model's audit log is whole
-(every record, its anchored head, and every alias where the log says). Any failure refuses:
-the alias is left alone and a `refuse` audit record says why. A rollback moves the alias
-back to the version promoted before the current one, after the same checks.
+(every record, its anchored head, and every alias where the log says); and, when the trust
+policy asks for approvals to move the alias, enough distinct approvers have signed one
+(tapeout.artifacts.approvals). Any failure refuses: the alias is left alone and a `refuse`
+audit record says why. A rollback moves the alias back to the version promoted before the
+current one, after the same checks but approvals: it undoes a move that was approved.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tapeout.artifacts import audit, identity
+from tapeout.artifacts import approvals, audit, identity
 from tapeout.artifacts.digest import bundle_digest
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.policy import TrustPolicy
 from tapeout.artifacts.registry import RegisteredVersion, Registry, RegistryUnavailable, ReferenceNotFound
-from tapeout.artifacts.signature import VerificationFailed
+from tapeout.artifacts.signature import Signer, VerificationFailed
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 from tapeout.compilers.versions import parse_version
 
@@ -129,6 +131,11 @@ def promote(
     """Move `alias` to the version `reference` names, after every check; `anchor` signs
     the audit head and says which keys a head may be signed by.
 
+    When the trust policy asks for approvals to move `alias`, the approvals recorded since it
+    last moved must hold enough distinct approvers (the `approvals` check names what is
+    missing and each approval that does not count, with why); the promotion's record lists
+    the approvals it counted.
+
     Raises:
         PromotionRefused: a check failed, or the model's audit log is not whole (all
             failures named); a `refuse` record is written.
@@ -142,12 +149,84 @@ def promote(
     history = audit.read_history(registry, version.name, anchor=anchor)
     current = _alias_version(registry, version.name, alias)
     checked = check_version(registry, version, policy, firmware)
+    approved = approvals.status(registry, history, policy, version, alias, checked.bundle_digest, checked.signer)
+    if approved.rule is not None:
+        checked = replace(checked, checks=(*checked.checks, Check("approvals", approved.met, approved.describe())))
     if not checked.passed or not history.chain_ok:
         _refuse(registry, "promote", version.name, alias, current, checked, reason, actor, anchor, list(history.problems))
     if current == version.version:
         return Outcome(version.name, alias, current, version.version, checked, None)
-    record = _move_alias(registry, "promote", version.name, alias, current, checked, reason, actor, anchor)
+    record = _move_alias(
+        registry, "promote", version.name, alias, current, checked, reason, actor, anchor, approved.as_record()
+    )
     return Outcome(version.name, alias, current, version.version, checked, record)
+
+
+def approve(
+    registry: Registry,
+    reference: str,
+    alias: str,
+    policy: TrustPolicy,
+    signer: Signer,
+    *,
+    reason: str = "",
+    actor: str = "",
+    anchor: audit.Anchor = audit.Anchor(),
+) -> tuple[audit.AuditRecord, approvals.ApprovalStatus]:
+    """Sign an approval of moving `alias` to the version `reference` names with the
+    approver's `signer`, and record it in the alias's audit chain with its signed files;
+    returns the record and where the alias's next move then stands.
+
+    The version must pass every promotion check but approvals (its bundle verifies and is
+    the version's, its gates passed) before anything is signed. The approval is recorded
+    even when it does not count under the policy — an approver outside it, the builder —
+    and then refused, naming why.
+
+    Raises:
+        InvalidInput: the policy names no approvers for `alias` of the model; the alias or
+            reference is malformed; the signer's key or certificate is unusable.
+        ApprovalRefused: the version fails a check, or the audit log is not whole (nothing
+            signed or recorded); or the approval was recorded but does not count.
+        RegistryUnavailable: the record could not be written.
+    """
+    _check_alias(alias)
+    version = registry.resolve(reference)
+    what = f"approval of {version.name}@{version.version} for {alias}"
+    if policy.alias_rule(version.name, alias) is None:
+        raise InvalidInput(
+            f"the trust policy ({policy.source}) names no approvers for {alias} of {version.name}: "
+            "add an `aliases:` entry for it (docs/trust.md, Approvals)"
+        )
+    history = audit.read_history(registry, version.name, anchor=anchor)
+    if not history.chain_ok:
+        raise approvals.ApprovalRefused(
+            f"{what} refused, nothing signed or recorded: the audit log is not whole: " + "; ".join(history.problems)
+        )
+    checked = check_version(registry, version, policy)
+    if not checked.passed:
+        raise approvals.ApprovalRefused(f"{what} refused, nothing signed or recorded: " + "; ".join(checked.failures))
+    current = _alias_version(registry, version.name, alias)
+    with tempfile.TemporaryDirectory(prefix="tapeout-approve-") as scratch:
+        folder = Path(scratch) / "approval"
+        when = audit.now()
+        approver = approvals.sign_approval(
+            folder, version, alias, checked.bundle_digest, signer, when=when, reason=reason
+        )
+        record = audit.AuditRecord(
+            action="approve", model=version.name, alias=alias, from_version=current or "",
+            to_version=version.version, user=audit.current_user(), actor=actor, when=when, reason=reason,
+            outcome="", verification=checked.verification, signer=approver, bundle_digest=checked.bundle_digest,
+            approval_digest=approvals.folder_digest(folder),
+        )
+        judged = approvals.judge(folder, record, policy, version, alias, checked.bundle_digest, checked.signer)
+        record = replace(record, outcome="counts" if judged.counts else f"does not count: {judged.refused}")
+        stored = audit.append(registry, record, current or "", anchor, attachments=folder)
+    if not judged.counts:
+        raise approvals.ApprovalRefused(
+            f"{what} by {approver} was recorded (audit record {stored.record_id}) but does not count: {judged.refused}"
+        )
+    history = audit.read_history(registry, version.name, anchor=anchor)
+    return stored, approvals.status(registry, history, policy, version, alias, checked.bundle_digest, checked.signer)
 
 
 def rollback(
@@ -294,7 +373,9 @@ def _append_refusal(registry: Registry, record: audit.AuditRecord, current: str 
     return []
 
 
-def _move_alias(registry, action, name, alias, current, checked: Checked, reason, actor, anchor) -> audit.AuditRecord:
+def _move_alias(
+    registry, action, name, alias, current, checked: Checked, reason, actor, anchor, counted: str = ""
+) -> audit.AuditRecord:
     target = checked.version.version
     try:
         registry.set_alias(name, alias, target)
@@ -304,7 +385,7 @@ def _move_alias(registry, action, name, alias, current, checked: Checked, reason
             f"({type(error).__name__}: {error}); alias unchanged"
         ) from error
     try:
-        record = _record(action, name, alias, current, checked, reason, actor, "done")
+        record = replace(_record(action, name, alias, current, checked, reason, actor, "done"), approvals=counted)
         return audit.append(registry, record, target, anchor)
     except BaseException:
         # No change without its record: put the alias back where it was.

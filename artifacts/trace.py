@@ -243,15 +243,27 @@ def render_text(record: dict) -> str:
             lines.append(("promotions      " if index == 0 else " " * 16) + _history_line(item))
         for problem in promotions["problems"]:
             lines.append(f"audit log       BROKEN: {problem}")
+    for index, item in enumerate(record.get("approvals", [])):
+        verdict = "counts" if item["counts"] else f"DOES NOT COUNT: {item['refused']}"
+        used = f", counted by promotion #{item['promotion']}" if item["promotion"] is not None else ""
+        reason = f" \"{item['reason']}\"" if item["reason"] else ""
+        lines.append(
+            ("approvals       " if index == 0 else " " * 16)
+            + f"{item['alias']} by {item['approver']} at {item['when']}{reason}: {verdict}{used}"
+        )
     return "\n".join(lines)
 
 
 def _history_line(item: dict) -> str:
     who = item["user"] + (f" as {item['actor']}" if item["actor"] else "")
-    moved = f"{item['from_version'] or '—'} → {item['to_version']}"
     reason = f" \"{item['reason']}\"" if item["reason"] else ""
     outcome = "" if item["outcome"] == "done" else f" [{item['outcome']}]"
-    return f"{item['when']} {item['action']:<8} {item['alias']}: {moved} by {who}{reason}{outcome}"
+    if item["action"] == "approve":
+        return f"{item['when']} approve  {item['alias']}: version {item['to_version']} by {item['signer']} ({who}){reason}{outcome}"
+    moved = f"{item['from_version'] or '—'} → {item['to_version']}"
+    approvers = [entry["approver"] for entry in json.loads(item.get("approvals") or "[]")]
+    approved = f", approved by {', '.join(approvers)}" if approvers else ""
+    return f"{item['when']} {item['action']:<8} {item['alias']}: {moved} by {who}{approved}{reason}{outcome}"
 
 
 def render_html(record: dict) -> str:
@@ -335,6 +347,16 @@ def render_html(record: dict) -> str:
         header = "".join(f"<th>{name}</th>" for name in ("when", "action", "alias", "from", "to", "user", "actor", "reason", "outcome", "verification", "record digest"))
         broken = "".join(f"<p class=bad>Audit log broken: {e(problem)}</p>" for problem in promotions["problems"])
         sections.append(("Promotion history", broken + (f"<table class=history><tr>{header}</tr>{rows}</table>" if rows else "<p>No promotions recorded.</p>")))
+    approvals = record.get("approvals")
+    if approvals:
+        rows = "".join(
+            f"<tr><td>{e(item['when'])}</td><td>{e(item['alias'])}</td><td>{e(item['approver'])}</td>"
+            f"<td>{e(item['reason'])}</td><td>{e('counts' if item['counts'] else 'DOES NOT COUNT: ' + item['refused'])}</td>"
+            f"<td>{e('' if item['promotion'] is None else '#' + str(item['promotion']))}</td><td>{e(item['digest'])}</td></tr>"
+            for item in approvals
+        )
+        header = "".join(f"<th>{name}</th>" for name in ("when", "alias", "approver", "reason", "verdict today", "counted by promotion", "approval digest"))
+        sections.append(("Approvals", f"<table class=history><tr>{header}</tr>{rows}</table>"))
     body = "".join(f"<h2>{e(name)}</h2>{content}" for name, content in sections)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"

@@ -470,6 +470,33 @@ def _export_pytorch(
             verbose=False,
         )
     exporter_log.setLevel(previous)
+    _drop_machine_paths(output_path)
+
+
+# The dynamo exporter records, on every node, the Python stack that made it
+# (torch/onnx/_internal/exporter/_core.py, `_set_node_metadata`): the factory module's and
+# torch's own files by absolute path. The model would then depend on where it was checked out
+# and where torch is installed, and two builds of one commit in two folders would differ.
+_MACHINE_PATH_METADATA = "pkg.torch.onnx.stack_trace"
+
+
+def _drop_machine_paths(path: Path) -> None:
+    """Remove the exporter's per-node stack traces (every graph, subgraph and function)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *(function for function in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [entry for entry in node.metadata_props if entry.key != _MACHINE_PATH_METADATA]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
+    onnx.save(model, str(path))
 
 
 def _build_module(source: PyTorchSource) -> "torch.nn.Module":  # noqa: F821
@@ -492,7 +519,9 @@ def _call_factory(factory_file: Path, factory_name: str) -> object:
     """
     if not factory_file.is_file():
         raise InvalidInput(f"{factory_file}: model factory file not found")
-    module_name = f"tapeout_model_factory_{hashlib.sha256(str(factory_file).encode()).hexdigest()[:12]}"
+    # Named by its content, not its path: the exporter records the module's name in the model
+    # (each node's class hierarchy), which must not depend on where the file was checked out.
+    module_name = f"tapeout_model_factory_{_file_digest(factory_file)[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, factory_file)
     assert spec is not None and spec.loader is not None  # a .py file always has a loader
     factory_module = importlib.util.module_from_spec(spec)

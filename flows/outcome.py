@@ -32,14 +32,16 @@ class TargetOutcome:
 def already_registered(
     pipeline: Pipeline, source: SourceRevision, registry: Registry, progress: Progress
 ) -> dict[str, TargetOutcome]:
-    """Targets whose (commit, per-target config digest) already has a registered version."""
+    """Targets whose (commit, per-target config digest) already has a version registered from
+    a clean build: a version built from files that differed from the commit is not what the
+    commit builds, and never answers for it."""
     found: dict[str, TargetOutcome] = {}
     if source.dirty:
         return found
     for target in pipeline.config.targets:
         name = registered_name(pipeline.config.model.name, target.name)
         existing = registry.find_version(
-            name, {"commit": source.commit, "config_digest": pipeline.digest(target)}
+            name, {"commit": source.commit, "config_digest": pipeline.digest(target), "source_dirty": "false"}
         )
         if existing is not None:
             existing = registry.complete(existing)  # finishes one a killed run left half done

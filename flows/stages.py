@@ -477,7 +477,8 @@ def register_stage(
     concurrent run that got there first — that version is returned and nothing is added.
     """
     name = registered_name(pipeline.config.model.name, target.name)
-    identity = {"commit": tags["commit"], "config_digest": tags["config_digest"]}
+    # Only clean builds converge on one version: a dirty one of the same commit is another build.
+    identity = {"commit": tags["commit"], "config_digest": tags["config_digest"], "source_dirty": "false"}
     if not source.dirty:
         existing = registry.find_version(name, identity)
         if existing is not None:

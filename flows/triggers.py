@@ -74,7 +74,7 @@ def commits_to_build(repo: Path, pipeline_file: str, branch: str, registry: Regi
     for sha in listed.split():
         built = all(
             registry.find_version(
-                registered_name(pipeline.config.model.name, target.name), {"commit": sha}
+                registered_name(pipeline.config.model.name, target.name), {"commit": sha, "source_dirty": "false"}
             )
             is not None
             for target in pipeline.config.targets

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tapeout.compilers.errors import TapeoutError
 from tapeout.flows import environment
-from tapeout.flows.cli import build, calibration, compilers, diff, explain, trust, watch
+from tapeout.flows.cli import build, calibration, compilers, diff, explain, reproduce, trust, watch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _global_options(parser, defaults=True)
     commands = parser.add_subparsers(metavar="COMMAND")
 
-    for group in (build, compilers, trust):
+    for group in (build, compilers, trust, reproduce):
         group.add_commands(commands, common)
     calibration.add_commands(commands)  # calibrate, calib inspect|pack|fetch
     for group in (watch, diff, explain):

@@ -1,4 +1,4 @@
-"""The trust commands: verify, trace, promote, rollback, pull, gc, keys (tapeout.artifacts).
+"""The trust commands: verify, trace, approve, promote, rollback, pull, gc, keys (tapeout.artifacts).
 
 Exit 1 for a failed verification or a refused promotion, 2 for bad input.
 """
@@ -52,6 +52,24 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     promote.add_argument("--actor", default="", help="who asked, recorded beside the OS user")
     promote.add_argument("--json", action="store_true")
     promote.set_defaults(func=promote_command)
+
+    approve = subparsers.add_parser(
+        "approve", parents=[common, trust], help="sign your approval of moving an alias to a version"
+    )
+    approve.add_argument("reference", help="MODEL-TARGET@VERSION (or @ALIAS)")
+    approve.add_argument("--to", dest="alias", required=True, help="the alias it may move, e.g. production")
+    approve.add_argument(
+        "--key", type=Path, required=True, help="your EC private key (PEM); with --certificate, the certificate's key"
+    )
+    approve.add_argument("--certificate", type=Path, help="your leaf certificate (PEM): sign with it")
+    approve.add_argument(
+        "--certificate-chain", type=Path, action="append", default=[], metavar="PEM",
+        help="an intermediate certificate of --certificate (repeat for more)",
+    )
+    approve.add_argument("--reason", default="", help="why, for the approval and the audit record")
+    approve.add_argument("--actor", default="", help="who asked, recorded beside the OS user")
+    approve.add_argument("--json", action="store_true")
+    approve.set_defaults(func=approve_command)
 
     rollback = subparsers.add_parser(
         "rollback", parents=[common, trust], help="move an alias back to the previously promoted version"
@@ -180,6 +198,12 @@ def trace_command(args: argparse.Namespace) -> int:
             if version is not None else None
         )
         record = trace_bundle(bundle, version, policy, history)
+        if history is not None:
+            from tapeout.artifacts.approvals import of_version
+
+            record["approvals"] = of_version(
+                registry, history, policy, version, record["bundle"]["digest"], record["verification"]["signer"] or ""
+            )
     if lookup is not None:
         record["lookup"] = lookup
     if args.html:
@@ -274,6 +298,47 @@ def promote_command(args: argparse.Namespace) -> int:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
         _print_outcome(outcome, "promoted")
+    return 0
+
+
+def approve_command(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from tapeout.artifacts.promotion import approve
+    from tapeout.artifacts.signing_methods import signer_types
+    from tapeout.flows.config import SigningConfig
+
+    if args.certificate_chain and args.certificate is None:
+        raise InvalidInput("--certificate-chain: needs --certificate")
+    method = "key" if args.certificate is None else "certificate"
+    config = SigningConfig(
+        method=method, private_key=str(args.key),
+        certificate=str(args.certificate) if args.certificate else None,
+        certificate_chain=[str(path) for path in args.certificate_chain],
+    )
+    policy = _policy(args)
+    registry = open_registry(args)
+    anchor = _anchor(args, policy, registry.resolve(args.reference).name, signs=True)
+    # The approver's key is theirs, not the home's: its public half is published for this
+    # approval only (the approval carries it), never into the home's keys.
+    with tempfile.TemporaryDirectory(prefix="tapeout-approver-keys-") as keys:
+        signer = signer_types()[method].from_config(config, lambda text: Path(text).resolve(), Path(keys))
+        record, standing = approve(
+            registry, args.reference, args.alias, policy, signer,
+            reason=args.reason, actor=args.actor, anchor=anchor,
+        )
+    if args.json:
+        print(json.dumps({
+            "record": asdict(record), "met": standing.met, "standing": standing.describe(),
+            "counted": [asdict(item) for item in standing.counted],
+            "not_counted": [asdict(item) for item in standing.refused],
+        }, indent=2))
+    else:
+        print(
+            f"approved {record.model} version {record.to_version} for {record.alias} as {record.signer} "
+            f"(audit record {record.record_id})"
+        )
+        print(f"{record.alias}: {standing.describe()}")
     return 0
 
 

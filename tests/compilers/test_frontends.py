@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tapeout.compilers.errors import InvalidInput
@@ -21,6 +23,28 @@ def test_pytorch_export_is_one_checked_file_with_the_declared_interface(exported
     assert exported_model.outputs == (TensorSpec("logits", (1, 10), "float32"),)
     assert exported_model.opset >= 18
     assert len(exported_model.digest) == 64
+
+
+def test_the_export_does_not_depend_on_the_folder_it_was_made_in(exported_model, tmp_path):
+    """The same factory and weights, checked out elsewhere, export to the same bytes: the
+    model names no path of this machine (the exporter records each node's Python stack, with
+    the factory's and torch's own files, and the factory module's name)."""
+    import shutil
+
+    import onnx
+
+    elsewhere = tmp_path / "another" / "checkout"
+    shutil.copytree(EXAMPLE, elsewhere, ignore=shutil.ignore_patterns("__pycache__"))
+    again = export_model(
+        PyTorchSource(elsewhere / "model.py", "build_model", elsewhere / "weights.pt"),
+        IMAGE, ("logits",), tmp_path / "model.onnx",
+    )
+    assert again.path.read_bytes() == exported_model.path.read_bytes()
+    model = onnx.load(str(again.path))
+    values = [entry.value for node in model.graph.node for entry in node.metadata_props]
+    assert values, "the exporter's own node metadata (names, scopes) is kept"
+    for folder in (str(EXAMPLE), str(elsewhere), str(Path(onnx.__file__).parents[1])):
+        assert not any(folder in value for value in values)
 
 
 def test_onnx_source_passes_the_same_checks(exported_model, tmp_path):

@@ -34,7 +34,7 @@ def test_a_version_left_without_its_alias_by_a_killed_run_is_finished_by_the_rer
     client.create_registered_model("digits-cnn-cpu")
     client.create_model_version(
         "digits-cnn-cpu", f"runs:/{run_id}/bundle", run_id=run_id,
-        tags={**identity, "bundle_digest": "f" * 64},
+        tags={**identity, "source_dirty": "false", "bundle_digest": "f" * 64},  # as a clean build tags it
     )  # ... and the process died here
 
     code = main(["run", str(pipeline), "--home", str(home), "--json"])
