@@ -1,8 +1,8 @@
 """The chain of attestations as an auditor reads it (docs/trust.md, "The chain of
 attestations"): a record for `tapeout trace --json`, lines for `verify --chain` and `trace`,
 and the picture of `trace --html` — commit → fp32 model → calibration set and table → QDQ
-model → compiled files → gates → bundle → registered version → promotions, each node with its
-digest and whether the link that names it verified.
+model → compiled files → gates → bundle → registered version → promotions and approvals, each
+node with its digest and whether the link that names it verified.
 """
 
 from __future__ import annotations
@@ -151,4 +151,13 @@ def _nodes(record: dict) -> list[tuple[str, list[str], bool | None, str]]:
         moves = [f"{item['action']} {item['alias']} → v{item['to_version']}" for item in promotions["records"]]
         nodes.append(("promotions", moves or ["none recorded"], promotions["chain_ok"],
                       "audit log verified" if promotions["chain_ok"] else "audit log BROKEN"))
+    approvals = record.get("approvals")
+    if approvals:
+        # An approval that does not count (its approver is the builder, say) breaks no link:
+        # it is listed as such; the box is red only when none counts.
+        counting = sum(1 for item in approvals if item["counts"])
+        nodes.append(("approvals", [
+            f"{item['alias']} by {item['approver']}" + ("" if item["counts"] else " (does not count)")
+            for item in approvals
+        ], counting > 0, f"{counting} of {len(approvals)} count today"))
     return nodes
