@@ -278,7 +278,7 @@ def int8_seed_image(workdir: Path, requant: str = "fixed-point") -> bytes:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from tapeout.compilers.int8_ref import ARTIFACT_FILE, Int8ReferenceCompiler
+    from tapeout.compilers.int8_ref import ARTIFACT_FILE, FIRMWARE_REVISION, Int8ReferenceCompiler
     from tapeout.compilers.interface import QuantizedModel, TargetProfile, TensorSpec
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,8 @@ def int8_seed_image(workdir: Path, requant: str = "fixed-point") -> bytes:
     model = QuantizedModel(qdq, hashlib.sha256(qdq.read_bytes()).hexdigest(), qdq,
                            (TensorSpec("x", (1, 3, 8, 8), "float32"),), ())
     artifact = Int8ReferenceCompiler().compile(
-        model, TargetProfile("fuzz", "int8-ref", "1.1.0", {"requant": requant}), workdir / "out")
+        model, TargetProfile("fuzz", "int8-ref", FIRMWARE_REVISION, {"requant": requant}),
+        workdir / "out")
     return (artifact.directory / ARTIFACT_FILE).read_bytes()
 
 

@@ -4,7 +4,7 @@ Layout (all integers little-endian):
 
     header (128 bytes)
       0   8s   magic b"INT8REF\\0"
-      8   u16  format version (1 or 2, see "Versions" below)
+      8   u16  format version (3, see "Versions" below)
       10  u16  header size (128)
       12  u8   requantization mode (0 ort, 1 fixed-point)
       13  3x   reserved, zero
@@ -28,15 +28,18 @@ Layout (all integers little-endian):
       memory    u64 arena bytes, u64 scratch bytes
       data      u64 size, then the constants' bytes (each at a 16-byte aligned offset)
 
-Versions. The writer records the lowest version that can express the program, so a program
-of 8-bit tensors is written exactly as before int16 existed (byte for byte):
+Versions. The record layout has not changed since version 1; what an op's parameters and
+constants mean has:
 
-    1  tensors are int8, uint8, int32 or float32 (dtype code 3, int16, is reserved and refused)
-    2  the same layout; tensors may also be int16 (code 3), and the type codes of the kernels
-       that take int16 ("sg_in" / "sg_out", opset.INT16_KINDS) may be 2
+    1  tensors are int8, uint8, int32 or float32; Conv and Gemm weights are int16 `w - zp`
+       rows (int8-ref 0.1, firmware 1.0.0)
+    2  version 1 with int16 tensors (dtype code 3) and int16 kernels (firmware 1.1.0)
+    3  Conv and Gemm weights packed for the vector kernels, their bias folded, a fifth
+       constant (the input-sum factor) and Conv's path parameters (ops/conv.py, ops/gemm.py,
+       kernels/i8r_qgemm.h); int16 tensors as in version 2 (firmware 2.0.0)
 
-A reader of version 1 refuses a version-2 image by its header ("format version 2 is not
-supported"); this reader reads both, and refuses an int16 tensor in a version-1 image.
+This reader (firmware 2.0.0) reads version 3 only. An image of an older version is refused
+naming what it is ("format version 2 (... firmware 1.1.0) is no longer read ...: recompile").
 
 The reader never trusts a number: every count, offset, length, dimension and enum is checked
 against what remains of the file or against the buffers it indexes, and each op's parameters
@@ -57,9 +60,13 @@ from .kernel_abi import MAX_FLOATS, MAX_INTS
 from .opset import N_CONSTS, N_INPUTS, PARAMS, Kind
 
 MAGIC = b"INT8REF\0"
-FORMAT_VERSION = 2  # the newest version this module writes and reads
-READABLE_VERSIONS = (1, 2)
-INT16_VERSION = 2  # the first version with int16 tensors
+FORMAT_VERSION = 3  # the version this module writes and reads
+READABLE_VERSIONS = (3,)
+# the versions this reader refuses by name: what their images hold
+RETIRED_VERSIONS = {
+    1: "unpacked int16 Conv/Gemm weights, int8-ref 0.1, firmware 1.0.0",
+    2: "unpacked int16 Conv/Gemm weights with int16 tensors, int8-ref 0.1, firmware 1.1.0",
+}
 HEADER = struct.Struct("<8sHHB3xHHHHQ32s24s16s24x")
 assert HEADER.size == 128
 DTYPES = {1: "int8", 2: "uint8", 3: "int16", 4: "int32", 5: "float32"}
@@ -128,11 +135,6 @@ class Image:
 
 
 # -- writer ------------------------------------------------------------------------------
-def format_version_for(dtypes) -> int:
-    """The lowest format version that holds tensors of these dtypes."""
-    return INT16_VERSION if "int16" in set(dtypes) else 1
-
-
 def write_image(*, compiler: str, compiler_version: str, requant: str, min_firmware: str,
                 tensors, offsets, inputs, outputs, consts, ops, arena_bytes: int,
                 scratch_bytes: int) -> bytes:
@@ -173,7 +175,7 @@ def write_image(*, compiler: str, compiler_version: str, requant: str, min_firmw
     payload = bytes(p)
     fw = parse_revision(min_firmware)
     mode = {v: k for k, v in MODES.items()}[requant]
-    version = format_version_for(t.dtype for t in tensors)
+    version = FORMAT_VERSION
     header = bytearray(HEADER.pack(MAGIC, version, HEADER.size, mode, *fw, 0,
                                    len(payload), b"\0" * 32, compiler.encode()[:24],
                                    compiler_version.encode()[:16]))
@@ -244,6 +246,11 @@ def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str | Non
         HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ArtifactRejected(where, f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version in RETIRED_VERSIONS:
+        raise ArtifactRejected(where, f"format version {version} ({RETIRED_VERSIONS[version]}) "
+                                      f"is no longer read: firmware {firmware_revision} reads "
+                                      f"format {FORMAT_VERSION}, whose Conv and Gemm weights "
+                                      "are packed at compile time; recompile the model")
     if version not in READABLE_VERSIONS:
         raise ArtifactRejected(where, f"format version {version} is not supported "
                                       f"(this firmware reads versions {READABLE_VERSIONS})")
@@ -276,9 +283,6 @@ def read_image(buf: bytes, where: str = "<memory>", firmware_revision: str | Non
         code, ndim, nlen, off, nbytes = c.take("<BBHQQ", f"tensor {i}")
         if code not in DTYPES:
             c.fail(f"tensor {i} has unknown dtype code {code}")
-        if DTYPES[code] == "int16" and version < INT16_VERSION:
-            c.fail(f"tensor {i} is int16, which format version {version} does not have "
-                   f"(int16 tensors need version {INT16_VERSION})")
         shape = _shape(c, ndim, f"tensor {i}")
         name = c.text(nlen, f"tensor {i} name")
         dtype = DTYPES[code]

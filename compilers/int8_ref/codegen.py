@@ -104,18 +104,18 @@ def render() -> str:
         unit = KERNELS_DIR / f"{module}.pxi"
         if f"cdef void {module}_eval(" not in (unit.read_text() if unit.exists() else ""):
             raise ValueError(f"op module {module}: kernels/{module}.pxi must define "
-                             f"{module}_eval(d, a, cb, scratch)")
+                             f"{module}_eval(d, a, cb, scratch, host)")
         out.append(f'include "{module}.pxi"')
     out += [
         "",
         "",
-        "cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,",
-        "                 uint8_t* scratch) noexcept nogil:",
+        "cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch,",
+        "                 const Host* host) noexcept nogil:",
         "    cdef int kind = d.kind",
     ]
     for i, (module, kernel) in enumerate(KERNEL_MODULES.items()):
         out.append(f"    {'if' if i == 0 else 'elif'} kind == KIND_{kernel.name}:")
-        out.append(f"        {module}_eval(d, a, cb, scratch)")
+        out.append(f"        {module}_eval(d, a, cb, scratch, host)")
     return "\n".join(out) + "\n"
 
 

@@ -11,7 +11,7 @@ import onnx
 
 from ..errors import CompilationFailed, InvalidInput
 from ..interface import Capabilities, CompiledArtifact, QuantizedModel, TargetProfile, TensorSpec
-from .artifact_format import INT16_VERSION, format_version_for, parse_revision, write_image
+from .artifact_format import FORMAT_VERSION, parse_revision, write_image
 from .compat import ort_float_nodes, report_for_model
 from .cost import program_cost
 from .exceptions import ArtifactRejected, IncompatibleModel
@@ -21,12 +21,14 @@ from .opset import KERNELS, ONNX_OPS, Kind
 from .program import ONNX_DTYPES, LoweringError
 from .runtime import FIRMWARE_REVISION, Int8Runner, load_image
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 ARTIFACT_FILE = "model.i8r"
-MIN_FIRMWARE = "1.0.0"  # the oldest firmware that runs what this compiler writes
-INT16_FIRMWARE = "1.1.0"  # the first firmware that reads format version 2 (int16 tensors)
+# the oldest firmware that runs what this compiler writes: the first that reads format 3
+# (Conv and Gemm weights packed at compile time)
+MIN_FIRMWARE = "2.0.0"
 DEFAULT_REQUANT = "fixed-point"
-OPTIONS = {"requant": ("ort", "fixed-point")}
+# threads: any positive integer (the worker threads of the loaded runtime; `()` = free-form)
+OPTIONS = {"requant": ("ort", "fixed-point"), "threads": ()}
 
 
 class Int8ReferenceCompiler:
@@ -56,7 +58,14 @@ class Int8ReferenceCompiler:
         if requant not in OPTIONS["requant"]:
             raise InvalidInput(f"target {target.name!r}: requant={requant!r}, expected one of "
                                f"{OPTIONS['requant']}")
-        return {"requant": requant}
+        resolved = {"requant": requant}
+        if "threads" in opts:
+            threads = opts["threads"]
+            if not threads.isdigit() or int(threads) < 1:
+                raise InvalidInput(f"target {target.name!r}: threads={threads!r}, expected a "
+                                   "positive integer")
+            resolved["threads"] = str(int(threads))
+        return resolved
 
     def compile(self, model: QuantizedModel, target: TargetProfile,
                 workdir: Path) -> CompiledArtifact:
@@ -64,7 +73,7 @@ class Int8ReferenceCompiler:
 
         The artifact's `report` holds, besides the memory plan and the op counts:
 
-        - `format_version`: 1 for a program of 8-bit tensors, 2 when it has int16 ones.
+        - `format_version`: the image's format, 3 (artifact_format.py).
         - `cost`: one run of the lowered program at its compiled batch (cost.py), counted
           from the program the firmware runs, not from the ONNX graph:
           `macs` (products accumulated by Conv, Gemm, MatMul), `bytes_read` (every tensor
@@ -73,9 +82,12 @@ class Int8ReferenceCompiler:
           `weight_bytes` (weights at 1 byte, int32 biases at 4, constant 8-bit operands;
           requantization multipliers and tables excluded) and `batch`, all ints (divide by
           `batch` for one sample); `source` says what was counted.
-        - The artifact needs firmware 1.0.0 (format 1), or 1.1.0 when it has int16 tensors
-          (format 2), or the revision an op kind it uses was added in (KernelSpec.firmware)
-          when that is newer; a target on older firmware is refused at compile time.
+        - The artifact needs firmware 2.0.0 (the first that reads format 3), or the revision
+          an op kind it uses was added in (KernelSpec.firmware) when that is newer; a target
+          on older firmware is refused at compile time.
+
+        Options: `requant` (`fixed-point` or `ort`), `threads` (worker threads of the loaded
+        runtime, default 1: the same results for any count; it does not change the image).
 
         Raises:
             InvalidInput: bad options or an unreadable model.
@@ -115,12 +127,7 @@ class Int8ReferenceCompiler:
                          frozenset(ort_float) if isinstance(ort_float, list) else frozenset())
         except LoweringError as exc:
             raise IncompatibleModel(self.name, [exc.problem]) from None
-        format_version = format_version_for(t.dtype for t in prog.tensors)
-        needed = INT16_FIRMWARE if format_version >= INT16_VERSION else MIN_FIRMWARE
-        if fw < parse_revision(needed):
-            raise CompilationFailed(
-                f"target {target.name!r} runs firmware {target.firmware_revision}; this program has "
-                f"int16 tensors (artifact format {format_version}), which need firmware {needed} or newer")
+        format_version, needed = FORMAT_VERSION, MIN_FIRMWARE
         for op in prog.ops:  # a kind newer than the format needs a newer firmware too
             kernel = KERNELS[op.kind]
             if parse_revision(kernel.firmware) > parse_revision(needed):
@@ -194,12 +201,12 @@ class Int8ReferenceCompiler:
         image = load_image(path)
         if image.compiler != self.name:
             raise ArtifactRejected(str(path), f"built by {image.compiler!r}, not {self.name!r}")
-        return Int8Runner(image)
+        return Int8Runner(image, threads=int(artifact.options.get("threads", "1")))
 
 
-def load_file(path: Path) -> Int8Runner:
-    """Load a `model.i8r` directly (for tools and tests)."""
-    return Int8Runner(load_image(Path(path)))
+def load_file(path: Path, threads: int = 1, isa: str | None = None) -> Int8Runner:
+    """Load a `model.i8r` directly (for tools and tests); `threads` and `isa` as Int8Runner."""
+    return Int8Runner(load_image(Path(path)), threads=threads, isa=isa)
 
 
 def peak_op(prog, plan) -> dict[str, object] | None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # only for annotations: both import the op modules
     from .validate import OpCheck
 
 MAX_INPUTS = 2
-MAX_CONSTS = 4
+MAX_CONSTS = 5
 MAX_FLOATS = 4
 MAX_INTS = 40
 
@@ -94,7 +94,7 @@ class KernelSpec:
     floats: tuple[str, ...] = ()
     inputs: int = 1
     int16: bool = False
-    firmware: str = "1.0.0"
+    firmware: str = "2.0.0"
     cost: Callable[[Mapping[str, int]], tuple[int, int]] = _no_cost
 
     @property

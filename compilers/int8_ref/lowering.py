@@ -305,17 +305,19 @@ class Lowering:
             return np.rint(b / bs).astype(np.int32)
         self.fail(node, "bias must be a constant", "bias")
 
-    def requant_consts(self, node, x_scale, w_scales, y_scale, n) -> tuple[int, int]:
-        """Constant ids of the per-channel requantization arrays (requantize.conv_params)."""
+    def requant_consts(self, node, x_scale, w_scales, y_scale, n,
+                       pad=lambda v: v) -> tuple[int, int]:
+        """Constant ids of the per-channel requantization arrays (requantize.conv_params),
+        through `pad` (a kernel that reads whole blocks of channels pads them)."""
         w_scales = np.broadcast_to(np.asarray(w_scales, np.float32), (n,))
         if self.mode == MODE_FIXED and np.any(w_scales < 0):
             self.fail(node, "a negative weight scale has no fixed-point multiplier", "scale")
         a, b = rq.conv_params(x_scale, w_scales, y_scale, self.requant)
-        return self.const(a), self.const(b)
+        return self.const(pad(a)), self.const(pad(b))
 
     # -- ops that keep their input's quantization -------------------------------------------
     def layout(self, node, xq: Q, oshape, kernel: KernelSpec, consts=(), out: str = "",
-               **ints) -> None:
+               scratch: int = 0, **ints) -> None:
         """Emit an op that moves or selects integers (its output has the input's scale and
         zero point) into `node`'s output `out` (the first by default); a QuantizeLinear
         after it with other parameters becomes a REQUANT."""
@@ -324,7 +326,7 @@ class Lowering:
         tmp_name = name if (scale, zp, code) == (xq.scale, xq.zp, xq.code) \
             else name + "__pre"
         tid = self.new_tensor(tmp_name, self.tensors[xq.tid].dtype, oshape)
-        self.emit(node, kernel, [xq.tid], tid, consts=consts, **ints)
+        self.emit(node, kernel, [xq.tid], tid, consts=consts, scratch=scratch, **ints)
         q = Q(tid, xq.scale, xq.zp, xq.code)
         if tmp_name != name:
             requant.requant_to(self, node, q, name, scale, zp, code)

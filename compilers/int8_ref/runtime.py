@@ -32,9 +32,18 @@ def load_image(path: Path) -> Image:
 
 
 class Int8Runner:
-    """A loaded artifact. `run(dict[str, ndarray]) -> dict[str, ndarray]`."""
+    """A loaded artifact. `run(dict[str, ndarray]) -> dict[str, ndarray]`.
 
-    def __init__(self, image: Image) -> None:
+    `threads`: worker threads the Conv and Gemm kernels split output channels over (the
+    results are the same bytes for any count). `isa`: the instruction-set path of the vector
+    kernels, one of `_kernels.supported_isas()`; None takes the best this CPU runs (capped by
+    TAPEOUT_INT8REF_ISA). Every path gives the same bytes too; tests force each one.
+
+    Raises:
+        ValueError: an instruction set this build or CPU does not run, or threads < 1.
+    """
+
+    def __init__(self, image: Image, threads: int = 1, isa: str | None = None) -> None:
         self.image = image
         n = len(image.ops)
         kinds = np.zeros(n, np.int32)
@@ -58,7 +67,7 @@ class Int8Runner:
         self._consts = consts
         self._scratch = np.zeros(image.scratch_bytes + 64, np.uint8)
         self._engine = _kernels.Engine(self._arena, consts, self._scratch, kinds, ints,
-                                       floats, inp, out, cofs)
+                                       floats, inp, out, cofs, isa, threads)
 
         def view(tid):
             t = image.tensors[tid]
@@ -70,6 +79,11 @@ class Int8Runner:
         self._out = {image.tensors[t].name: view(t) for t in image.outputs}
         # one arena per loaded artifact: concurrent run() calls take turns
         self._lock = threading.Lock()
+
+    @property
+    def isa(self) -> str:
+        """The instruction-set path this runner's vector kernels take."""
+        return self._engine.isa
 
     @property
     def input_names(self) -> list[str]:

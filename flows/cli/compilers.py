@@ -18,7 +18,8 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     compile_.add_argument("model", type=Path, help="ONNX model (QDQ, QOperator or float)")
     compile_.add_argument("--compiler", required=True)
     compile_.add_argument("--target", type=Path, help="target profile YAML")
-    compile_.add_argument("--firmware", help="firmware revision (overrides the profile's)")
+    compile_.add_argument("--firmware", help="firmware revision (overrides the profile's; "
+                          "default: the oldest the compiler builds for)")
     compile_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     compile_.add_argument(
         "--shape", action="append", default=[], metavar="NAME=D0,D1,...",
@@ -72,10 +73,15 @@ def compile_command(args: argparse.Namespace) -> int:
             raise InvalidInput(f"{args.target}: expected a mapping")
     options = {str(k): str(v) for k, v in (profile.get("options") or {}).items()}
     options.update(pairs(args.option, "--option"))
+    firmware = args.firmware or profile.get("firmware_revision")
+    if firmware is None:  # the oldest firmware the compiler builds for
+        from tapeout.compilers.registry import load_compiler
+
+        firmware = load_compiler(args.compiler).capabilities().firmware_range[0]
     target = TargetProfile(
         name=str(profile.get("name", "manual")),
         compiler=args.compiler,
-        firmware_revision=str(args.firmware or profile.get("firmware_revision", "1.0.0")),
+        firmware_revision=str(firmware),
         options=options,
         memory_budget_bytes=profile.get("memory_budget_bytes"),
     )

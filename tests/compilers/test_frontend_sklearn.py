@@ -163,7 +163,7 @@ def write_project(root: Path, factory: Path) -> Path:
         "calibration": {"set": "data/calibration.npz", "method": "minmax", "samples": 200},
         "validation": {"set": "data/validation.npz", "labels": "label"},
         "targets": [
-            {"name": "npu", "compiler": "int8-ref", "firmware_revision": "1.0.0"},
+            {"name": "npu", "compiler": "int8-ref", "firmware_revision": "2.0.0"},
             {"name": "cpu", "compiler": "onnxruntime", "firmware_revision": "1.32.0"},
         ],
         "gates": {"accuracy_drop": {"max": 0.05}, "top1_agreement": {"min": 0.9}},

@@ -101,7 +101,7 @@ CPU_TARGET = """\
 NPU_TARGET = """\
   - name: npu-int8
     compiler: int8-ref
-    firmware_revision: "1.1.0"
+    firmware_revision: "2.0.0"
 """
 
 # An integer-only target that declares no int16 (the TFLite int8 converter): no fallback.

@@ -150,7 +150,7 @@ def test_firmware_the_compiler_cannot_build_for(tmp_path, capsys, home):
     pipeline = cpu_project(tmp_path, two_targets(firmware="0.9.0"))
     code, error = run_bad(capsys, home, pipeline)
     assert code == 2
-    assert "targets[1].firmware_revision: compiler 'int8-ref' builds for firmware 1.0.0 or newer, found '0.9.0'" in error
+    assert "targets[1].firmware_revision: compiler 'int8-ref' builds for firmware 2.0.0 or newer, found '0.9.0'" in error
 
 
 def test_missing_calibration_set_is_named_by_its_field_before_the_export(tmp_path, capsys, home):

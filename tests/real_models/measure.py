@@ -61,8 +61,8 @@ COLUMNS: dict[str, Column] = {
         # At `extended` ONNX Runtime fuses the QDQ pairs into its integer kernels (QLinearConv,
         # ...), as its default session does; at the plugin's default `basic` they run in float.
         Column("onnxruntime", "onnxruntime", "1.32.0", {"graph_optimization_level": "extended", "threads": "1"}),
-        Column("int8-ref", "int8-ref", "1.2.0", {"requant": "fixed-point"}, host_ops=_nothing_left),
-        Column("int8-ref ort", "int8-ref", "1.2.0", {"requant": "ort"}, host_ops=_nothing_left),
+        Column("int8-ref", "int8-ref", "2.0.0", {"requant": "fixed-point"}, host_ops=_nothing_left),
+        Column("int8-ref ort", "int8-ref", "2.0.0", {"requant": "ort"}, host_ops=_nothing_left),
         Column("openvino", "openvino", "2026.4.1", {"threads": "1"}),
         # Vela places every op, NPU or CPU (any may fall back); the Runner (what is compared and
         # timed) is the int8 TFLite model on the host CPU through LiteRT, not the NPU.

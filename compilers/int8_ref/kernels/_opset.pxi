@@ -6,7 +6,7 @@
 # (kernel_abi.py).
 cdef enum:
     MAX_INPUTS = 2
-    MAX_CONSTS = 4
+    MAX_CONSTS = 5
     MAX_FLOATS = 4
     MAX_INTS = 40
     MODE_ORT = 0
@@ -107,11 +107,14 @@ cdef struct ConvParams:
     int64_t sg_in
     int64_t sg_out
     int64_t mode
+    int64_t depthwise
+    int64_t rows
 cdef enum:
     CONV_C_WEIGHTS = 0
     CONV_C_BIAS = 1
     CONV_C_MULTIPLIERS = 2
     CONV_C_SHIFTS = 3
+    CONV_C_SUM_FACTOR = 4
 
 # GEMM (ops/gemm.py, kernels/gemm.pxi)
 cdef struct GemmParams:
@@ -130,6 +133,7 @@ cdef enum:
     GEMM_C_BIAS = 1
     GEMM_C_MULTIPLIERS = 2
     GEMM_C_SHIFTS = 3
+    GEMM_C_SUM_FACTOR = 4
 
 # MATMUL (ops/matmul.py, kernels/matmul.pxi)
 cdef struct MatmulParams:
@@ -592,64 +596,64 @@ include "layernorm.pxi"
 include "quantize_axis.pxi"
 
 
-cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                 uint8_t* scratch) noexcept nogil:
+cdef void run_op(const OpDesc* d, uint8_t* a, const uint8_t* cb, uint8_t* scratch,
+                 const Host* host) noexcept nogil:
     cdef int kind = d.kind
     if kind == KIND_QUANTIZE:
-        quantize_eval(d, a, cb, scratch)
+        quantize_eval(d, a, cb, scratch, host)
     elif kind == KIND_DEQUANTIZE:
-        dequantize_eval(d, a, cb, scratch)
+        dequantize_eval(d, a, cb, scratch, host)
     elif kind == KIND_REQUANT:
-        requant_eval(d, a, cb, scratch)
+        requant_eval(d, a, cb, scratch, host)
     elif kind == KIND_CONV:
-        conv_eval(d, a, cb, scratch)
+        conv_eval(d, a, cb, scratch, host)
     elif kind == KIND_GEMM:
-        gemm_eval(d, a, cb, scratch)
+        gemm_eval(d, a, cb, scratch, host)
     elif kind == KIND_MATMUL:
-        matmul_eval(d, a, cb, scratch)
+        matmul_eval(d, a, cb, scratch, host)
     elif kind == KIND_MAXPOOL:
-        maxpool_eval(d, a, cb, scratch)
+        maxpool_eval(d, a, cb, scratch, host)
     elif kind == KIND_AVGPOOL:
-        avgpool_eval(d, a, cb, scratch)
+        avgpool_eval(d, a, cb, scratch, host)
     elif kind == KIND_GLOBALAVGPOOL:
-        globalavgpool_eval(d, a, cb, scratch)
+        globalavgpool_eval(d, a, cb, scratch, host)
     elif kind == KIND_ADD:
-        add_eval(d, a, cb, scratch)
+        add_eval(d, a, cb, scratch, host)
     elif kind == KIND_MUL:
-        mul_eval(d, a, cb, scratch)
+        mul_eval(d, a, cb, scratch, host)
     elif kind == KIND_DIV:
-        div_eval(d, a, cb, scratch)
+        div_eval(d, a, cb, scratch, host)
     elif kind == KIND_COPY:
-        copy_eval(d, a, cb, scratch)
+        copy_eval(d, a, cb, scratch, host)
     elif kind == KIND_TRANSPOSE:
-        transpose_eval(d, a, cb, scratch)
+        transpose_eval(d, a, cb, scratch, host)
     elif kind == KIND_CONCAT_PART:
-        concat_eval(d, a, cb, scratch)
+        concat_eval(d, a, cb, scratch, host)
     elif kind == KIND_LUT:
-        lut_eval(d, a, cb, scratch)
+        lut_eval(d, a, cb, scratch, host)
     elif kind == KIND_LUT_CHANNELS:
-        lut_channels_eval(d, a, cb, scratch)
+        lut_channels_eval(d, a, cb, scratch, host)
     elif kind == KIND_CLAMP:
-        clamp_eval(d, a, cb, scratch)
+        clamp_eval(d, a, cb, scratch, host)
     elif kind == KIND_PAD:
-        pad_eval(d, a, cb, scratch)
+        pad_eval(d, a, cb, scratch, host)
     elif kind == KIND_RESIZE_NEAREST:
-        resize_eval(d, a, cb, scratch)
+        resize_eval(d, a, cb, scratch, host)
     elif kind == KIND_SOFTMAX:
-        softmax_eval(d, a, cb, scratch)
+        softmax_eval(d, a, cb, scratch, host)
     elif kind == KIND_REDUCE_MEAN:
-        reducemean_eval(d, a, cb, scratch)
+        reducemean_eval(d, a, cb, scratch, host)
     elif kind == KIND_AFFINE:
-        batchnorm_eval(d, a, cb, scratch)
+        batchnorm_eval(d, a, cb, scratch, host)
     elif kind == KIND_LRN:
-        lrn_eval(d, a, cb, scratch)
+        lrn_eval(d, a, cb, scratch, host)
     elif kind == KIND_LOAD_CONST:
-        load_const_eval(d, a, cb, scratch)
+        load_const_eval(d, a, cb, scratch, host)
     elif kind == KIND_SLICE:
-        slice_eval(d, a, cb, scratch)
+        slice_eval(d, a, cb, scratch, host)
     elif kind == KIND_GATHER:
-        gather_eval(d, a, cb, scratch)
+        gather_eval(d, a, cb, scratch, host)
     elif kind == KIND_LAYERNORM:
-        layernorm_eval(d, a, cb, scratch)
+        layernorm_eval(d, a, cb, scratch, host)
     elif kind == KIND_QUANTIZE_AXIS:
-        quantize_axis_eval(d, a, cb, scratch)
+        quantize_axis_eval(d, a, cb, scratch, host)

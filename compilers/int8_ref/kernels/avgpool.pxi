@@ -1,7 +1,7 @@
 # AVGPOOL (ops/avgpool.py): window means in both requantization modes.
 
 cdef void avgpool_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                       uint8_t* scratch) noexcept nogil:
+                       uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const AvgpoolParams* prm = &d.params.avgpool
     cdef int64_t N = prm.N, C = prm.C, H = prm.H, W = prm.W, kh = prm.kh, kw = prm.kw
     cdef int64_t sh = prm.sh, sw = prm.sw, pt = prm.pt, pl = prm.pl, OH = prm.OH

@@ -1,7 +1,7 @@
 # AFFINE (ops/batchnorm.py): y = x * scale[c] + bias[c] over [outer, channels, inner].
 
 cdef void batchnorm_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                         uint8_t* scratch) noexcept nogil:
+                         uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const BatchnormParams* prm = &d.params.batchnorm
     cdef int64_t sg = prm.sg_in, so = prm.sg_out, mode = prm.mode
     cdef int32_t xzp = <int32_t>prm.xzp, yzp = <int32_t>prm.yzp

@@ -1,7 +1,7 @@
 # CLAMP (ops/clamp.py): a standalone Relu / Clip on the integers.
 
 cdef void clamp_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                     uint8_t* scratch) noexcept nogil:
+                     uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const ClampParams* prm = &d.params.clamp
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out

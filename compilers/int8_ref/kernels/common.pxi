@@ -22,6 +22,81 @@ cdef extern from "fixed_point.h":
     int32_t i8r_mbqm(int32_t x, int32_t m, int32_t shift) nogil
     int64_t i8r_mbqm64(int64_t x, int32_t m, int32_t shift) nogil
 
+# The vector kernels (i8r_qgemm.h: packed Conv and Gemm; i8r_eltwise.h: Quantize, Add, MaxPool)
+# with their instruction-set paths (i8r_isa.h) and worker threads (i8r_pool.h).
+cdef extern from "i8r_qgemm.h":
+    int I8R_N_ISA
+    const char* I8R_ISA_NAMES[]
+    int i8r_isa_supported(int isa) nogil
+    int i8r_isa_default() nogil
+    ctypedef struct i8r_pool_t:
+        pass
+    i8r_pool_t* i8r_pool_new(int threads) nogil
+    void i8r_pool_free(i8r_pool_t* pool) nogil
+    ctypedef struct i8r_requant_t:
+        int32_t mode, out_code, zp, qmin, qmax
+        const float* scale
+        const int32_t* mult
+        const int32_t* shift
+    ctypedef struct i8r_conv_t:
+        int64_t N, C, H, W, M, kh, kw, sh, sw, pt, pl, dh, dw, G, OH, OW
+        int32_t xzp, x_signed, depthwise
+        int64_t rows
+    ctypedef struct i8r_gemm_t:
+        int64_t Mr, K, N
+        int32_t x_signed
+    int64_t i8r_conv_scratch(const i8r_conv_t* c) nogil
+    int64_t i8r_gemm_scratch(const i8r_gemm_t* g) nogil
+    void i8r_conv(const i8r_conv_t* c, const uint8_t* x, const void* w, const int32_t* bias,
+                  const int32_t* zb, const i8r_requant_t* rq, uint8_t* y, uint8_t* scratch,
+                  int isa, i8r_pool_t* pool) nogil
+    void i8r_gemm(const i8r_gemm_t* g, const uint8_t* x, const uint8_t* w,
+                  const int32_t* bias, const int32_t* zb, const i8r_requant_t* rq, uint8_t* y,
+                  uint8_t* scratch, int isa, i8r_pool_t* pool) nogil
+
+cdef extern from "i8r_eltwise.h":
+    ctypedef struct i8r_quantize_t:
+        int64_t n
+        float scale
+        int32_t zp, qmin, qmax, out_code
+    ctypedef struct i8r_add_t:
+        int32_t mode, x_signed, off, left_shift, azp, bzp, yzp, qmin, qmax
+        float rac, rbc, fixed
+        int32_t mult_a, shift_a, mult_b, shift_b, mult_y, shift_y
+    ctypedef struct i8r_maxpool_t:
+        int64_t N, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW
+        int32_t x_signed
+    void i8r_quantize(int isa, const i8r_quantize_t* q, const float* x, uint8_t* y) nogil
+    void i8r_add(int isa, const i8r_add_t* p, const uint8_t* A, int64_t asi, const uint8_t* B,
+                 int64_t bsi, uint8_t* y, int64_t n) nogil
+    int64_t i8r_maxpool_scratch(const i8r_maxpool_t* p) nogil
+    int i8r_maxpool(int isa, const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y,
+                    uint8_t* row) nogil
+
+
+# What a kernel may use of the machine the firmware runs on: the instruction-set path its
+# vector kernels take (i8r_isa.h) and the worker threads they may split work over (NULL: the
+# caller alone). Every path and every split gives the same bytes.
+cdef struct Host:
+    int isa
+    i8r_pool_t* pool
+
+
+cdef inline i8r_requant_t requant_params(int64_t mode, int64_t out_code, int64_t zp,
+                                         int64_t qmin, int64_t qmax, const uint8_t* mult,
+                                         const uint8_t* shift) noexcept nogil:
+    # the per-channel multipliers are float32 in `ort` mode, int32 mantissas otherwise
+    cdef i8r_requant_t r
+    r.mode = <int32_t>mode
+    r.out_code = <int32_t>out_code
+    r.zp = <int32_t>zp
+    r.qmin = <int32_t>qmin
+    r.qmax = <int32_t>qmax
+    r.scale = <const float*>mult
+    r.mult = <const int32_t*>mult
+    r.shift = <const int32_t*>shift
+    return r
+
 
 cdef inline int32_t ld(const uint8_t* base, int64_t i, int64_t sg) noexcept nogil:
     # element i of a quantized tensor by its type code: 0 uint8, 1 int8, 2 int16

@@ -2,7 +2,7 @@
 # its 256-entry table.
 
 cdef void concat_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                      uint8_t* scratch) noexcept nogil:
+                      uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const ConcatParams* prm = &d.params.concat
     cdef int64_t outer = prm.outer, ii = prm.inner_in, io = prm.inner_out, off = prm.offset
     cdef int64_t lut = prm.use_lut

@@ -1,7 +1,7 @@
 # DEQUANTIZE (ops/dequantize.py): int8 / uint8 / int16 -> float32, ONNX DequantizeLinear.
 
 cdef void dequantize_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                          uint8_t* scratch) noexcept nogil:
+                          uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const DequantizeParams* prm = &d.params.dequantize
     cdef int64_t n = prm.n, i, sg = prm.sg_in
     cdef const uint8_t* x = a + d.inp[0]

@@ -1,7 +1,7 @@
 # DIV (ops/div.py): broadcast a / b over (outer, mid, inner) blocks.
 
 cdef void div_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                   uint8_t* scratch) noexcept nogil:
+                   uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const DivParams* prm = &d.params.div
     cdef int64_t O = prm.outer, Mi = prm.mid, I = prm.inner
     cdef int64_t aso = prm.a_so, asm = prm.a_sm, asi = prm.a_si, bso = prm.b_so, bsm = prm.b_sm

@@ -1,7 +1,7 @@
 # GLOBALAVGPOOL (ops/globalavgpool.py): one mean per channel.
 
 cdef void globalavgpool_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                             uint8_t* scratch) noexcept nogil:
+                             uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const GlobalavgpoolParams* prm = &d.params.globalavgpool
     cdef int64_t NC = prm.NC, HW = prm.HW, sg = prm.sg_in, so = prm.sg_out, mode = prm.mode
     cdef int32_t xzp = <int32_t>prm.xzp, yzp = <int32_t>prm.yzp

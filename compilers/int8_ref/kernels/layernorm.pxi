@@ -20,7 +20,7 @@ cdef inline uint64_t isqrt64(uint64_t v) noexcept nogil:
 
 
 cdef void layernorm_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                         uint8_t* scratch) noexcept nogil:
+                         uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const LayernormParams* prm = &d.params.layernorm
     cdef int64_t rows = prm.rows, n = prm.n, sgi = prm.sg_in, sgo = prm.sg_out, r, i
     cdef int64_t k = prm.vshift

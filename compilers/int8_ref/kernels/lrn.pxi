@@ -17,7 +17,7 @@ cdef inline int64_t lrn_gain(const int32_t* t, int64_t s) noexcept nogil:
 
 
 cdef void lrn_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                   uint8_t* scratch) noexcept nogil:
+                   uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const LrnParams* prm = &d.params.lrn
     cdef int64_t N = prm.N, C = prm.C, I = prm.inner, size = prm.size, pre = prm.pre
     cdef int64_t sg = prm.sg_in, so = prm.sg_out, frac = prm.frac

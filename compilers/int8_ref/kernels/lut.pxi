@@ -1,7 +1,7 @@
 # LUT (ops/lut.py): out = table[in].
 
 cdef void lut_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                   uint8_t* scratch) noexcept nogil:
+                   uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const LutParams* prm = &d.params.lut
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out

@@ -1,7 +1,7 @@
 # LUT_CHANNELS (ops/lut_channels.py): out = tables[channel][in], entries of out_bytes bytes.
 
 cdef void lut_channels_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                            uint8_t* scratch) noexcept nogil:
+                            uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const LutChannelsParams* prm = &d.params.lut_channels
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out

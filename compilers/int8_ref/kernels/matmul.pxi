@@ -74,7 +74,7 @@ cdef void matmul_wide(const OpDesc* d, uint8_t* a, const uint8_t* cb,
 
 
 cdef void matmul_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                     uint8_t* scratch) noexcept nogil:
+                     uint8_t* scratch, const Host* host) noexcept nogil:
     if d.params.matmul.sg_in == SG_INT16:
         matmul_wide(d, a, cb, scratch)
     else:

@@ -1,7 +1,7 @@
 # PAD (ops/pad.py): the output filled with the pad value, then the input rows copied in.
 
 cdef void pad_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                   uint8_t* scratch) noexcept nogil:
+                   uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const PadParams* prm = &d.params.pad
     cdef int64_t N = prm.N, C = prm.C, H = prm.H, W = prm.W, OH = prm.OH, OW = prm.OW
     cdef int64_t pt = prm.pt, pl = prm.pl

@@ -2,7 +2,7 @@
 # `dequantize`, DequantizeLinear (q -> float32), one scale and zero point per channel.
 
 cdef void quantize_axis_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                             uint8_t* scratch) noexcept nogil:
+                             uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const QuantizeAxisParams* prm = &d.params.quantize_axis
     cdef int64_t outer = prm.outer, C = prm.channels, inner = prm.inner, sg = prm.sg
     cdef int64_t o, c, i, k

@@ -2,7 +2,7 @@
 # position of up to three kept groups; (size, stride) pairs index the input.
 
 cdef void reducemean_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                          uint8_t* scratch) noexcept nogil:
+                          uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const ReducemeanParams* prm = &d.params.reducemean
     cdef int64_t k0 = prm.k0, k1 = prm.k1, k2 = prm.k2
     cdef int64_t ks0 = prm.ks0, ks1 = prm.ks1, ks2 = prm.ks2

@@ -1,7 +1,7 @@
 # REQUANT (ops/requant.py): q -> q at another scale, zero point or element type.
 
 cdef void requant_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                       uint8_t* scratch) noexcept nogil:
+                       uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const RequantParams* prm = &d.params.requant
     cdef int64_t n = prm.n, i, sg = prm.sg_in, so = prm.sg_out, mode = prm.mode
     cdef const uint8_t* x = a + d.inp[0]

@@ -2,7 +2,7 @@
 # (strides may be zero or negative; the loader checked the lowest and highest byte read).
 
 cdef void slice_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                     uint8_t* scratch) noexcept nogil:
+                     uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const SliceParams* prm = &d.params.slice
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out

@@ -1,7 +1,7 @@
 # SOFTMAX (ops/softmax.py): last-axis softmax through a 256-entry exp table.
 
 cdef void softmax_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                       uint8_t* scratch) noexcept nogil:
+                       uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const SoftmaxParams* prm = &d.params.softmax
     # Softmax over the last axis with a 256-entry exp table indexed by the distance to the
     # row maximum (ORT QLinearSoftmax, contrib_ops/cpu/quantization/qlinear_softmax.cc).

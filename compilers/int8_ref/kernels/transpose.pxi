@@ -1,7 +1,7 @@
 # TRANSPOSE (ops/transpose.py): a byte gather over six nested loops.
 
 cdef void transpose_eval(const OpDesc* d, uint8_t* a, const uint8_t* cb,
-                         uint8_t* scratch) noexcept nogil:
+                         uint8_t* scratch, const Host* host) noexcept nogil:
     cdef const TransposeParams* prm = &d.params.transpose
     cdef const uint8_t* x = a + d.inp[0]
     cdef uint8_t* y = a + d.out

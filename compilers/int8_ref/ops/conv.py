@@ -2,41 +2,65 @@
 int16 inputs) and requantized per output channel (ONNX Conv in a QDQ island, QLinearConv,
 ConvInteger with its int32 output).
 
-Prepare (compile time): the weights minus their zero point as int16 [M, C/groups * kh * kw]
-(`prepare_weights`), the int32 bias, and the per-channel requantization arrays
-(requantize.conv_params: float32 multipliers for `ort`, Q31 mantissas and shifts for
-`fixed-point`). Eval (kernels/conv.pxi): im2col, then four output channels at a time.
+Prepare (compile time), for 8-bit inputs (qgemm_pack.py, kernels/i8r_qgemm.h): the weights
+packed into blocks of 16 output channels with four k per dword, the bias with the
+zero-point terms of the expanded dot product folded in, the factor of the run-time input sum
+(`sum_factor`, the weight zero point); with one input channel per group (depthwise) int16
+`w - zp` taps and the plain bias instead. The parameters `depthwise` and `rows` (output rows
+per im2col chunk of a strided convolution) choose the kernel's path. For int16 inputs: int16
+`w - zp` [M, C/groups * kh * kw] and the plain bias (`prepare_weights`). Both: the
+per-channel requantization arrays (requantize.conv_params: float32 multipliers for `ort`, Q31
+mantissas and shifts for `fixed-point`). Eval: kernels/conv.pxi.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import qgemm_pack
 from .. import requantize as rq
-from ..kernel_abi import MAX_REDUCTION, MODE_FIXED, MODE_INT32, KernelSpec, OnnxOp, align16
-from ..program import I16, Q, attr
+from ..kernel_abi import (MAX_REDUCTION, MODE_FIXED, MODE_INT32, MODE_ORT, KernelSpec, OnnxOp,
+                          align16)
+from ..program import I8, I16, Q, attr
 from ._window import pads, window_rules
 
 PARAMS = ("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw", "groups",
-          "OH", "OW", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
-CONSTS = ("weights", "bias", "multipliers", "shifts")
+          "OH", "OW", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode", "depthwise",
+          "rows")
+CONSTS = ("weights", "bias", "multipliers", "shifts", "sum_factor")
+# a strided convolution gathers the columns of this many bytes of k groups at a time
+IM2COL_BYTES = 1 << 18
+# bound of the padded input's extent and size (the loader's memory limit is 2^30 bytes)
+PADDED_LIMIT = 1 << 32
 
 
-def conv_scratch(chw: int, K: int, P: int, wide: bool) -> int:
-    """Scratch bytes, as kernels/conv.pxi lays it out: the `x - zp` image, the im2col
-    columns, then accumulators. 8-bit inputs: int16 image and columns, four rows of int32
-    accumulators. int16 inputs (`wide`): |x - zp| <= 65535 needs int32 image and columns, and
-    one row of int64 accumulators."""
-    if wide:
-        return align16(chw * 4) + align16(K * P * 4) + P * 8
-    return align16(chw * 2) + align16(K * P * 2) + 4 * P * 4
+def wide_scratch(chw: int, K: int, P: int) -> int:
+    """int16 inputs, as kernels/conv.pxi lays it out: |x - zp| <= 65535 needs an int32 image
+    and int32 im2col columns, then one row of int64 accumulators."""
+    return align16(chw * 4) + align16(K * P * 4) + P * 8
+
+
+def narrow_scratch(p) -> int:
+    """8-bit inputs: the packed input, gathered columns, offsets, column sums and panel table
+    as i8r_conv_scratch lays them out (kernels/i8r_qgemm.h)."""
+    from .._kernels import conv_scratch_bytes
+
+    return conv_scratch_bytes(*(int(p[k]) for k in (
+        "N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw", "groups", "OH",
+        "OW", "depthwise", "rows")))
 
 
 def prepare_weights(w: np.ndarray, wzp: np.ndarray) -> np.ndarray:
     """[M, K] int16 `w - zero point` (|w - zp| <= 255) of weights [M, ...] with per-channel
-    zero points [M]: the layout the CONV and GEMM kernels read."""
+    zero points [M]: the layout the CONV and GEMM kernels over int16 inputs read."""
     M = w.shape[0]
     return (w.astype(np.int32).reshape(M, -1) - wzp[:, None]).astype(np.int16)
+
+
+def im2col_rows(Cg: int, kh: int, kw: int, OH: int, OW: int) -> int:
+    """Output rows per chunk of a strided convolution's gathered columns (IM2COL_BYTES)."""
+    k_groups = -(-Cg // 4) * kh * kw
+    return max(1, min(OH, IM2COL_BYTES // (k_groups * 4 * OW)))
 
 
 def lower_conv(low, node) -> None:
@@ -101,7 +125,6 @@ def conv(low, node, xq: Q, xs, xzp, w, ws, wzp, bias_name, bias_arr=None, out_pa
     if K > MAX_REDUCTION:
         low.fail(node, f"reduction of {K} terms can overflow int32", "kernel_shape")
     wzp = np.broadcast_to(wzp, (M,)).astype(np.int32)
-    w16 = prepare_weights(w, wzp)
     wsb = np.broadcast_to(ws, (M,)).astype(np.float32)
     if int32_out:
         out_name = node.output[0]
@@ -124,28 +147,63 @@ def conv(low, node, xq: Q, xs, xzp, w, ws, wzp, bias_name, bias_arr=None, out_pa
         tid = low.define_q(name, ysg, (N, M, OH, OW), ys, yzp).tid
         c2, c3 = low.requant_consts(node, xs, wsb, ys, M)
         mode = low.mode
-    scratch = conv_scratch(C * H * W, K, OH * OW, xq.code == I16)
+    b = np.broadcast_to(np.asarray(b, np.int32), (M,))
+    depthwise = int(Cg == 1 and xq.code != I16)
+    rows = im2col_rows(Cg, kh, kw, OH, OW) if (sh, sw) != (1, 1) and not depthwise else 1
+    geometry = dict(N=N, C=C, H=H, W=W, M=M, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, dh=dh,
+                    dw=dw, groups=G, OH=OH, OW=OW, depthwise=depthwise, rows=rows)
+    if xq.code == I16:
+        weights, bias, factor = prepare_weights(w, wzp), b, np.zeros(M, np.int32)
+        scratch = wide_scratch(C * H * W, K, OH * OW)
+    else:
+        packed = (qgemm_pack.depthwise(w, wzp, b) if depthwise
+                  else qgemm_pack.conv(w, wzp, b, G, xzp, xq.code == I8))
+        weights, bias, factor = packed.weights, packed.bias, packed.zb
+        scratch = narrow_scratch(geometry)
     low.emit(node, KERNEL, [xq.tid], tid,
-             consts=[low.const(w16), low.const(b.astype(np.int32)), c2, c3],
-             scratch=scratch, N=N, C=C, H=H, W=W, M=M, kh=kh, kw=kw, sh=sh, sw=sw,
-             pt=pt, pl=pl, dh=dh, dw=dw, groups=G, OH=OH, OW=OW, xzp=xzp, yzp=yzp,
-             qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
+             consts=[low.const(weights), low.const(bias), c2, c3, low.const(factor)],
+             scratch=scratch, xzp=xzp, yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code,
+             sg_out=ysg, mode=mode, **geometry)
 
 
 def validate(c) -> None:
     p = c.p
     c.positive("N", "C", "H", "W", "M", "kh", "kw", "sh", "sw", "dh", "dw", "groups", "OH",
-               "OW")
+               "OW", "rows")
+    c.nonneg("pt", "pl")
+    c.flag("depthwise")
     if p["C"] % p["groups"] or p["M"] % p["groups"]:
         c.fail("groups does not divide the channels")
-    kk = p["C"] // p["groups"] * p["kh"] * p["kw"]
+    Cg, M = p["C"] // p["groups"], p["M"]
+    kk = Cg * p["kh"] * p["kw"]
     P = p["OH"] * p["OW"]
     accumulator(c, kk)
+    wide = p["sg_in"] == I16
+    if p["depthwise"] and (Cg != 1 or wide):
+        c.fail("depthwise=1 needs one 8-bit input channel per group")
+    # the padded input the kernel builds spans every tap of every output; bounded here (in
+    # Python integers) so that the kernel's own size arithmetic cannot overflow
+    Hp = (p["OH"] - 1) * p["sh"] + (p["kh"] - 1) * p["dh"] + 1
+    Wp = (p["OW"] - 1) * p["sw"] + (p["kw"] - 1) * p["dw"] + 1
+    if max(Hp, Wp) > PADDED_LIMIT or -(-Cg // 4) * 4 * Hp * Wp > PADDED_LIMIT:
+        c.fail(f"the padded input ({Hp} x {Wp} positions of {Cg} channels) is larger than "
+               f"{PADDED_LIMIT} values")
+    if p["rows"] > p["OH"]:
+        c.fail(f"rows={p['rows']} is more than OH={p['OH']}")
     c.qtype(c.ins[0], "sg_in", "input")
     c.size(c.ins[0], p["N"] * p["C"] * p["H"] * p["W"] * c.itemsize("sg_in"), "input")
-    c.size(c.out, p["N"] * p["M"] * P * c.out_itemsize(), "output")
-    per_channel_constants(c, p["M"], kk)
-    c.scratch(conv_scratch(p["C"] * p["H"] * p["W"], kk, P, p["sg_in"] == I16))
+    c.size(c.out, p["N"] * M * P * c.out_itemsize(), "output")
+    if wide:
+        c.const("weights", "int16", M * kk * 2)
+        c.scratch(wide_scratch(p["C"] * p["H"] * p["W"], kk, P))
+    elif p["depthwise"]:
+        c.const("weights", "int16", M * kk * 2)
+        c.scratch(narrow_scratch(p))
+    else:
+        blocks = p["groups"] * -(-(M // p["groups"]) // 16)
+        c.const("weights", "int8", blocks * -(-Cg // 4) * p["kh"] * p["kw"] * 64)
+        c.scratch(narrow_scratch(p))
+    per_channel_constants(c, M, M)
     c.qrange("xzp", "yzp", "qmin", "qmax")
 
 
@@ -161,28 +219,46 @@ def accumulator(c, k: int) -> None:
         c.fail("an int16 input has no int32-output form")
 
 
-def per_channel_constants(c, channels: int, k: int) -> None:
-    """The constants of a per-channel requantized accumulator (CONV, GEMM): int16 `w - zp`
-    [channels, k], int32 bias, multipliers (int32 mantissas in `fixed-point`, float32
-    otherwise) and shifts, each shift in [-31, 30] where it is used."""
+def per_channel_constants(c, channels: int, stored: int) -> None:
+    """The per-channel constants of a requantized accumulator (CONV, GEMM), `stored` entries
+    each (the channels, padded where the kernel reads whole blocks): the int32 folded bias,
+    multipliers (int32 mantissas in `fixed-point`, float32 otherwise) and shifts, the int32
+    input-sum factor; each used shift in [-31, 30], each used float multiplier finite (the
+    vector requantization relies on a product that is never NaN). The weights' layout is
+    each op's own."""
     fixed = c.p["mode"] == MODE_FIXED
-    c.const("weights", "int16", channels * k * 2)
-    c.const("bias", "int32", channels * 4)
-    c.const("multipliers", "int32" if fixed else "float32", channels * 4)
-    c.const("shifts", "int32", channels * 4)
+    c.const("bias", "int32", stored * 4)
+    c.const("multipliers", "int32" if fixed else "float32", stored * 4)
+    c.const("shifts", "int32", stored * 4)
+    c.const("sum_factor", "int32", stored * 4)
     if fixed:
         sh = c.const_values("shifts", np.int32, channels)
         if sh.min() < -31 or sh.max() > 30:
             c.fail("a per-channel shift is outside [-31, 30]")
+    if c.p["mode"] == MODE_ORT and not np.isfinite(
+            c.const_values("multipliers", np.float32, channels)).all():
+        c.fail("a float32 multiplier is not finite")
 
 
 def work(p) -> int:
-    """Per image: `x - zp` (C*H*W), im2col (C*kh*kw*OH*OW), then per output channel the bias,
-    the K-term sums and the store (OH*OW*(K + 2))."""
-    K = p["C"] // p["groups"] * p["kh"] * p["kw"]
-    P = p["OH"] * p["OW"]
-    return p["N"] * (p["C"] * p["H"] * p["W"] + p["C"] * p["kh"] * p["kw"] * P
-                     + p["M"] * P * (K + 2))
+    """8-bit inputs, per image and group: the packed input (its padded extent), the gathered
+    columns of a strided convolution, then every output channel over every column of the
+    padded width with its packed k (four per k group) and store; the depthwise path visits
+    every tap of every output. int16 inputs: `x - zp` (C*H*W), im2col (C*kh*kw*OH*OW), then
+    per output channel the bias, the K-term sums and the store (OH*OW*(K + 2))."""
+    G, Cg = p["groups"], p["C"] // max(p["groups"], 1)
+    taps, P = p["kh"] * p["kw"], p["OH"] * p["OW"]
+    Hp = (p["OH"] - 1) * p["sh"] + (p["kh"] - 1) * p["dh"] + 1
+    Wp = (p["OW"] - 1) * p["sw"] + (p["kw"] - 1) * p["dw"] + 1
+    if p["sg_in"] == I16:
+        return p["N"] * (p["C"] * p["H"] * p["W"] + p["C"] * taps * P
+                         + p["M"] * P * (Cg * taps + 2))
+    if p["depthwise"]:
+        return p["N"] * (p["C"] * Hp * Wp + p["M"] * (p["OH"] * Wp + 32) * (taps + 2))
+    k_groups = -(-Cg // 4) * taps
+    columns = p["OH"] * Wp + 16 + P
+    return p["N"] * G * (-(-Cg // 4) * Hp * Wp + k_groups * P
+                         + -(-(p["M"] // G) // 16) * 16 * columns * (4 * k_groups + 2))
 
 
 def cost(p) -> tuple[int, int]:

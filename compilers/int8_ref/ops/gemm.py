@@ -2,29 +2,40 @@
 Gemm, MatMul with a constant B, QGemm, QLinearMatMul / MatMulInteger with a constant 2-D B;
 leading dimensions of x are flattened into M).
 
-Prepare (compile time): the weights minus their zero point as int16 [N, K], the int32 bias,
-the per-channel requantization arrays (requantize.conv_params). Eval: kernels/gemm.pxi.
+Prepare (compile time), for 8-bit inputs (qgemm_pack.py, kernels/i8r_qgemm.h): the weights
+packed into blocks of 16 output channels with four k per dword (int8, or uint8 w + 128 when
+x is int8: the kernel reads x in place as the signed operand), the bias with the zero-point
+terms of the expanded dot product folded in, and `sum_factor`, the factor of the run-time row
+sum of x. For int16 inputs: int16 `w - zp` [N, K] and the plain bias. Both: the per-channel
+requantization arrays (requantize.conv_params). Every per-channel array is padded to whole
+blocks of 16 channels, which the kernel reads. Eval: kernels/gemm.pxi.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import qgemm_pack
 from .. import requantize as rq
 from ..kernel_abi import MAX_REDUCTION, MODE_INT32, KernelSpec, OnnxOp, align16
-from ..program import I16, Q, attr
+from ..program import I8, I16, Q, attr
 from .conv import accumulator, per_channel_constants, prepare_weights
 
 PARAMS = ("M", "K", "N", "xzp", "yzp", "qmin", "qmax", "sg_in", "sg_out", "mode")
-CONSTS = ("weights", "bias", "multipliers", "shifts")
+CONSTS = ("weights", "bias", "multipliers", "shifts", "sum_factor")
 
 
-def gemm_scratch(K: int, N: int, wide: bool) -> int:
-    """Scratch bytes: one `x - zp` row (int16; int32 for int16 inputs) and N accumulators
-    (int32; int64 for int16 inputs)."""
+def gemm_scratch(M: int, K: int, N: int, wide: bool) -> int:
+    """Scratch bytes. int16 inputs: one `x - zp` row (int32) and N int64 accumulators; 8-bit
+    inputs: the row sums (i8r_gemm_scratch: M int32, 64-byte aligned)."""
     if wide:
         return align16(K * 4) + N * 8
-    return align16(K * 2) + N * 4
+    return (M * 4 + 63) // 64 * 64
+
+
+def padded(n: int) -> int:
+    """Channels rounded up to whole blocks of 16."""
+    return -(-n // qgemm_pack.LANES) * qgemm_pack.LANES
 
 
 def gemm_rules(node):
@@ -37,6 +48,10 @@ def gemm_rules(node):
 
 
 def lower_gemm(low, node) -> None:
+    if attr(node, "transA", 0):
+        low.fail(node, "transA=1 is not supported", "transA")
+    if float(attr(node, "alpha", 1.0)) != 1.0 or float(attr(node, "beta", 1.0)) != 1.0:
+        low.fail(node, "alpha and beta must be 1", "alpha")
     xq = low.act(node, node.input[0])
     if len(low.shape(xq.tid)) != 2:
         low.fail(node, "Gemm input must be 2-D", "A")
@@ -86,23 +101,31 @@ def fully_connected(low, node, xq: Q, xs, xzp, wT, ws, wzp, bias, out_name_param
         low.fail(node, f"reduction of {K} terms can overflow int32", "B")
     M = int(np.prod(xshape[:-1]))
     wzp = np.broadcast_to(wzp, (Nn,)).astype(np.int32)
-    w16 = prepare_weights(wT, wzp)
     wsb = np.broadcast_to(ws, (Nn,)).astype(np.float32)
     oshape = tuple(xshape[:-1]) + (Nn,)
+    pad = qgemm_pack.pad_channels
     if int32_out:
         tid = low.new_tensor(node.output[0], "int32", oshape)
         low.qname[node.output[0]] = Q(tid, None, None, True)
-        c2, c3 = low.const(np.zeros(Nn, np.float32)), low.const(np.zeros(Nn, np.int32))
+        c2 = low.const(pad(np.zeros(Nn, np.float32)))
+        c3 = low.const(pad(np.zeros(Nn, np.int32)))
         mode, yzp, lo, hi, ysg = MODE_INT32, 0, 0, 0, True
     else:
         name, ys, yzp, ysg, lo, hi = out_name_params
         low.same_family(node, xq.code, ysg)
         tid = low.define_q(name, ysg, oshape, ys, yzp).tid
-        c2, c3 = low.requant_consts(node, xs, wsb, ys, Nn)
+        c2, c3 = low.requant_consts(node, xs, wsb, ys, Nn, pad)
         mode = low.mode
+    bias = np.broadcast_to(np.asarray(bias, np.int32), (Nn,))
+    if xq.code == I16:
+        weights = prepare_weights(wT, wzp)
+        bias, factor = pad(bias), pad(np.zeros(Nn, np.int32))
+    else:
+        packed = qgemm_pack.gemm(wT, wzp, bias, xzp, xq.code == I8)
+        weights, bias, factor = packed.weights, packed.bias, packed.zb
     low.emit(node, KERNEL, [xq.tid], tid,
-             consts=[low.const(w16), low.const(np.asarray(bias, np.int32)), c2, c3],
-             scratch=gemm_scratch(K, Nn, xq.code == I16), M=M, K=K, N=Nn, xzp=xzp,
+             consts=[low.const(weights), low.const(bias), c2, c3, low.const(factor)],
+             scratch=gemm_scratch(M, K, Nn, xq.code == I16), M=M, K=K, N=Nn, xzp=xzp,
              yzp=yzp, qmin=lo, qmax=hi, sg_in=xq.code, sg_out=ysg, mode=mode)
 
 
@@ -110,17 +133,25 @@ def validate(c) -> None:
     p = c.p
     c.positive("M", "K", "N")
     accumulator(c, p["K"])
+    wide = p["sg_in"] == I16
     c.qtype(c.ins[0], "sg_in", "input")
     c.size(c.ins[0], p["M"] * p["K"] * c.itemsize("sg_in"), "input")
     c.size(c.out, p["M"] * p["N"] * c.out_itemsize(), "output")
-    per_channel_constants(c, p["N"], p["K"])
-    c.scratch(gemm_scratch(p["K"], p["N"], p["sg_in"] == I16))
+    channels = padded(p["N"])
+    if wide:
+        c.const("weights", "int16", p["N"] * p["K"] * 2)
+    else:  # the signed operand of the dot product is x when x is int8
+        c.const("weights", "uint8" if p["sg_in"] == I8 else "int8",
+                channels * -(-p["K"] // 4) * 4)
+    per_channel_constants(c, p["N"], channels)
+    c.scratch(gemm_scratch(p["M"], p["K"], p["N"], wide))
     c.qrange("xzp", "yzp", "qmin", "qmax")
 
 
 def work(p) -> int:
-    """Per row: `x - zp` (K), N sums of K terms, N stores."""
-    return p["M"] * (p["K"] + p["N"] * (p["K"] + 2))
+    """Per row: `x - zp` or its sum (K), then every channel of whole blocks of 16 with its K
+    terms and store."""
+    return p["M"] * (p["K"] + padded(p["N"]) * (p["K"] + 2))
 
 
 def cost(p) -> tuple[int, int]:

@@ -274,13 +274,15 @@ def input_specs(model: onnx.ModelProto):
 
 
 def compile_path(qdq: Path, specs, workdir: Path, mode: str = "fixed-point",
-                 budget: int | None = None, firmware: str = "1.1.0"):
-    """Compile `qdq` with int8-ref; returns (compiler, artifact)."""
+                 budget: int | None = None, firmware: str | None = None):
+    """Compile `qdq` with int8-ref for a target on `firmware` (default: the simulated
+    firmware's revision); returns (compiler, artifact)."""
     import hashlib
 
-    from tapeout.compilers.int8_ref import Int8ReferenceCompiler
+    from tapeout.compilers.int8_ref import FIRMWARE_REVISION, Int8ReferenceCompiler
     from tapeout.compilers.interface import QuantizedModel, TargetProfile
 
+    firmware = firmware or FIRMWARE_REVISION
     qm = QuantizedModel(qdq, hashlib.sha256(qdq.read_bytes()).hexdigest(), qdq, tuple(specs), ())
     target = TargetProfile("test-npu", "int8-ref", firmware, {"requant": mode}, budget)
     c = Int8ReferenceCompiler()

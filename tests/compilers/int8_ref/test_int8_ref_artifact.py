@@ -44,15 +44,15 @@ def test_plugin_protocol_and_entry_point():
     caps = c.capabilities()
     assert {"Conv", "Gemm", "MatMul", "QLinearConv", "com.microsoft.QGemm"} <= caps.operators
     assert caps.options["requant"] == ("ort", "fixed-point")
-    assert caps.firmware_range == ("1.0.0", None)
-    assert FIRMWARE_REVISION == "1.2.0"  # int16 artifacts (format 2), the 1.2.0 op kinds
+    assert caps.firmware_range == ("2.0.0", None)
+    assert FIRMWARE_REVISION == "2.0.0"  # reads format 3 (packed Conv/Gemm weights)
 
 
 def test_artifact_fields(artifact):
     assert artifact.files == (ARTIFACT_FILE,)
-    assert artifact.artifact_id.startswith("int8-ref-0.1.0-")
+    assert artifact.artifact_id.startswith("int8-ref-0.2.0-")
     assert len(artifact.artifact_id.rsplit("-", 1)[1]) == 12
-    assert artifact.minimum_firmware_revision == "1.0.0"
+    assert artifact.minimum_firmware_revision == "2.0.0"
     assert artifact.options == {"requant": "fixed-point"}
     rep = artifact.report
     assert rep["peak_memory_bytes"] == rep["arena_bytes"] + rep["scratch_bytes"] > 0
@@ -207,7 +207,7 @@ def test_unsupported_ops_are_all_named(tmp_path):
 
     qm = QuantizedModel(path, "", path, M.input_specs(model), ())
     with pytest.raises(IncompatibleModel) as exc:
-        Int8ReferenceCompiler().compile(qm, TargetProfile("t", "int8-ref", "1.0.0"), tmp_path)
+        Int8ReferenceCompiler().compile(qm, TargetProfile("t", "int8-ref", FIRMWARE_REVISION), tmp_path)
     assert isinstance(exc.value, UnsupportedOperator)
     for name in ("hardmax4", "lpnormalization5", "resize7"):
         assert name in str(exc.value)

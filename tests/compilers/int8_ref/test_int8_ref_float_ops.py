@@ -18,11 +18,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import int8_ref_models as M
+from tapeout.compilers.int8_ref._kernels import FIRMWARE_REVISION
 import onnx_node_cases as N
 from tapeout.compilers.int8_ref import compatibility_report
 from tapeout.compilers.interface import TensorSpec
 
-FIRMWARE = "1.2.0"
+FIRMWARE = FIRMWARE_REVISION  # the op kinds of 1.2.0, built for the current firmware
 EDGES = "edges"
 @dataclass(frozen=True)
 class Case:

@@ -21,7 +21,7 @@ from tapeout.calibration.table import CalibrationTable, TensorRange
 from tapeout.compilers.errors import InvalidInput
 from tapeout.compilers.interface import TensorSpec
 from tapeout.compilers.int8_ref import IncompatibleModel, compatibility_report
-from tapeout.compilers.int8_ref.artifact_format import HEADER, image_digest, read_image
+from tapeout.compilers.int8_ref.artifact_format import FORMAT_VERSION, HEADER, image_digest, read_image
 from tapeout.compilers.int8_ref.exceptions import ArtifactRejected
 from tapeout.compilers.int8_ref.kernel_abi import MAX_REDUCTION
 from test_int8_ref_artifact import FUZZ
@@ -270,7 +270,7 @@ def test_int16_conversions_and_clamps_against_onnxruntime(name, mode, tmp_path):
     steps, op, consts = CHAINS[name]
     model = qdq_chain(tmp_path / "m.onnx", steps, op, consts)
     compiler, art = M.compile_path(tmp_path / "m.onnx", M.input_specs(model), tmp_path / "o", mode)
-    assert art.report["format_version"] == 2
+    assert art.report["format_version"] == FORMAT_VERSION
     worst, ndiff, total = M.lsb_diffs(model, tmp_path / "m.onnx", art, compiler.load(art), n=10,
                                     level="none")
     assert worst <= (0 if mode == "ort" else 1), f"{ndiff}/{total} elements differ, max {worst} LSB"
@@ -297,7 +297,7 @@ def test_int16_op_within_one_lsb_of_onnxruntime(name, mode, quantized_ops, tmp_p
     model, qdq = quantized_ops(name)
     assert int16_tensors(qdq), "the override did not make anything int16"
     compiler, art = M.compile_path(qdq, M.input_specs(model), tmp_path, mode)
-    assert art.report["format_version"] == 2
+    assert art.report["format_version"] == FORMAT_VERSION
     img = read_image((art.directory / "model.i8r").read_bytes())
     assert "int16" in {t.dtype for t in img.tensors}
     worst, ndiff, total = M.lsb_diffs(model, qdq, art, compiler.load(art), level=OPS[name][2])
@@ -429,39 +429,41 @@ def test_cost_report_counts_macs_and_int16_bytes(cnn_table, tmp_path):
 
 
 # -- the image ---------------------------------------------------------------------------------
-def test_int8_images_stay_version_1_and_int16_images_are_version_2(cnn_table, tmp_path):
+def test_every_image_is_format_3_and_older_formats_are_refused_by_name(cnn_table, tmp_path):
+    """8-bit and int16 programs alike are written as format 3 (packed Conv/Gemm weights);
+    a format 1 or 2 header (the unpacked layouts of firmware 1.x) is refused saying what it
+    is, even with a valid digest, and an unknown version as unsupported."""
     model, table = cnn_table
     q8 = tapeout_quantize(model, tmp_path / "8", (), table)
     q16 = tapeout_quantize(model, tmp_path / "16", ("relu9_out0",), table)
     _, a8 = M.compile_path(q8.path, q8.inputs, tmp_path / "a8")
     _, a16 = M.compile_path(q16.path, q16.inputs, tmp_path / "a16")
     raw8, raw16 = ((a.directory / "model.i8r").read_bytes() for a in (a8, a16))
-    assert struct.unpack_from("<H", raw8, 8)[0] == 1 and a8.report["format_version"] == 1
-    assert struct.unpack_from("<H", raw16, 8)[0] == 2 and a16.report["format_version"] == 2
-    # a version-1 header in front of int16 tensors is refused, even with a valid digest
+    for raw, art in ((raw8, a8), (raw16, a16)):
+        assert struct.unpack_from("<H", raw, 8)[0] == 3 and art.report["format_version"] == 3
     forged = bytearray(raw16[:HEADER.size])
-    forged[8:10] = struct.pack("<H", 1)
-    forged[32:64] = image_digest(bytes(forged), raw16[HEADER.size:])
-    with pytest.raises(ArtifactRejected, match="int16 tensors need version 2"):
-        read_image(bytes(forged) + raw16[HEADER.size:])
-    with pytest.raises(ArtifactRejected, match="format version 3"):
-        forged[8:10] = struct.pack("<H", 3)
+    for version, says in ((1, r"format version 1 \(unpacked .* firmware 1\.0\.0\) is no longer read"),
+                          (2, r"format version 2 \(unpacked .* firmware 1\.1\.0\) is no longer read"),
+                          (4, r"format version 4 is not supported")):
+        forged[8:10] = struct.pack("<H", version)
         forged[32:64] = image_digest(bytes(forged), raw16[HEADER.size:])
-        read_image(bytes(forged) + raw16[HEADER.size:])
+        with pytest.raises(ArtifactRejected, match=says):
+            read_image(bytes(forged) + raw16[HEADER.size:])
 
 
-def test_int16_artifacts_need_the_firmware_that_reads_them(cnn_table, tmp_path):
+def test_artifacts_need_the_firmware_that_reads_them(cnn_table, tmp_path):
     from tapeout.compilers.errors import CompilationFailed
 
     model, table = cnn_table
     q8 = tapeout_quantize(model, tmp_path / "8", (), table)
     q16 = tapeout_quantize(model, tmp_path / "16", ("relu9_out0",), table)
-    _, a8 = M.compile_path(q8.path, q8.inputs, tmp_path / "a8", firmware="1.0.0")
+    _, a8 = M.compile_path(q8.path, q8.inputs, tmp_path / "a8", firmware="2.0.0")
     _, a16 = M.compile_path(q16.path, q16.inputs, tmp_path / "a16")
-    assert a8.minimum_firmware_revision == "1.0.0" and a16.minimum_firmware_revision == "1.1.0"
-    # A device on 1.0.0 reads format 1 only: the compile says so instead of shipping it.
-    with pytest.raises(CompilationFailed, match=r"firmware 1\.0\.0; this program has int16 tensors .* need firmware 1\.1\.0"):
-        M.compile_path(q16.path, q16.inputs, tmp_path / "old", firmware="1.0.0")
+    assert a8.minimum_firmware_revision == a16.minimum_firmware_revision == "2.0.0"
+    # A device on 1.1.0 reads formats 1 and 2 only: the compile says so instead of shipping it.
+    for q in (q8, q16):
+        with pytest.raises(CompilationFailed, match=r"firmware 1\.1\.0; int8-ref artifacts need at least 2\.0\.0"):
+            M.compile_path(q.path, q.inputs, tmp_path / "old", firmware="1.1.0")
 
 
 def test_mbqm64_is_single_rounding_with_the_full_mantissa():
@@ -545,7 +547,7 @@ def test_loader_fuzz_on_an_int16_image(script, args, cnn_table, tmp_path):
     model = b.model((1, 2, 6, 6), b.gemm(y, 36, 3))
     qdq = quantize16(model, tmp_path / "q", ["relu4_out0", "add7_out0"])
     _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "a", "fixed-point")
-    assert art.report["format_version"] == 2
+    assert art.report["format_version"] == FORMAT_VERSION
     counts = M.run_loader_fuzz(script, art.directory / "model.i8r", args, tmp_path, 300)
     assert counts["rejected"] > 0
 

@@ -99,13 +99,13 @@ def test_a_kind_newer_than_the_target_firmware_is_refused_at_compile(conv_relu, 
     target on older firmware is refused naming the node and the kind."""
     model, qdq = conv_relu
     _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "now")
-    assert art.minimum_firmware_revision == "1.0.0"
+    assert art.minimum_firmware_revision == "2.0.0"
     conv = opset.KERNELS[opset.Kind.CONV]
     monkeypatch.setitem(opset.KERNELS, opset.Kind.CONV,
-                        dataclasses.replace(conv, firmware="1.7.0"))
-    with pytest.raises(CompilationFailed, match=r"CONV op, which needs firmware 1\.7\.0"):
-        M.compile_path(qdq, M.input_specs(model), tmp_path / "old", firmware="1.1.0")
-    _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "new", firmware="1.7.0")
-    assert art.minimum_firmware_revision == "1.7.0"
-    with pytest.raises(FirmwareTooOld, match="1.7.0"):
+                        dataclasses.replace(conv, firmware="2.7.0"))
+    with pytest.raises(CompilationFailed, match=r"CONV op, which needs firmware 2\.7\.0"):
+        M.compile_path(qdq, M.input_specs(model), tmp_path / "old", firmware="2.1.0")
+    _, art = M.compile_path(qdq, M.input_specs(model), tmp_path / "new", firmware="2.7.0")
+    assert art.minimum_firmware_revision == "2.7.0"
+    with pytest.raises(FirmwareTooOld, match="2.7.0"):
         load_file(art.directory / "model.i8r")

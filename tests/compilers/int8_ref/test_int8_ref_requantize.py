@@ -117,12 +117,18 @@ def test_conv_kernel_matches_reference_arithmetic(mode, tmp_path):
         c = img.consts[conv.consts[k]]
         return np.frombuffer(img.data, dtype, c.nbytes // np.dtype(dtype).itemsize, c.offset)
 
-    w = const(0, np.int16).reshape(p["M"], -1).astype(np.int64)
-    bias = const(1, np.int32).astype(np.int64)
+    # the packed weights [blocks of 16 channels][k groups][16][4] (a pointwise conv's packed k
+    # is its input channel), the bias with the zero-point terms folded in, the factor of the
+    # input sum; the kernel sees int8 inputs as uint8 (+ 128) (kernels/i8r_qgemm.h)
+    k_groups = -(-p["C"] // 4)
+    packed = const(0, np.int8).reshape(-1, k_groups, 16, 4).transpose(0, 2, 1, 3)
+    w = packed.reshape(-1, k_groups * 4)[:p["M"], :p["C"]].astype(np.int64)
+    bias, factor = const(1, np.int32).astype(np.int64), const(4, np.int32).astype(np.int64)
     for seed in range(5):
         trace = runner.trace(M.random_inputs(model, seed))
         x = trace[img.tensors[conv.inputs[0]].name].reshape(p["C"], -1).astype(np.int64)
-        acc = w @ (x - p["xzp"]) + bias[:, None]
+        xu = x + (128 if p["sg_in"] == 1 else 0)
+        acc = w @ xu + bias[:, None] - factor[:, None] * xu.sum(axis=0)
         assert np.abs(acc).max() < 2 ** 31
         if mode == "fixed-point":
             mult, shift = const(2, np.int32), const(3, np.int32)
