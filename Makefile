@@ -25,8 +25,12 @@ run: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
+# The unit loop: no end-to-end run, no server, no real-model build, one pytest worker per core
+# (pytest-xdist; a file's tests stay on one worker, so its module fixtures are built once).
+# `make test-quick WORKERS=0` runs it in one process.
+WORKERS ?= auto
 test-quick: $(INSTALLED)
-	$(BIN)/python -m pytest -m 'not slow and not server and not real_models'
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m 'not slow and not server and not real_models'
 
 clean:
 	rm -rf $(VENV) .tapeout build *.egg-info

@@ -1,4 +1,4 @@
-"""Which process owns a run or a folder, and whether it is still alive.
+"""Which process owns a run or a folder, whether it is still alive, and which worker it is.
 
 A process killed with SIGKILL cannot end its MLflow run or remove its staging folder, and a
 pid alone is reused. So an owner is `host:pid:start`, the start being the process's start
@@ -9,9 +9,12 @@ pid has another start. Off Linux the start is unknown ("0") and only the pid is 
 from __future__ import annotations
 
 import os
+import re
 import socket
+from dataclasses import dataclass
 
 OWNER_TAG = "tapeout.owner"
+WORKER_TAG = "tapeout.worker"
 
 
 def _start_time(pid: int) -> str | None:
@@ -46,3 +49,39 @@ def owner_alive(owner: str) -> bool | None:
         pass  # alive, another user's
     found = _start_time(pid)
     return found is None or start == "0" or found == start
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The process doing the work, as a reader elsewhere needs to name it: the host, the
+    process (`host:pid:start`, as `current_owner`), and, in a flow run a Prefect worker
+    started, that worker's name and the flow run (the environment a Prefect worker gives
+    the runs it starts: PREFECT__WORKER_NAME, PREFECT__FLOW_RUN_ID)."""
+
+    host: str
+    process: str
+    prefect_worker: str = ""
+    flow_run: str = ""
+
+    def describe(self) -> str:
+        parts = [f"host {self.host}"]
+        if self.prefect_worker:
+            parts.append(f"Prefect worker {self.prefect_worker}")
+        if self.flow_run:
+            parts.append(f"flow run {self.flow_run}")
+        parts.append(f"process {self.process.split(':')[1]}")
+        return ", ".join(parts)
+
+    def name(self) -> str:
+        """A short name, usable in an MLflow tag key: the Prefect worker and its host (the
+        pods of one Kubernetes worker share its name, each with a disk of its own), else host
+        and pid."""
+        short = f"{self.prefect_worker}.{self.host}" if self.prefect_worker else f"{self.host}-{self.process.split(':')[1]}"
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", short)
+
+
+def current_worker() -> Worker:
+    return Worker(
+        socket.gethostname(), current_owner(),
+        os.environ.get("PREFECT__WORKER_NAME", ""), os.environ.get("PREFECT__FLOW_RUN_ID", ""),
+    )

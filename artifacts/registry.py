@@ -51,7 +51,8 @@ class RegisteredModel:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One MLflow run as tapeout reads it. `start_time`: milliseconds since the epoch."""
+    """One MLflow run as tapeout reads it. `start_time`, `end_time`: milliseconds since the
+    epoch (`end_time` 0 while it runs)."""
 
     run_id: str
     name: str
@@ -60,12 +61,13 @@ class RunRecord:
     artifact_uri: str
     tags: Mapping[str, str]
     params: Mapping[str, str]
+    end_time: int = 0
 
 
 def _run_record(run) -> RunRecord:
     return RunRecord(
         run.info.run_id, run.info.run_name or "", run.info.status, int(run.info.start_time or 0),
-        run.info.artifact_uri, dict(run.data.tags), dict(run.data.params),
+        run.info.artifact_uri, dict(run.data.tags), dict(run.data.params), int(run.info.end_time or 0),
     )
 
 
@@ -118,7 +120,14 @@ class Registry:
                 location = None
                 if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
                     location = (self.artifacts_root / experiment).resolve().as_uri()
-                experiment_id = self._client.create_experiment(experiment, artifact_location=location)
+                try:
+                    experiment_id = self._client.create_experiment(experiment, artifact_location=location)
+                except Exception:
+                    # Another process (a second worker) created it since the first look.
+                    found = self._client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+                    experiment_id = found.experiment_id
             else:
                 experiment_id = found.experiment_id
             run = self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags))

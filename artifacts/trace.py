@@ -223,6 +223,8 @@ def render_text(record: dict) -> str:
     # only an unverified signature falls back to what model.sig claims (a hint, another digest).
     signer = verification["signer"] if verification["verified"] else record["signature"]["claimed_signer"]
     lines.append(f"signer          {signer}")
+    if registry and registry["tags"].get("signed_on"):
+        lines.append(f"signed on       {registry['tags']['signed_on']}")
     if verification["verified"]:
         lines.append(
             f"signature       verified now ({record['traced_at']}): {verification['files']} files, {verification['method']} "

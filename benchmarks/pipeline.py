@@ -1,12 +1,21 @@
 """Orchestration overhead and caching of the build, measured in one run.
 
     .venv/bin/python benchmarks/pipeline.py [--repeat 3]
+    .venv/bin/python benchmarks/pipeline.py --workers
 
 (a) `tapeout run` against a running Prefect server vs the same stages called as plain
     functions, each in a fresh process with a fresh home: the ratio is what Prefect costs.
 (b) a rebuild in a new process vs the first build: the same commit (found registered, nothing
     runs) and a new commit that changes nothing the build reads (every stage cached, a new
     version signed and registered).
+(c) with `--workers`: six commits, emitted as `model.committed` at once, built by a process
+    work pool of one worker vs two (infra/local/work_pool.py, as tests/integration/
+    test_workers.py runs it), each worker with its own empty home, registering on the MLflow
+    server; each pool on fresh servers. Reported: the ratio of the wall times, from the first
+    event to the last flow run's end, and the cross-worker cache hit rate of the two-worker
+    pool: of the stages a worker did not have in its home, the share it fetched from the stage
+    store (built by the other worker) instead of building (at most 0.5 when two workers need
+    the same stages: each is built once).
 The targets it is read against: overhead <= 1.3x; cached rebuild <= 0.25x of the first build.
 
 The servers come from infra/local/services.sh (PostgreSQL, Prefect, MLflow); the build uses
@@ -100,13 +109,89 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
         stages.register_stage(registry, pipeline, target, source, artifact, gated, bundle, tags)
 
 
+def pool_build(scratch: Path, workers: int, commits: int) -> dict[str, float]:
+    """`commits` commits emitted at once and built by a pool of `workers` workers on fresh
+    servers: the seconds from the first event to the last run's end, and the stage store's
+    counts (entries built; fetches by a worker other than the builder)."""
+    sys.path.insert(0, str(REPOSITORY / "infra" / "local"))
+    import work_pool
+
+    from tapeout.artifacts.keys import init_keys
+    from tapeout.artifacts.registry import Registry
+    from tapeout.artifacts.stage_store import StageStore
+    from tapeout.artifacts.worker_key import KEY_VARIABLE
+
+    services = scratch / "services"
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    environment.pop("TAPEOUT_HOME", None)
+    subprocess.run([str(REPOSITORY / "infra/local/services.sh"), "start", str(services)], check=True,
+                   env=environment, stdout=subprocess.DEVNULL)
+    pool = []
+    try:
+        urls = dict(line.split("=", 1) for line in (services / "services.env").read_text().split())
+        environment["PREFECT_API_URL"] = urls["PREFECT_API_URL"]
+        pipeline = make_project(scratch)
+        pipeline.write_text(pipeline.read_text().replace(
+            "registry: {}", f"registry:\n  tracking_uri: {urls['MLFLOW_TRACKING_URI']}"))
+        shas = []
+        for bound in range(50 - commits, 50):  # each commit a new gate: every stage is shared
+            pipeline.write_text(re.sub(r"latency_p95_ms: \{max: \d+\}", f"latency_p95_ms: {{max: {bound}}}",
+                                       pipeline.read_text()))
+            git(pipeline.parent, "commit", "-qam", f"gate {bound}")
+            shas.append(git(pipeline.parent, "rev-parse", "HEAD"))
+        key = init_keys(scratch / "secrets")[0]
+        work_pool.deploy(environment)
+        for index in range(workers):
+            pool.append(work_pool.start_worker(
+                f"worker-{index}", scratch / f"home-{index}",
+                {**environment, KEY_VARIABLE: key.private_key.read_text()}, scratch / f"worker-{index}.log",
+            ))
+        work_pool.wait_online(environment["PREFECT_API_URL"], pool, seconds=300)
+        start = time.perf_counter()
+        work_pool.emit(pipeline.parent, "pipeline.yaml", shas, environment)
+        runs = work_pool.wait_for_runs(environment["PREFECT_API_URL"], shas, pool, seconds=3600)
+        elapsed = time.perf_counter() - start
+        if {run["state_type"] for run in runs} != {"COMPLETED"}:
+            raise SystemExit(f"{workers} worker(s): not every build completed: {[run['state_type'] for run in runs]}")
+        uses = StageStore(Registry(urls["MLFLOW_TRACKING_URI"], scratch / "reader")).uses()
+    finally:
+        work_pool.stop_workers(pool)
+        subprocess.run([str(REPOSITORY / "infra/local/services.sh"), "stop", str(services)], env=environment)
+    return {"seconds": elapsed, "built": len(uses), "fetched_elsewhere": sum(use.used_elsewhere for use in uses)}
+
+
+def workers_benchmark(commits: int) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="tapeout-bench-workers-"))
+    try:
+        one = pool_build(scratch / "one", 1, commits)
+        two = pool_build(scratch / "two", 2, commits)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    hit_rate = two["fetched_elsewhere"] / (two["built"] + two["fetched_elsewhere"])
+    report = {
+        "commits": commits, "one_worker": one, "two_workers": two,
+        "two_vs_one_worker": two["seconds"] / one["seconds"], "cross_worker_hit_rate": hit_rate,
+    }
+    print(f"{'pool':<34}{'s':>10}{'ratio':>10}")
+    print(f"{f'{commits} commits, one worker':<34}{one['seconds']:>10.2f}{1:>10.2f}")
+    print(f"{f'{commits} commits, two workers':<34}{two['seconds']:>10.2f}{report['two_vs_one_worker']:>10.2f}  vs one worker")
+    print(f"cross-worker cache hit rate (two workers): {hit_rate:.2f} "
+          f"({two['fetched_elsewhere']} fetched from the other worker, {two['built']} built)")
+    print(json.dumps(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", action="store_true", help="(c): a pool of one worker vs two")
+    parser.add_argument("--commits", type=int, default=6, help="commits built by the pools (c)")
     parser.add_argument("--plain", nargs=2, metavar=("PIPELINE", "HOME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain:
         plain_build(Path(args.plain[0]), Path(args.plain[1]))
+        return
+    if args.workers:
+        workers_benchmark(args.commits)
         return
 
     scratch = Path(tempfile.mkdtemp(prefix="tapeout-bench-"))

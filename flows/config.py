@@ -206,6 +206,11 @@ class SensitivityConfig(_Strict):
 
 class RegistryConfig(_Strict):
     tracking_uri: str | None = Field(default=None, description="default: sqlite:///<home>/mlflow.db")
+    stage_store: bool | None = Field(
+        default=None,
+        description="keep stage outputs in the artifact store too, for workers with disks of their own "
+        "(artifacts/stage_store.py); default: with a tracking server (http, https), not with a local store",
+    )
 
 
 class RunnerConfig(_Strict):

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,20 +24,19 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from tapeout.artifacts.provenance import SourceRevision
-from tapeout.artifacts.compiled import read_record, write_record
 from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.registry import Registry, registered_name
+from tapeout.artifacts.stage_store import Claim, StageStore
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, evidence, fallback, runners, stages
+from tapeout.flows import cache_keys, evidence, fallback, runners, stage_records, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
 from tapeout.flows.config import Pipeline, TargetConfig, load_pipeline
 from tapeout.flows.outcome import TargetOutcome, already_registered
 from tapeout.flows.settings import BuildSettings, Progress, settings_for
-from tapeout.flows.evaluate import Evaluation, load_predictions
-from tapeout.flows.gates import GateResult
+from tapeout.flows.evaluate import load_predictions
 
 
 
@@ -69,37 +66,11 @@ def _cached(function, name: str):
     )
 
 
-export_task = _cached(stages.export_stage, "export")
+export_task = _cached(stage_records.run_export, "export")
 calibrate_task = _cached(stages.calibrate_stage, "calibrate")
 quantize_task = _cached(stages.quantize_stage, "quantize")
-EVALUATION_FILE = "evaluation.json"
-
-
-def _compile(model, target, workdir: Path):
-    artifact = stages.compile_stage(model, target, workdir)
-    write_record(artifact, target.firmware_revision)  # lets a later run reload the folder
-    return artifact
-
-
-def _evaluate(artifact, validation, reference, workdir: Path):
-    evaluation = stages.evaluate_stage(artifact, validation, reference)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / EVALUATION_FILE).write_text(json.dumps(asdict(evaluation), sort_keys=True, default=float))
-    return evaluation
-
-
-def _load_compiled(workdir: Path):
-    return read_record(workdir)[0]
-
-
-def _load_evaluation(workdir: Path) -> Evaluation:
-    document = json.loads((workdir / EVALUATION_FILE).read_text())
-    document["latencies_ms"] = tuple(document.get("latencies_ms", ()))
-    return Evaluation(**document)
-
-
-compile_task = _cached(_compile, "compile")
-evaluate_task = _cached(_evaluate, "evaluate")
+compile_task = _cached(stage_records.run_compile, "compile")
+evaluate_task = _cached(stage_records.run_evaluate, "evaluate")
 reference_task = _cached(stages.reference_stage, "fp32-reference")
 bundle_task = task(stages.bundle_stage, name="bundle-and-sign", cache_policy=NO_CACHE)
 # The registry is the one stage that talks to a server: retry it. It is idempotent.
@@ -132,47 +103,100 @@ def _run_cached(
     *,
     label: str = "",
     say: Progress = lambda message: None,
+    store: StageStore | None = None,
     **arguments,
 ):
     """Run a cached stage; if its cached result points at files that are gone, run it again.
 
-    A stage whose folder records its own result (`load_finished`: compile and evaluate) is
-    reloaded from a finished folder without asking Prefect, whose cache lookup misses now and
-    then for tasks nested in build-target. A finished stage folder is never written again:
-    other runs may be reading it (compiling from it, evaluating it, copying it into a bundle).
-    When a stage must run although its folder is finished, it runs in a private sibling
-    folder that shares the cache key. `say` gets `label` before a stage runs, and
+    A stage whose folder records its own result (`load_finished`, flows/stage_records.py)
+    is reloaded from a finished folder without asking Prefect, whose cache lookup misses now
+    and then for tasks nested in build-target. A finished stage folder is never written
+    again: other runs may be reading it (compiling from it, evaluating it, copying it into a
+    bundle). When a stage must run although its folder is finished, it runs in a private
+    sibling folder that shares the cache key. `say` gets `label` before a stage runs, and
     "`label` (cached)" when a finished folder's result is used instead.
+
+    With a `store` (the second level, artifacts.stage_store), a stage not finished here is
+    looked up there by the same key and fetched into its folder, after waiting while another
+    worker builds it; a stage run here in its own folder is uploaded there. The store is a
+    cache: when it cannot be reached, or its entry is damaged, the stage runs here.
     """
     finished = workdir.parent / f".{workdir.name}.finished"
     with _stage_lock(workdir):
         if finished.exists() and load_finished is not None:
             # The folder describes its own result: no need to trust Prefect's cache lookup,
             # which misses for tasks nested in build-target now and then.
-            try:
-                result = load_finished(workdir)
-                if all(path.exists() for path in outputs(result)):
-                    finished.touch()  # a use: `tapeout gc` evicts the least recently used
-                    say(f"{label} (cached)")
+            result = _reload(workdir, outputs, load_finished)
+            if result is not None:
+                finished.touch()  # a use: `tapeout gc` evicts the least recently used
+                say(f"{label} (cached)")
+                return result
+        claim = None
+        if store is not None and load_finished is not None and not finished.exists():
+            found = _from_store(store, workdir, label, say)
+            if isinstance(found, Claim):
+                claim = found
+            elif found is not None:
+                result = _reload(workdir, outputs, load_finished)
+                if result is not None:
+                    finished.touch()
+                    say(f"{label} (from the stage store, built by worker {found.built_by})")
                     return result
-            except (OSError, ValueError, KeyError, TypeError, TapeoutError):
-                pass  # an older or damaged record: run the stage again below
         target = workdir
-        if finished.exists():
-            target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
-        else:
-            say(label)
-        result = stage_task(**arguments, workdir=target)
-        if not all(path.exists() for path in outputs(result)):
-            target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
-            result = stage_task.with_options(refresh_cache=True)(**arguments, workdir=target)
+        try:
+            if finished.exists():
+                target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
+            else:
+                say(label)
+            result = stage_task(**arguments, workdir=target)
+            if not all(path.exists() for path in outputs(result)):
+                target = workdir.parent / f"{workdir.name}{_PRIVATE}{uuid.uuid4().hex[:12]}"
+                result = stage_task.with_options(refresh_cache=True)(**arguments, workdir=target)
+        except BaseException:
+            if claim is not None:
+                claim.abandon()
+            raise
         if target == workdir:
             finished.touch()
         elif target.exists():  # every stage writes its folder: this one ran
             say(f"{label} (ran again: its cached result could not be used)")
         else:  # Prefect returned the finished folder's result
             say(f"{label} (cached)")
+        if claim is not None:
+            _publish(claim, workdir if target == workdir else None, label, say)
     return result
+
+
+def _reload(workdir: Path, outputs: Callable[[object], list[Path]], load_finished: Callable[[Path], object]):
+    """The result a stage folder records, or None when the record is older, damaged or
+    names files that are gone."""
+    try:
+        result = load_finished(workdir)
+    except (OSError, ValueError, KeyError, TypeError, TapeoutError):
+        return None
+    return result if all(path.exists() for path in outputs(result)) else None
+
+
+def _from_store(store: StageStore, workdir: Path, label: str, say: Progress):
+    """The stage's entry fetched into `workdir`, a claim to build it, or None (the store
+    cannot be used: said, and the stage runs here)."""
+    try:
+        return store.fetch_or_claim(workdir.parent.name, workdir.name, workdir, lambda message: say(f"{label}: {message}"))
+    except TapeoutError as error:
+        say(f"{label}: not taken from the stage store ({error}); building it here")
+        return None
+
+
+def _publish(claim: Claim, folder: Path | None, label: str, say: Progress) -> None:
+    """Upload what a claimed stage built (`folder`; None: it ran elsewhere than its folder,
+    so nothing is uploaded and others build it themselves)."""
+    if folder is None:
+        claim.abandon()
+        return
+    try:
+        claim.publish(folder)
+    except TapeoutError as error:
+        say(f"{label}: not uploaded to the stage store ({error})")
 
 
 @task(name="build-target", cache_policy=NO_CACHE)
@@ -203,6 +227,7 @@ def _build_target(
     name = registered_name(pipeline.config.model.name, target.name)
     progress = settings.progress
     cache = home / "cache"
+    store = StageStore(registry) if settings.stage_store else None
     source = shared.source
     started_on = _now()
     try:
@@ -213,15 +238,16 @@ def _build_target(
         key = cache_keys.compile_key(shared.quantized.digest, profile, compiler_version)
         artifact = _run_cached(
             compile_task, cache / "compile" / key,
-            lambda a: [a.directory / f for f in a.files], _load_compiled,
-            label=f"[{target.name}] compile with {target.compiler} {compiler_version}", say=progress,
+            lambda a: [a.directory / f for f in a.files], stage_records.load_compile,
+            label=f"[{target.name}] compile with {target.compiler} {compiler_version}", say=progress, store=store,
             model=shared.quantized, target=profile,
         )
         files = [artifact.directory / f for f in artifact.files]
         key = cache_keys.evaluate_key(files, shared.validation.digest, shared.reference_digest)
         evaluation = _run_cached(
-            evaluate_task, cache / "evaluate" / key, lambda e: [], _load_evaluation,
+            evaluate_task, cache / "evaluate" / key, lambda e: [], stage_records.load_evaluate,
             label=f"[{target.name}] evaluate on {shared.validation.count} validation samples", say=progress,
+            store=store,
             artifact=artifact, validation=shared.validation, reference=shared.reference,
         )
         gated = stages.gate_stage(pipeline, target, evaluation, shared.quantized, artifact)
@@ -293,27 +319,31 @@ def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Prog
     if pending:
         cache = settings.home / "cache"
         export_inputs = evidence.export_inputs(pipeline, settings.home)  # refuses an untrusted import
+        store = StageStore(registry) if settings.stage_store else None
         model = _run_cached(
             export_task, cache / "export" / cache_keys.export_key(pipeline), lambda m: [m.path],
-            label=f"export {pipeline.config.model.name}", say=progress, pipeline=pipeline,
+            stage_records.load_export, label=f"export {pipeline.config.model.name}", say=progress, store=store,
+            pipeline=pipeline,
         )
         samples = stages.calibration_set(pipeline, model)
         method = pipeline.config.calibration.method
         key = cache_keys.calibrate_key(model.digest, samples.digest, method, pipeline.batch_size)
         calibrated = _run_cached(
             calibrate_task, cache / "calibrate" / key, lambda c: [c.table_path, c.samples.path],
-            label=f"calibrate ({method}, {samples.count} samples)", say=progress,
+            lambda folder: stage_records.load_calibrate(folder, samples),
+            label=f"calibrate ({method}, {samples.count} samples)", say=progress, store=store,
             pipeline=pipeline, model=model, samples=samples,
         )
         quantized = _run_cached(
             quantize_task, cache / "quantize" / cache_keys.quantize_key(model.digest, calibrated.table_path),
-            lambda q: [q.path], label="quantize", say=progress, model=model, calibrated=calibrated,
+            lambda q: [q.path], lambda folder: stage_records.load_quantize(folder, model),
+            label="quantize", say=progress, store=store, model=model, calibrated=calibrated,
         )
         validation = stages.validation_set(pipeline, model)
         reference = _run_cached(
             reference_task, cache / "reference" / cache_keys.reference_key(model.digest, validation.digest),
             lambda p: [p.outputs], load_predictions,
-            label=f"fp32 reference on {validation.count} validation samples", say=progress,
+            label=f"fp32 reference on {validation.count} validation samples", say=progress, store=store,
             model=model, samples=validation,
         )
         pointer = stages.calibration_pointer(pipeline, calibrated.samples, registry)

@@ -352,12 +352,13 @@ def version_tags(
     `artifact_sha256` lists the compiled files' digests (comma-separated) so that
     `tapeout trace FILE` finds the version of a file found in the field; the `signer` tag is
     who the bundle's signature, made by `signer`, names (key fingerprint, certificate subject
-    or keyless identity).
+    or keyless identity), and `signed_on` the worker that made it.
 
     Raises:
         VerificationFailed: `signing.policy` is set and does not admit the bundle's signer.
     """
     from tapeout.artifacts.digest import file_digest
+    from tapeout.artifacts.owner import current_worker
     from tapeout.artifacts.policy import load_policy
 
     if pipeline.config.signing.policy:
@@ -375,6 +376,9 @@ def version_tags(
         "config_digest": pipeline.digest(target),
         "bundle_digest": bundle.digest,
         "signer": signer.identity(claimed),
+        # Which machine and worker held the key and signed (artifacts.owner.Worker): with
+        # several workers sharing one key, the audit names the one that used it.
+        "signed_on": current_worker().describe(),
         "gate_verdict": "pass",
         "compiler": artifact.compiler,
         "compiler_version": artifact.compiler_version,

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.compilers.errors import InvalidInput
 from tapeout.flows.config import Pipeline, load_pipeline
-from tapeout.flows.environment import default_tracking_uri
+from tapeout.flows.environment import default_tracking_uri, tapeout_home
 from tapeout.flows.source import current_branch, git, repository_root
 
 EVENT_NAME = "model.committed"
@@ -89,32 +89,39 @@ def _registry_for(pipeline: Pipeline, home: Path) -> Registry:
     return Registry(uri, home / "artifacts")
 
 
+def _home(home: str | None) -> Path:
+    """`home`, or the home of the process running the flow: a Prefect worker's
+    `$TAPEOUT_HOME` (each worker of a pool keeps its own: docs/scale-out.md)."""
+    return Path(home).resolve() if home else tapeout_home()
+
+
 @flow(name="tapeout-build-commit", log_prints=False)
-def build_commit_flow(repo: str, pipeline: str, sha: str, home: str = ".tapeout") -> list[dict]:
+def build_commit_flow(repo: str, pipeline: str, sha: str, home: str | None = None) -> list[dict]:
     """Build one commit from its own files (a temporary worktree of `repo`, which the
     provenance does not name: it names the repository). `pipeline` is relative to the
-    repository root. Returns each target's outcome as a dict."""
+    repository root; `home` defaults to `$TAPEOUT_HOME` (else ./.tapeout). Returns each
+    target's outcome as a dict."""
     from dataclasses import asdict
 
     from tapeout.flows.build import build
 
     root = repository_root(Path(repo))
-    result = build(root / pipeline, sha, Path(home), root=root)
+    result = build(root / pipeline, sha, _home(home), root=root)
     return [asdict(outcome) for outcome in result.outcomes]
 
 
 @flow(name="tapeout-watch", log_prints=False)
-def watch_flow(repo: str, pipeline: str, branch: str | None = None, home: str = ".tapeout") -> list[str]:
+def watch_flow(repo: str, pipeline: str, branch: str | None = None, home: str | None = None) -> list[str]:
     """Build every commit of `branch` (default: the repository's current branch) that changed
     the model or the pipeline and is not built yet, oldest first. Returns the commits built."""
     logger = get_run_logger()
     root = repository_root(Path(repo))
     branch = branch_to_watch(root, branch)
-    registry = _registry_for(load_pipeline(root / pipeline), Path(home).resolve())
+    registry = _registry_for(load_pipeline(root / pipeline), _home(home))
     pending = commits_to_build(root, pipeline, branch, registry)
     logger.info("%d commit(s) to build on %s: %s", len(pending), branch, ", ".join(s[:12] for s in pending))
     for sha in pending:
-        build_commit_flow(str(root), pipeline, sha, home)
+        build_commit_flow(str(root), pipeline, sha, str(_home(home)))
     return pending
 
 

@@ -1,5 +1,7 @@
 """Shared fixtures: the example project in a temporary git repository, its exported model,
-and one Prefect test harness per session (it costs ~14 s to start)."""
+and one Prefect test harness per session (it costs ~14 s to start). Every new SQLite MLflow
+store a test opens in this process starts as a copy of one MLflow migrated once per session
+(`_mlflow_stores_start_migrated`)."""
 
 from __future__ import annotations
 
@@ -111,3 +113,60 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# -- MLflow stores: migrated once, copied per store ---------------------------------------------
+
+_MIGRATED_STORE: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_stores_start_migrated(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A new SQLite MLflow store runs MLflow's schema migrations (68 in MLflow 3.17): about a
+    second of CPU and, on this machine, seconds of waiting on the disk, per store. Once MLflow's database module is imported,
+    its engine factory is wrapped: a SQLite file that does not exist yet is first copied from
+    one empty database that MLflow itself created and migrated, in this session. MLflow then
+    opens it as it opens any up-to-date store (verifies the schema revision, creates the
+    default experiment), so a test sees the store a fresh one would be. An existing file, a
+    server URI or anything not SQLite is left to MLflow untouched. Subprocesses (the command
+    line run as a program) migrate their own stores as usual."""
+    import sys
+
+    utils = sys.modules.get("mlflow.store.db.utils")
+    if utils is None or getattr(utils.create_sqlalchemy_engine, "_copies_a_migrated_store", False):
+        return
+    create_engine = utils.create_sqlalchemy_engine
+
+    def migrated_template() -> Path:
+        if not _MIGRATED_STORE:
+            template = tmp_path_factory.mktemp("mlflow-migrated") / "mlflow.db"
+            engine = create_engine(f"sqlite:///{template}")
+            try:
+                utils._initialize_tables(engine)
+            finally:
+                engine.dispose()
+            _MIGRATED_STORE.append(template)
+        return _MIGRATED_STORE[0]
+
+    def create_sqlalchemy_engine(db_uri):
+        database = _new_sqlite_file(db_uri)
+        if database is not None:
+            try:
+                shutil.copyfile(migrated_template(), database)
+            except OSError:  # a folder it cannot write to: MLflow's own error, as without the copy
+                database.unlink(missing_ok=True)
+        return create_engine(db_uri)
+
+    create_sqlalchemy_engine._copies_a_migrated_store = True
+    utils.create_sqlalchemy_engine = create_sqlalchemy_engine
+
+
+def _new_sqlite_file(db_uri) -> Path | None:
+    """The file of a SQLite URI when it does not exist yet and its folder does."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_uri)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    database = Path(url.database)
+    return database if database.parent.is_dir() and not database.exists() else None

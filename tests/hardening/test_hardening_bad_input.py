@@ -407,3 +407,29 @@ def test_a_stage_failing_inside_the_flow_prints_one_line_and_no_traceback(tmp_pa
     errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.onnx: not an ONNX model" in errors[0], completed.stderr
     assert "| ERROR" not in completed.stderr  # no Prefect log lines either
+
+
+# -- a worker's signing key from its environment (artifacts.worker_key) ---------------------------
+
+
+def test_a_worker_key_variable_naming_no_file(tmp_path, capsys, home, monkeypatch):
+    monkeypatch.setenv("TAPEOUT_SIGNING_KEY", str(tmp_path / "no-such-key.pem"))
+    code, error = run_bad(capsys, home, cpu_project(tmp_path, pipeline_text()))
+    assert code == 2
+    assert "$TAPEOUT_SIGNING_KEY: expected a PEM private key (-----BEGIN ...) or the path of a key file, found neither" in error
+    assert "no-such-key" not in error  # the value may be a secret pasted wrongly: never echoed
+
+
+def test_a_worker_key_variable_holding_no_ec_key(tmp_path, capsys, home, monkeypatch):
+    monkeypatch.setenv("TAPEOUT_SIGNING_KEY", "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    code, error = run_bad(capsys, home, cpu_project(tmp_path, pipeline_text()))
+    assert code == 2
+    assert error.startswith("error: $TAPEOUT_SIGNING_KEY: expected an unencrypted PEM EC private key")
+
+
+def test_two_worker_key_variables_at_once(tmp_path, capsys, home, monkeypatch):
+    monkeypatch.setenv("TAPEOUT_SIGNING_KEY", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("TAPEOUT_SIGNING_KEY_SECRET", "tapeout-signing-key")
+    code, error = run_bad(capsys, home, cpu_project(tmp_path, pipeline_text()))
+    assert code == 2
+    assert "$TAPEOUT_SIGNING_KEY and $TAPEOUT_SIGNING_KEY_SECRET are both set: expected one signing key, found two" in error

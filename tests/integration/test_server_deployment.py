@@ -13,31 +13,13 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY, git, make_project
+from conftest import git, make_project
+from loopback import services  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-SERVICES = REPOSITORY / "infra" / "local" / "services.sh"
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
-    folder = tmp_path_factory.mktemp("services")
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    subprocess.run([str(SERVICES), "start", str(folder)], check=True, env=environment, timeout=400)
-    try:
-        values = dict(
-            line.split("=", 1) for line in (folder / "services.env").read_text().split() if "=" in line
-        )
-        yield values
-    finally:
-        subprocess.run([str(SERVICES), "stop", str(folder)], env=environment, timeout=120)
 
 
 def mlflow_get(base: str, endpoint: str, **query) -> dict:
