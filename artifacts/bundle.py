@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tapeout.artifacts.chain import FORMAT_FILE, SBOM_FILE, write_chain
 from tapeout.artifacts.compiled import write_record
 from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.provenance import SourceRevision, provenance_statement
-from tapeout.artifacts.signing import Signer, sign_bundle
+from tapeout.artifacts.sbom import write_sbom
+from tapeout.artifacts.signing import KeySigner, Signer, sign_bundle
+from tapeout.artifacts.statements import ChainInputs
 from tapeout.compilers.interface import CompiledArtifact
 
 STAGING = ".staging"
@@ -48,6 +51,8 @@ class BundleContents:
     invocation_id: str
     started_on: str
     finished_on: str
+    # What the chain of attestations and the bill of materials need beyond the files above.
+    chain: ChainInputs
     # More files for reports/ (gates.md, plots, sensitivity.json, fallback.json): name → file.
     extra_reports: Mapping[str, Path] = field(default_factory=dict)
     # A set kept in the artifact store (tapeout.artifacts.set_store): the bundle holds this
@@ -64,11 +69,13 @@ class Bundle:
 def build_bundle(contents: BundleContents, bundles_root: Path, private_key: Path | Signer) -> Bundle:
     """Write, sign and publish the bundle under `bundles_root/<model>-<target>/<digest>`;
     `private_key` is a key path (the `key` method) or any signer of artifacts.signing."""
+    signer = KeySigner(private_key) if isinstance(private_key, Path) else private_key
     with staging_folder(bundles_root) as staging:
         try:
             _write_contents(contents, staging)
+            _write_evidence(contents, staging, signer)
             _fsync_tree(staging)
-            sign_bundle(staging, private_key)
+            sign_bundle(staging, signer)
             _fsync_tree(staging)
             digest = bundle_digest(staging)
             final = bundles_root / f"{contents.model_name}-{contents.target}" / digest[:16]
@@ -194,6 +201,22 @@ def _write_contents(contents: BundleContents, root: Path) -> None:
         finished_on=contents.finished_on,
     )
     _write_json(root / "provenance.json", statement)
+
+
+def _write_evidence(contents: BundleContents, root: Path, signer: Signer) -> None:
+    """The chain of attestations, the bill of materials and `bundle.json`, which records the
+    bundle's format (tapeout.artifacts.chain): files like the others, which model.sig covers."""
+    from tapeout.artifacts.documents import read_json_object
+
+    index = write_chain(root, contents.chain, contents.source, contents.target, signer)
+    write_sbom(
+        root / SBOM_FILE, root,
+        model_name=contents.model_name, target=contents.target, commit=contents.source.commit,
+        config=contents.resolved_config, calibration=contents.calibration_manifest,
+        validation=contents.chain.validation, compiler=read_json_object(root / "compiled" / "compiler.json"),
+        gates=contents.gates, finished_on=contents.finished_on, invocation_id=contents.invocation_id,
+    )
+    _write_json(root / FORMAT_FILE, index)
 
 
 def _moved(artifact: CompiledArtifact, directory: Path) -> CompiledArtifact:

@@ -17,6 +17,11 @@ models:
       identities:
         - identity: https://github.com/example/models/.github/workflows/release.yml@refs/heads/main
           issuer: https://token.actions.githubusercontent.com
+imports:                                     # models imported already signed by their maker
+  require_signed: true                       # refuse to build from an unsigned model file
+  signers:                                   # who may sign them, per model name (`model.name`)
+    - match: "digits-*"
+      keys: [keys/vendor.pub]                # the same fields as a model's rule
 ```
 
 An `aliases` section says who may move an alias (docs/trust.md, "Approvals"): for an alias
@@ -53,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tapeout.artifacts.documents import read_json_object
 from tapeout.artifacts.keys import PUBLIC_KEY_FILE
-from tapeout.artifacts.signature import Verification, read_signature
+from tapeout.artifacts.signature import Signed, SignedModel, SignedStatement, Verification, read_signature
 from tapeout.compilers.errors import InvalidInput
 
 POLICY_FILE = "trust-policy.yaml"
@@ -99,6 +104,14 @@ class ModelRule(_Strict):
     keys: list[str] = Field(default_factory=list)
     certificates: CertificateRule | None = None
     sigstore: SigstoreRule | None = None
+
+
+class ImportRule(_Strict):
+    """Models imported already signed (docs/trust.md, "Signed imports"): who may sign them,
+    per model name, and whether an unsigned one is refused."""
+
+    require_signed: bool = False
+    signers: list[ModelRule] = Field(default_factory=list)
 
 
 _KEY_IDENTITY = re.compile(r"^key:sha256:[0-9a-f]{64}$")
@@ -151,6 +164,7 @@ class AliasRule(_Strict):
 class PolicyDocument(_Strict):
     version: Literal[1] = 1
     models: list[ModelRule] = Field(min_length=1)
+    imports: ImportRule = Field(default_factory=ImportRule)
     aliases: list[AliasRule] = Field(default_factory=list)
 
 
@@ -162,6 +176,7 @@ class TrustPolicy:
     rules: tuple[ModelRule, ...]
     base: Path
     aliases: tuple[AliasRule, ...] = ()
+    imports: ImportRule = ImportRule()
 
     @classmethod
     def single_key(cls, public_key: Path) -> "TrustPolicy":
@@ -188,19 +203,38 @@ class TrustPolicy:
         """A path the policy names (relative to the policy file), made absolute."""
         return (self.base / text).resolve()
 
-    def verify(self, bundle: Path, model: str | None = None) -> Verification:
-        """Verify `bundle` with the signer the policy allows for `model` (default: the model
-        named in the bundle's provenance).
+    def verify(self, bundle: Path | Signed, model: str | None = None) -> Verification:
+        """Verify `bundle` (a bundle folder, or a signed statement of its chain) with the
+        signer the policy allows for `model` (default: the model named in the bundle's
+        provenance).
 
         Raises:
             VerificationFailed: the signer is outside the policy, or the signature or any
                 file does not check (named).
             InvalidInput: a key, certificate or trust config the policy names is unreadable.
         """
-        model = model or bundle_model_name(bundle)
+        model = model or (bundle_model_name(bundle) if isinstance(bundle, Path) else None)
         who = f"for {model}" if model else "for this bundle"
         return read_signature(bundle).verify(
             bundle, self.rules_for(model), self.path, f"the policy ({self.source}) allows {who}"
+        )
+
+    def verify_import(self, imported: SignedModel | SignedStatement, model: str) -> Verification:
+        """Verify a model imported already signed (or, in a bundle, the maker's signature
+        kept without the model) with the signer `imports.signers` allows for `model` (the
+        pipeline's model name).
+
+        Raises:
+            VerificationFailed: the signer is not one of them, or the signature or a file of
+                the model does not check (named).
+            InvalidInput: a key, certificate or trust config the policy names is unreadable.
+        """
+        rules = [
+            rule for rule in self.imports.signers
+            if rule.match == "*" or fnmatch.fnmatchcase(model, rule.match)
+        ]
+        return read_signature(imported).verify(
+            imported, rules, self.path, f"the policy ({self.source}) allows for imports of {model}"
         )
 
 
@@ -222,7 +256,9 @@ def load_policy(path: Path) -> TrustPolicy:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top)"
         raise InvalidInput(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-    return TrustPolicy(str(path.resolve()), tuple(parsed.models), path.resolve().parent, tuple(parsed.aliases))
+    return TrustPolicy(
+        str(path.resolve()), tuple(parsed.models), path.resolve().parent, tuple(parsed.aliases), parsed.imports
+    )
 
 
 def policy_for(home: Path, policy: Path | None = None, public_key: Path | None = None) -> TrustPolicy:

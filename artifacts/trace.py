@@ -14,12 +14,12 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tapeout.artifacts import identity
+from tapeout.artifacts import chain_view, identity
 from tapeout.artifacts.audit import History
 from tapeout.artifacts.compiled import file_digests
 from tapeout.artifacts.digest import bundle_digest, file_digest
 from tapeout.artifacts.documents import read_json_object
-from tapeout.artifacts.policy import TrustPolicy
+from tapeout.artifacts.policy import TrustPolicy, bundle_model_name
 from tapeout.artifacts.registry import RegisteredVersion, Registry
 from tapeout.artifacts.signature import VerificationFailed, read_signature
 from tapeout.artifacts.set_store import read_pointer
@@ -164,6 +164,9 @@ def trace_bundle(
         "environment": definition.get("internalParameters", {}).get("environment"),
         "signature": {"claimed_signer": claimed},
         "verification": verified,
+        "chain": chain_view.chain_record(
+            bundle, policy, version.name if version else bundle_model_name(bundle) or ""
+        ),
         "traced_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if version is not None:
@@ -229,6 +232,7 @@ def render_text(record: dict) -> str:
         )
     else:
         lines.append("signature       FAILED: " + "; ".join(verification["reasons"]))
+    lines += chain_view.render_lines(record)
     for mismatch in registry.get("mismatches", []) if registry else []:
         lines.append(f"registry        NOT THIS VERSION'S BUNDLE: {mismatch}")
     metadata = record["build"]["metadata"]
@@ -287,6 +291,7 @@ def render_html(record: dict) -> str:
 
     compiler = record["compiler"]
     sections = [
+        ("Chain of attestations", chain_view.render_html(record)),
         ("Identity", table([
             ("bundle digest", record["bundle"]["digest"]),
             ("registered", f"{registry['name']} v{registry['version']} (aliases: {', '.join(registry['aliases']) or 'none'}), run {registry['run_id']}" if registry else "not looked up"),
@@ -300,8 +305,7 @@ def render_html(record: dict) -> str:
             ("dirty work tree", record["source"]["dirty"]),
             ("config digest", record["config"]["digest"]),
             ("target", record["config"].get("target")),
-            ("resolved config", record["config"].get("resolved")),
-        ])),
+        ]) + "<h3>Resolved config</h3><pre class=yaml>" + e(_yaml(record["config"].get("resolved"))) + "</pre>"),
         ("Calibration and quantization", table([
             ("calibration set digest", record["calibration_set"]["digest"]),
             ("samples", record["calibration_set"]["count"]),
@@ -363,10 +367,19 @@ def render_html(record: dict) -> str:
         "table{border-collapse:collapse;width:100%}th,td{border:1px solid #ccc;padding:.25em .5em;"
         "text-align:left;vertical-align:top;word-break:break-all}th{width:14em;background:#f4f4f4}"
         ".history th{width:auto}.ok{color:#075;font-weight:bold}.bad{color:#b00;font-weight:bold}"
+        + chain_view.CSS +
         "</style></head><body>"
         f"<h1>tapeout trace: {e(title)}</h1>{verdict}{body}"
         "</body></html>\n"
     )
+
+
+def _yaml(document: object) -> str:
+    """The resolved config as the YAML a pipeline file is written in (keys in the order
+    provenance.json keeps them)."""
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def _json(path: Path) -> dict:

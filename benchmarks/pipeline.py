@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def timed(command: list[str], environment: dict[str, str]) -> float:
 def plain_build(pipeline_file: Path, home: Path) -> None:
     """Every stage of one build as plain function calls: no Prefect, no cache."""
     from tapeout.artifacts.registry import Registry
-    from tapeout.flows import environment, stages
+    from tapeout.flows import environment, evidence, stages
     from tapeout.flows.config import load_pipeline
     from tapeout.flows.settings import settings_for
     from tapeout.flows.source import checkout
@@ -86,20 +87,23 @@ def plain_build(pipeline_file: Path, home: Path) -> None:
     settings = settings_for(pipeline, home, lambda message: None)
     registry = Registry(settings.tracking_uri, home / "artifacts")
     work = home / "plain"
+    export_inputs = evidence.export_inputs(pipeline, home)
     model = stages.export_stage(pipeline, work / "export")
     samples = stages.calibration_set(pipeline, model)
     calibrated = stages.calibrate_stage(pipeline, model, samples, work / "calibrate")
     quantized = stages.quantize_stage(model, calibrated, work / "quantize")
     validation = stages.validation_set(pipeline, model)
     reference = stages.reference_stage(model, validation, work / "reference")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for target in pipeline.config.targets:
         artifact = stages.compile_stage(quantized, pipeline.target_profile(target), work / "compile" / target.name)
         evaluation = stages.evaluate_stage(artifact, validation, reference)
         gated = stages.gate_stage(pipeline, target, evaluation)
         bundle = stages.bundle_stage(
             pipeline=pipeline, target=target, model=model, quantized=quantized, calibrated=calibrated,
-            artifact=artifact, gated=gated, source=source, invocation_id="plain", started_on="",
-            finished_on="", bundles_root=home / "bundles", private_key=settings.private_key,
+            artifact=artifact, gated=gated, source=source, invocation_id="plain", started_on=now,
+            finished_on=now, bundles_root=home / "bundles", private_key=settings.private_key,
+            chain=evidence.chain_inputs(pipeline, export_inputs, validation),
         )
         tags = stages.version_tags(pipeline, target, source, artifact, calibrated, bundle, settings.private_key)
         stages.register_stage(registry, pipeline, target, source, artifact, gated, bundle, tags)

@@ -92,6 +92,18 @@ def export_model(
     return check_model(output_path, inputs, output_names)
 
 
+def imported_model_file(source: object) -> Path | None:
+    """The file a source's model is imported from, which its maker may have signed (a
+    model-signing signature beside it, checked at export: tapeout.artifacts.imports): the
+    ONNX file, or the PyTorch weights; None for a model built by code alone (a scikit-learn
+    factory) and for sources of other front ends."""
+    if isinstance(source, OnnxSource):
+        return source.path
+    if isinstance(source, PyTorchSource):
+        return source.weights
+    return None
+
+
 class FrontEndError(PluginError):
     """A front end plugin could not be loaded or does not implement the interface."""
 

@@ -29,7 +29,7 @@ from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.artifacts.stage_store import Claim, StageStore
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, fallback, runners, stage_records, stages
+from tapeout.flows import cache_keys, evidence, fallback, runners, stage_records, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
@@ -275,6 +275,7 @@ def _build_target(
             invocation_id=shared.invocation_id, started_on=started_on, finished_on=_now(),
             bundles_root=home / "bundles", private_key=settings.private_key, extra_reports=reports,
             calibration_pointer=shared.calibration_pointer,
+            chain=evidence.chain_inputs(pipeline, shared.export_inputs, shared.validation),
         )
         tags = stages.version_tags(
             pipeline, target, source, artifact, shared.calibrated, bundle, settings.private_key
@@ -317,6 +318,7 @@ def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Prog
     pending = [target for target in pipeline.config.targets if target.name not in outcomes]
     if pending:
         cache = settings.home / "cache"
+        export_inputs = evidence.export_inputs(pipeline, settings.home)  # refuses an untrusted import
         store = StageStore(registry) if settings.stage_store else None
         model = _run_cached(
             export_task, cache / "export" / cache_keys.export_key(pipeline), lambda m: [m.path],
@@ -356,7 +358,7 @@ def _build(pipeline_file: str, source: SourceRevision, home: str, progress: Prog
         shared = stages.SharedStages(
             source=source, invocation_id=uuid.uuid4().hex, model=model, calibrated=calibrated, quantized=quantized,
             validation=validation, reference=reference, reference_digest=stages.predictions_digest(reference),
-            calibration_pointer=pointer, sensitivity=sensitivity,
+            calibration_pointer=pointer, sensitivity=sensitivity, export_inputs=export_inputs,
         )
         futures = [
             build_target.submit(pipeline, target, shared, settings, registry) for target in pending

@@ -19,6 +19,7 @@ from tapeout.artifacts.bundle import Bundle, BundleContents, build_bundle
 from tapeout.artifacts.provenance import SourceRevision
 from tapeout.artifacts.registry import Registry, RegisteredVersion, registered_name
 from tapeout.artifacts.signing import Signer, read_signature
+from tapeout.artifacts.statements import ChainInputs, ExportInputs
 from tapeout.calibration.calibrate import calibrate
 from tapeout.calibration.dataset import SampleSet, load_sample_set
 from tapeout.calibration.quantizer import quantize
@@ -59,8 +60,8 @@ class Gated:
 class SharedStages:
     """What the shared stages of one build made, which every target starts from: the source,
     the fp32 export, the calibration, the quantized model, the validation set with the fp32
-    model's predictions on it, and the per-layer sensitivity document (None when the model
-    could not be analysed)."""
+    model's predictions on it, the per-layer sensitivity document (None when the model
+    could not be analysed), and the export's inputs for the chain of attestations."""
 
     source: SourceRevision
     invocation_id: str
@@ -72,6 +73,7 @@ class SharedStages:
     reference_digest: str
     calibration_pointer: Mapping[str, object] | None
     sensitivity: Mapping[str, object] | None
+    export_inputs: ExportInputs  # what the export read, the imported model's signature checked
 
     def files(self) -> dict[str, Path]:
         """The files a target reads from these stages, by what they are."""
@@ -294,6 +296,7 @@ def bundle_stage(
     finished_on: str,
     bundles_root: Path,
     private_key: Signer | Path,
+    chain: ChainInputs,
     extra_reports: Mapping[str, Path] | None = None,
     calibration_pointer: Mapping[str, object] | None = None,
 ) -> Bundle:
@@ -317,6 +320,7 @@ def bundle_stage(
         invocation_id=invocation_id,
         started_on=started_on,
         finished_on=finished_on,
+        chain=chain,
         extra_reports=dict(extra_reports or {}),
         calibration_pointer=calibration_pointer,
     )

@@ -14,16 +14,19 @@ from typing import TYPE_CHECKING, ClassVar
 
 from tapeout.artifacts.keys import public_key_for
 from tapeout.artifacts.signature import (
+    Signed,
     Verification,
     VerificationFailed,
     check_files,
     precheck,
     read_signature,
     write_signature,
+    write_statement,
 )
 from tapeout.compilers.errors import InvalidInput
 
 if TYPE_CHECKING:  # annotations only
+    from in_toto_attestation.v1.statement import Statement as InTotoStatement
     from sigstore_models.bundle.v1 import VerificationMaterial
 
     from tapeout.artifacts.policy import ModelRule
@@ -61,6 +64,15 @@ class CertificateSigner:
         return self.certificate
 
     def sign(self, bundle: Path) -> Path:
+        self._check_usable()
+        return write_signature(bundle, self._configure)
+
+    def sign_statement(self, statement: InTotoStatement, path: Path) -> Path:
+        self._check_usable()
+        return write_statement(path, statement, self._configure)
+
+    def _check_usable(self) -> None:
+        """The key is the certificate's, and every certificate of the chain is valid now."""
         from cryptography.hazmat.primitives import serialization
 
         from tapeout.artifacts.certificates import read_certificates, validity_problems
@@ -77,11 +89,10 @@ class CertificateSigner:
         if problems:
             # Verification would refuse it: a certificate signature carries no trusted time.
             raise InvalidInput(f"{self.certificate}: cannot sign now: " + "; ".join(problems))
-        return write_signature(
-            bundle,
-            lambda config: config.use_certificate_signer(
-                private_key=self.private_key, signing_certificate=self.certificate, certificate_chain=list(self.chain)
-            ),
+
+    def _configure(self, config) -> None:
+        config.use_certificate_signer(
+            private_key=self.private_key, signing_certificate=self.certificate, certificate_chain=list(self.chain)
         )
 
     def identity(self, signature: CertificateSignature) -> str:
@@ -117,7 +128,7 @@ class CertificateSignature:
         return f"x509:{self.subject}{sans}"
 
     def verify(
-        self, bundle: Path, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
+        self, bundle: Path | Signed, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
     ) -> Verification:
         from cryptography import x509
 
@@ -138,7 +149,7 @@ class CertificateSignature:
 
 
 def verify_certificate(
-    bundle: Path,
+    bundle: Path | Signed,
     roots: Sequence[Path],
     *,
     subjects: Iterable[str] = (),

@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from tapeout.artifacts.keys import key_hint, load_public_key, private_key_identity, public_key_for, signer_identity
-from tapeout.artifacts.signature import Verification, VerificationFailed, check_files, write_signature
+from tapeout.artifacts.signature import (
+    Signed,
+    Verification,
+    VerificationFailed,
+    check_files,
+    write_signature,
+    write_statement,
+)
 
 if TYPE_CHECKING:  # annotations only
+    from in_toto_attestation.v1.statement import Statement as InTotoStatement
     from sigstore_models.bundle.v1 import VerificationMaterial
 
     from tapeout.artifacts.policy import ModelRule
@@ -54,7 +62,14 @@ class KeySigner:
 
     def sign(self, bundle: Path) -> Path:
         public_key_for(self.private_key)  # fails clearly before model-signing's own, vaguer errors
-        return write_signature(bundle, lambda config: config.use_elliptic_key_signer(private_key=self.private_key))
+        return write_signature(bundle, self._configure)
+
+    def sign_statement(self, statement: InTotoStatement, path: Path) -> Path:
+        public_key_for(self.private_key)
+        return write_statement(path, statement, self._configure)
+
+    def _configure(self, config) -> None:
+        config.use_elliptic_key_signer(private_key=self.private_key)
 
     def identity(self, signature: KeySignature) -> str:
         if self.public_key is not None:
@@ -79,7 +94,7 @@ class KeySignature:
         return f"an EC key (public key hint {self.key_hint})"
 
     def verify(
-        self, bundle: Path, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
+        self, bundle: Path | Signed, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
     ) -> Verification:
         keys = [resolve(key) for rule in admitted for key in rule.keys]
         for key in keys:
@@ -93,8 +108,9 @@ class KeySignature:
         )
 
 
-def verify_bundle(bundle: Path, public_key: Path) -> Verification:
-    """Check every file of `bundle` against `model.sig` and the signature against the key.
+def verify_bundle(bundle: Path | Signed, public_key: Path) -> Verification:
+    """Check every file of `bundle` against `model.sig` (or any `Signed` against its
+    signature) and the signature against the key.
 
     Raises:
         VerificationFailed: no signature; a file changed, added, removed or renamed (each

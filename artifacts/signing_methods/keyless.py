@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from tapeout.artifacts.signature import (
+    Signed,
     Verification,
     VerificationFailed,
     check_files,
     precheck,
     read_signature,
     write_signature,
+    write_statement,
 )
 from tapeout.compilers.errors import InvalidInput, TapeoutError
 
 if TYPE_CHECKING:  # annotations only
+    from in_toto_attestation.v1.statement import Statement as InTotoStatement
     from sigstore_models.bundle.v1 import VerificationMaterial
 
     from tapeout.artifacts.policy import ModelRule
@@ -61,6 +64,13 @@ class KeylessSigner:
         return self.trust_config or trust_config_file()
 
     def sign(self, bundle: Path) -> Path:
+        return self._through_sigstore(lambda configure: write_signature(bundle, configure))
+
+    def sign_statement(self, statement: InTotoStatement, path: Path) -> Path:
+        return self._through_sigstore(lambda configure: write_statement(path, statement, configure))
+
+    def _through_sigstore(self, write: Callable[[Callable], Path]) -> Path:
+        """`write` with a signing config set up for Sigstore with this signer's identity."""
         token = self.identity_token or os.environ.get(IDENTITY_TOKEN_VARIABLE)
         if not token:
             from sigstore.oidc import detect_credential
@@ -76,12 +86,11 @@ class KeylessSigner:
                 f"${IDENTITY_TOKEN_VARIABLE}; tapeout never opens a browser to sign"
             )
         try:
-            return write_signature(
-                bundle,
+            return write(
                 lambda config: config.use_sigstore_signer(
                     oidc_issuer=self.oidc_issuer, use_ambient_credentials=False, identity_token=token,
                     trust_config=self.shows,
-                ),
+                )
             )
         except TapeoutError:
             raise
@@ -121,7 +130,7 @@ class KeylessSignature:
         return f"sigstore:{','.join(self.sans)} (issuer {self.issuer})"
 
     def verify(
-        self, bundle: Path, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
+        self, bundle: Path | Signed, admitted: Sequence[ModelRule], resolve: Callable[[str], Path], allows: str
     ) -> Verification:
         rules = [rule.sigstore for rule in admitted if rule.sigstore]
         for rule in rules:
@@ -137,7 +146,7 @@ class KeylessSignature:
         )
 
 
-def verify_keyless(bundle: Path, *, identity: str, issuer: str, trust_config: Path | None = None) -> Verification:
+def verify_keyless(bundle: Path | Signed, *, identity: str, issuer: str, trust_config: Path | None = None) -> Verification:
     """Check a Sigstore keyless signature offline: the certificate chains to Fulcio in the
     pinned trust config, the Rekor entry and timestamps check, the certificate names
     `identity` (SAN) and `issuer` (OIDC issuer), and every file matches.

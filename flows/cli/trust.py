@@ -26,6 +26,10 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     verify = subparsers.add_parser("verify", parents=[common, trust], help="check hashes and signature")
     verify.add_argument("reference", help="bundle folder, MODEL-TARGET@VERSION or @ALIAS")
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--chain", action="store_true",
+        help="also check the chain of attestations, link by link (docs/trust.md)",
+    )
     verify.set_defaults(func=verify_command)
 
     trace = subparsers.add_parser("trace", parents=[common, trust], help="an auditor's view of a version")
@@ -35,6 +39,7 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     )
     trace.add_argument("--json", action="store_true", help="print one JSON object")
     trace.add_argument("--html", type=Path, metavar="FILE", help="also write a one-page HTML report")
+    trace.add_argument("--sbom", action="store_true", help="print the bundle's bill of materials (CycloneDX JSON)")
     trace.set_defaults(func=trace_command)
 
     promote = subparsers.add_parser(
@@ -133,22 +138,38 @@ def _anchor(args: argparse.Namespace, policy, model: str, *, signs: bool = False
 
 def verify_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.audit import require_whole
+    from tapeout.artifacts.chain import require_chain
+    from tapeout.artifacts.chain_view import render_report
+    from tapeout.artifacts.policy import bundle_model_name
     from tapeout.artifacts.promotion import check_served_as
 
     policy = _policy(args)
+    chain = None
     with bundle_for(args) as (bundle, version):
         result = policy.verify(bundle, version.name if version else None)
         if version is not None:
             check_served_as(bundle, version)
             require_whole(open_registry(args), version.name, _anchor(args, policy, version.name), bundle)
+        if args.chain:
+            chain = require_chain(bundle, policy, version.name if version else bundle_model_name(bundle) or "")
     where = f"{version.name} version {version.version}" if version else str(bundle)
     if args.json:
-        print(json.dumps({
+        document = {
             "verified": True, "bundle": where, "signer": result.signer, "method": result.method,
             "files": result.files, "policy": policy.source,
-        }))
+        }
+        if chain is not None:
+            document["chain"] = [
+                {"stage": link.stage, "file": link.file, "signer": link.signer,
+                 "subjects": dict(link.subjects), "materials": dict(link.materials)}
+                for link in chain.links
+            ]
+            document["imported"] = chain.imported
+        print(json.dumps(document))
     else:
         print(f"verified {where}: {result.files} files match the signature ({result.method}) by {result.signer}")
+        if chain is not None:
+            print(render_report(chain))
     return 0
 
 
@@ -160,6 +181,8 @@ def trace_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.trace import look_up, render_html, render_text, trace_bundle
 
     policy = _policy(args)
+    if args.sbom:
+        return _print_sbom(args, policy)
     lookup = None
     reference = args.reference
     path = Path(reference)
@@ -195,7 +218,25 @@ def trace_command(args: argparse.Namespace) -> int:
             print(f"report written to {args.html}")
     registry_ok = not record.get("registry", {}).get("mismatches")
     history_ok = record.get("promotions", {}).get("chain_ok", True)
-    return 0 if record["verification"]["verified"] and registry_ok and history_ok else 1
+    chain_ok = record["chain"]["verified"] is not False  # None: a bundle made before the chain
+    return 0 if record["verification"]["verified"] and registry_ok and history_ok and chain_ok else 1
+
+
+def _print_sbom(args: argparse.Namespace, policy) -> int:
+    """The bundle's sbom.cdx.json as it was signed: printed only once the signature verifies
+    and, for a registered version, the bundle is the one the version is served as."""
+    from tapeout.artifacts.chain import SBOM_FILE
+    from tapeout.artifacts.promotion import check_served_as
+
+    with bundle_for(args) as (bundle, version):
+        policy.verify(bundle, version.name if version else None)
+        if version is not None:
+            check_served_as(bundle, version)
+        path = bundle / SBOM_FILE
+        if not path.is_file():
+            raise InvalidInput(f"{bundle}: no {SBOM_FILE}: the bundle was made before tapeout wrote one (format 1)")
+        print(path.read_text(), end="")
+    return 0
 
 
 def _version_of_folder(args: argparse.Namespace, bundle: Path):

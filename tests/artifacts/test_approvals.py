@@ -148,6 +148,8 @@ def test_promotion_waits_for_distinct_approvers_and_names_what_is_missing(world,
     assert cli(world, "trace", f"{NAME}@{one}", "--html", str(report)) == 0
     page = report.read_text()
     assert "<h2>Approvals</h2>" in page and alice in page and carol in page and f"#{first_promotion}" in page
+    # The chain's picture ends with them: the builder's own approval is listed, not counted.
+    assert "<b>approvals</b>" in page and f"production by {builder} (does not count)" in page
 
 
 def test_a_builder_the_policy_allows_counts_and_one_approval_can_be_enough(world, capsys):

@@ -82,6 +82,13 @@ def test_a_certificate_signed_build_is_promoted_pulled_and_traced(built, capsys)
     promotions = record["promotions"]["records"]
     assert [(r["action"], r["reason"]) for r in promotions if r["action"] == "promote"] == [("promote", "release 1")]
     assert "tapeout release" in report.read_text()
+    assert record["chain"]["verified"] is True
+
+    # Every statement of the chain is signed with the release certificate too.
+    assert cli(built, "verify", str(deployed), "--chain", "--json", *built["policy"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [link["stage"] for link in document["chain"]] == ["export", "calibrate", "quantize", "compile", "evaluate"]
+    assert {link["signer"] for link in document["chain"]} == {version.tags["signer"]}
 
 
 def test_a_policy_that_does_not_admit_the_build_signer_stops_registration(built, capsys):

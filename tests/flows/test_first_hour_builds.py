@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tapeout.artifacts.registry import Registry
+from tapeout.artifacts.signature import statement_payload
 from tapeout.compilers.int8_ref.compiler import __version__ as INT8_REF_VERSION
 from tapeout.flows.cli import main
 from conftest import EXAMPLE, git
@@ -110,7 +111,7 @@ def test_commit_builds_that_commits_files_and_records_the_repository(tmp_path, c
 
 def test_two_clean_builds_of_one_commit_compile_byte_identical_records(tmp_path, capsys):
     pipeline = project(tmp_path, CPU + NPU.format(budget=65536))
-    compiled = []
+    compiled, statements = [], []
     # Two homes: nothing cached. (The PyTorch export records the factory's path, so both
     # builds read the same checkout.)
     for build_home in (tmp_path / "a-home", tmp_path / "another-home"):
@@ -122,7 +123,14 @@ def test_two_clean_builds_of_one_commit_compile_byte_identical_records(tmp_path,
             }
             for target in document["targets"]
         })
+        statements.append({
+            (target["target"], stage): statement_payload(Path(target["bundle_path"]) / "attestations" / f"{stage}.sigstore.json")
+            for target in document["targets"] for stage in ("export", "calibrate", "quantize", "compile")
+        })
     assert compiled[0] == compiled[1]
+    # The chain's statements are functions of their stages' inputs and outputs: the rebuild
+    # attests every transformation with the same statement (signed again, by its own home's key).
+    assert statements[0] == statements[1]
     record = json.loads(compiled[0]["npu-int8"]["compiler.json"])
     assert "compile_seconds" not in json.dumps(record)
     assert record["report"]["peak_memory_op"]["node"]

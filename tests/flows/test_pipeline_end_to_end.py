@@ -32,6 +32,10 @@ BUNDLE_FILES = {
     "reports/sensitivity.png",
     "config/pipeline.yaml",
     "provenance.json",
+    # The chain of attestations, the bill of materials and the bundle's format (docs/trust.md).
+    *(f"attestations/{stage}.sigstore.json" for stage in ("export", "calibrate", "quantize", "compile", "evaluate")),
+    "sbom.cdx.json",
+    "bundle.json",
     "model.sig",
 }
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import git, make_project
+from tapeout.artifacts.signature import statement_payload
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -27,7 +28,13 @@ TARGETS = ("cpu", "npu-int8")
 # that ran the target (the benchmark, and the gates that check latency).
 RUN_RECORDS = {
     "provenance.json", "model.sig", "reports/benchmark.json", "reports/gates.json", "reports/gates.md", "reports/latency.png",
+    # The bill of materials names the invocation and its time; each statement of the chain is
+    # signed anew (ECDSA signatures are randomized): the statements themselves are compared.
+    "sbom.cdx.json",
+    *(f"attestations/{stage}.sigstore.json" for stage in ("export", "calibrate", "quantize", "compile", "evaluate")),
 }
+# The evaluation's tests carry the measured latency: the other statements are the build's.
+BUILD_STATEMENTS = ("export", "calibrate", "quantize", "compile")
 
 
 def _start(command: list[str], log: Path, **environment: str) -> subprocess.Popen:
@@ -145,3 +152,6 @@ def test_one_build_runs_its_targets_on_both_dask_workers_and_builds_what_threads
         differing = {name for name in ours if ours[name] != theirs[name]}
         assert differing <= RUN_RECORDS, differing
         assert {name for name in ours if name.startswith("compiled/") or name.startswith("model/")} & differing == set()
+        for stage in BUILD_STATEMENTS:
+            name = f"attestations/{stage}.sigstore.json"
+            assert statement_payload(Path(by_threads.bundle_path) / name) == statement_payload(Path(by_dask.bundle_path) / name)
