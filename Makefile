@@ -22,13 +22,15 @@ $(INSTALLED): $(BIN)/python $(BUILD_INPUTS)
 run: $(INSTALLED)
 	$(BIN)/tapeout run examples/digits/pipeline.yaml
 
-test: $(INSTALLED)
-	$(BIN)/python -m pytest
-
-# The unit loop: no end-to-end run, no server, no real-model build, one pytest worker per core
-# (pytest-xdist; a file's tests stay on one worker, so its module fixtures are built once).
-# `make test-quick WORKERS=0` runs it in one process.
+# pytest-xdist: one worker per core; a file's tests stay on one worker, so its module fixtures
+# are built once. `make test WORKERS=0` (or test-quick) runs in one process.
 WORKERS ?= auto
+
+# Every tier: the unit loop, the end-to-end builds, the server tests, the real-model suite.
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
+
+# The unit loop: no end-to-end run, no server, no real-model build.
 test-quick: $(INSTALLED)
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m 'not slow and not server and not real_models'
 
