@@ -30,9 +30,10 @@ WORKERS ?= auto
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
-# The unit loop: no end-to-end run, no server, no real-model build.
+# The unit loop: no end-to-end run, no server, no real-model build. Its module fixtures are
+# cheap, so a worker that runs dry takes single tests from the other (about 5% faster here).
 test-quick: $(INSTALLED)
-	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m 'not slow and not server and not real_models'
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal -m 'not slow and not server and not real_models'
 
 clean:
 	rm -rf $(VENV) .tapeout build *.egg-info
