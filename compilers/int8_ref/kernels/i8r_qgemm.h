@@ -350,6 +350,9 @@ TGT static inline __m512i i8r_mulhi31_avx512(__m512i x, __m512i m, __m512i mhi) 
         vload(p), _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), \
         vload((const uint8_t*)(p) + 64))
 #define vpack16(r) _mm512_cvtepi32_epi8((r)[0])
+#define vpack16_us(r) _mm512_cvtusepi32_epi8((r)[0])
+#define vpack16_ss(r) _mm512_cvtsepi32_epi8((r)[0])
+#define VPACK_SAT 1
 /* the lanes of `mask` at p + lane (masked-out lanes are not touched: no fault, no write) */
 #define vputmask(p, b, mask) _mm_mask_storeu_epi8(p, (__mmask16)(mask), b)
 #include "i8r_simd_tmpl.h"
@@ -437,6 +440,7 @@ TGT static inline __m128i i8r_pack16_avx2(const __m256i* r) {
     return _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
 }
 #define vpack16 i8r_pack16_avx2
+#define VPACK_SAT 0
 /* the lanes of `mask` (contiguous bits) at p + lane */
 TGT static inline void i8r_putmask_avx2(uint8_t* p, __m128i b, int64_t mask) {
     if (mask == 0xFFFF) {
@@ -1034,7 +1038,7 @@ I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_a
         rc.mult = _mm512_maskz_loadu_epi32(km, q->mult + c0);
         rc.mhi = _mm512_srli_epi64(rc.mult, 32);
         rc.shift = _mm512_maskz_loadu_epi32(km, q->shift + c0);
-        i8r_rqch_shift_avx512(&rc);
+        i8r_rqch_shift_avx512(&rc, o);
     }
 
     /* pairs: lane c of position (iy, ix) holds x - zp of columns ix and ix + 1 (0 outside
@@ -1080,7 +1084,7 @@ I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_a
                                             wv[ky * pairs + qq]);
             }
             r = i8r_rq_apply_avx512(o, &rc, acc);
-            _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox)), _mm512_cvtepi32_epi8(r));
+            _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox)), i8r_pack_avx512(o, &r));
         }
 
     /* back to the channels' rows, 16 positions at a time */

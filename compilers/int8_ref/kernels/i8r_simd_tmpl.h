@@ -15,6 +15,8 @@
      vinterleave(e, o, lo, hi)  NV even and NV odd vectors to 32 lanes in order, e0 o0 e1 o1..
      vgather2(p)    VW dwords at p, p + 8, p + 16, ... bytes (every other dword)
      vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
+     VPACK_SAT      1 when vpack16_us(v) / vpack16_ss(v) exist: the same with unsigned /
+                    signed saturation (AVX-512)
      vputmask(p, b, m) store the bytes of lanes m (a contiguous set of bits) at p + lane
      vmulhi31(x, m, mhi)  per lane the low 32 bits of (x m + 2^30) >> 31, mhi = vodd(m)
      vodd(m)        the odd lanes' values in the even lanes (64-bit shift right by 32)
@@ -35,16 +37,17 @@
 typedef struct {
     VF lo, hi;
     V zp, qmin, qmax;
-    int mode, general;
+    int mode, general, satpack;
 } SFX(rqo_t);
 typedef struct {
     VF scale;
-    V mult, mhi, shift, rs, mask, thr;
+    V mult, mhi, shift, rs, mask, thr, rs1, rnd;
 } SFX(rqch_t);
 
-/* `general`: a left shift or an INT32_MIN multiplier among channels [c0, c1), so rq_fixed
-   must take the saturating steps; requantize.py never writes either, a crafted artifact
-   may. */
+/* `general`: among channels [c0, c1) a left shift or an INT32_MIN multiplier (rq_fixed must
+   take the saturating steps; requantize.py never writes either, a crafted artifact may), or
+   a right shift under 2 or a multiplier <= 0 (outside the short form's proof in rq_fixed;
+   requantize.py writes these only for multipliers >= 0.25). */
 TGT static inline void SFX(rqo_init)(SFX(rqo_t) * o, const i8r_requant_t* q, int64_t c0,
                                     int64_t c1) {
     int64_t ch;
@@ -55,22 +58,28 @@ TGT static inline void SFX(rqo_init)(SFX(rqo_t) * o, const i8r_requant_t* q, int
     o->lo = vf_set1((float)(q->qmin - q->zp));
     o->hi = vf_set1((float)(q->qmax - q->zp));
     o->general = 0;
+    /* fixed-point mode with qmax the type's maximum: the pack saturates instead of vmin */
+    o->satpack = VPACK_SAT && q->mode == 1
+                 ? (q->out_code == 0 && q->qmax == 255 ? 1 : (q->out_code == 1 && q->qmax == 127 ? 2 : 0))
+                 : 0;
     if (q->mode == 1)
         for (ch = c0; ch < c1; ch++)
-            if (q->shift[ch] > 0 || q->mult[ch] == INT32_MIN) o->general = 1;
+            if (q->shift[ch] > -2 || q->mult[ch] <= 0) o->general = 1;
 }
 
 /* Every field set (the unused ones to 0, which the compiler drops). */
 TGT static inline void SFX(rqch_zero)(SFX(rqch_t) * c) {
     c->scale = vf_set1(0.0f);
-    c->mult = c->mhi = c->shift = c->rs = c->mask = c->thr = vzero();
+    c->mult = c->mhi = c->shift = c->rs = c->mask = c->thr = c->rs1 = c->rnd = vzero();
 }
 
-TGT static inline void SFX(rqch_shift)(SFX(rqch_t) * c) {
+TGT static inline void SFX(rqch_shift)(SFX(rqch_t) * c, const SFX(rqo_t) * o) {
     V zero = vzero(), one = vset1(1);
     c->rs = vmax(vsub(zero, c->shift), zero);
     c->mask = vsub(vsllv(one, c->rs), one);
     c->thr = vsrai(c->mask, 1);
+    c->rs1 = vsub(c->rs, one);
+    c->rnd = vadd(vadd(o->zp, o->zp), one);
 }
 
 /* Constants broadcast from channel `ch` (Conv). */
@@ -82,7 +91,7 @@ TGT static inline void SFX(rqch_channel)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
     } else if (o->mode == 1) {
         c->mult = c->mhi = vset1(q->mult[ch]);
         c->shift = vset1(q->shift[ch]);
-        SFX(rqch_shift)(c);
+        SFX(rqch_shift)(c, o);
     }
 }
 
@@ -96,7 +105,7 @@ TGT static inline void SFX(rqch_lanes)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
         c->mult = vload(q->mult + n);
         c->mhi = vodd(c->mult);
         c->shift = vload(q->shift + n);
-        SFX(rqch_shift)(c);
+        SFX(rqch_shift)(c, o);
     }
 }
 
@@ -109,13 +118,23 @@ TGT static inline V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V a
     return vadd(vf_round(v), o->zp);
 }
 
-/* i8r_mbqm on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
+/* i8r_mbqm plus the zero point on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
    which equals TFLite's nudge-and-truncate for both signs (for a negative product p,
    trunc((p + 1 - 2^30) / 2^31) = ceil(...) = floor((p + 2^30) / 2^31)); only the low 32 bits
    of each 64-bit quotient are kept, so a logical 64-bit shift serves (vmulhi31). Then
    RoundingDivideByPOT: (h >> rs) + 1 when the remainder exceeds half (half plus one when h is
    negative). The general form first shifts left with saturation and saturates
-   INT32_MIN * INT32_MIN. */
+   INT32_MIN * INT32_MIN.
+
+   The short form (multiplier > 0, right shift rs >= 2) takes five operations for that
+   rounding and the zero point instead of seven. RoundingDivideByPOT is
+   floor((h + 2^(rs-1) - [h < 0]) / 2^rs) = floor((floor(h' / 2^(rs-1)) + 1) / 2) with
+   h' = h - [h < 0] (nested floors of divisions by positive integers compose), and adding
+   zp outside equals adding 2 zp inside the outer floor. [h < 0] may be read as [x < 0]
+   (the sign bit, x >> 31): with m > 0 they differ only for x < 0 with h = 0, where h' = -1
+   gives floor(-1 / 2^(rs-1)) = -1 and (-1 + 1) >> 1 = 0 = (0 + 1) >> 1. Nothing overflows:
+   h lies in [-2^31 + 1, 2^31 - 2] (|m| < 2^31), so h' >= -2^31, and with rs >= 2
+   floor(h' / 2^(rs-1)) < 2^30, far from INT32_MAX after adding 2 zp + 1 <= 511. */
 TGT static inline V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
     V h;
     if (o->general) {
@@ -127,16 +146,31 @@ TGT static inline V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V
         h = vmulhi31(xs, c->mult, c->mhi);
         h = vblend(h, imax, vand(vcmpeq(xs, imin), vcmpeq(c->mult, imin)));
     } else {
-        h = vmulhi31(x, c->mult, c->mhi);
+        h = vadd(vmulhi31(x, c->mult, c->mhi), vsrai(x, 31));
+        return vsrai(vadd(vsrav(h, c->rs1), c->rnd), 1);
     }
     V thr = vadd(c->thr, vsrli(h, 31));
     return vadd(vinc_gt(vsrav(h, c->rs), vand(h, c->mask), thr), o->zp);
 }
 
-/* The output value: the float clamp of rq_ort already keeps it in [qmin, qmax]. */
+/* The output value: the float clamp of rq_ort already keeps it in [qmin, qmax]; with
+   `satpack` the upper clamp is left to the pack (SFX(pack)). */
 TGT static inline V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     if (o->mode == 0) return SFX(rq_ort)(o, c, acc);
-    return vmin(vmax(SFX(rq_fixed)(o, c, acc), o->qmin), o->qmax);
+    V r = vmax(SFX(rq_fixed)(o, c, acc), o->qmin);
+    return o->satpack ? r : vmin(r, o->qmax);
+}
+
+/* The 16 bytes of NV vectors of rq_apply. With `satpack` each value is >= qmin but may
+   exceed qmax, the type's maximum: an unsigned (uint8, qmin >= 0) or signed (int8)
+   saturating pack gives min(v, qmax), what vmin then the truncating vpack16 would. */
+TGT static inline __m128i SFX(pack)(const SFX(rqo_t) * o, const V* r) {
+#if VPACK_SAT
+    if (o->satpack == 1) return vpack16_us(r);
+    if (o->satpack == 2) return vpack16_ss(r);
+#endif
+    (void)o;
+    return vpack16(r);
 }
 
 /* One panel's 16 bytes through its entry of the panel table (i8r_panel_table): a masked
@@ -198,11 +232,11 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
             int64_t j0 = 16 * (p + t);
             for (v = 0; v < NV; v++) r[v] = SFX(rq_apply)(o, c, acc[t * NV + v]);
             if (!cp->dense)
-                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, j0, vpack16(r));
+                SFX(put_panel)(&map, ych, pan + I8R_PAN * t, j0, SFX(pack)(o, r));
             else if (j0 + 16 <= map.J)
-                _mm_storeu_si128((__m128i*)(ych + j0), vpack16(r));
+                _mm_storeu_si128((__m128i*)(ych + j0), SFX(pack)(o, r));
             else
-                vputmask(ych + j0, vpack16(r), (1 << (map.J - j0)) - 1);
+                vputmask(ych + j0, SFX(pack)(o, r), (1 << (map.J - j0)) - 1);
         }
         return;
     }
@@ -319,7 +353,7 @@ TGT static void SFX(gemm_put)(const i8r_gplan_t* gp, const SFX(rqo_t) * o, int64
             SFX(rqch_lanes)(&c, o, q, n0 + VW * v);
             r[v] = SFX(rq_apply)(o, &c, acc[v]);
         }
-        vputmask(y, vpack16(r), (1 << count) - 1);
+        vputmask(y, SFX(pack)(o, r), (1 << count) - 1);
         return;
     }
 #endif

@@ -44,4 +44,7 @@
 #undef vany
 #undef vgather2
 #undef vpack16
+#undef vpack16_us
+#undef vpack16_ss
+#undef VPACK_SAT
 #undef vputmask

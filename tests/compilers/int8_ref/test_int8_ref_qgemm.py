@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernel_reference import f2q, mbqm, wrap32
+from kernel_reference import I32_MAX, I32_MIN, f2q, mbqm, wrap32
 from tapeout.compilers.int8_ref import _qgemm, qgemm_pack
 
 VECTOR_ISAS = [isa for isa in _qgemm.supported_isas() if isa != "portable"]
@@ -192,6 +192,50 @@ def test_gemm_every_path_equals_portable(seed):
         want = run_gemm(case, rq, "portable")
         for isa in VECTOR_ISAS:
             assert run_gemm(case, rq, isa).tobytes() == want.tobytes(), (isa, mode, out_code)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fixed_point_short_form_is_exact_over_the_int32_range(seed):
+    """Every channel in the vector paths' short fixed-point form (multiplier > 0, right shift
+    >= 2; see rq_fixed in i8r_simd_tmpl.h): multipliers from 1 to 2^31 - 1 with 2^30 (a power
+    of two scale) among them, small right shifts (where RoundingDivideByPOT's ties are
+    frequent) and large ones, accumulators from biases spread over the whole int32 range and
+    at both ends of it (so some wrap around), each ± 255 x 255 around its bias; clamps at the
+    type's limits (left to a saturating pack on AVX-512) and inside them. Gemm reads the
+    constants per lane, a 1x1 Conv per channel; both against the numpy reference."""
+    rng = np.random.default_rng(9000 + seed)
+    Mr, N = 64, 48
+    x = rng.integers(0, 256, (Mr, 1)).astype(np.uint8)
+    x[:2, 0] = 0, 255
+    w = rng.integers(-128, 128, (N, 1)).astype(np.int8)
+    w[:2, 0] = -128, 127
+    bias = rng.integers(I32_MIN, I32_MAX, N, dtype=np.int64)
+    bias[:4] = I32_MIN, I32_MAX, -255 * 128, 0
+    bias = bias.astype(np.int32)
+    wzp, xzp = np.zeros(N, np.int64), int(rng.integers(0, 256))
+    pad = -(-N // 16) * 16
+    mult = rng.integers(1, 1 << 31, pad, dtype=np.int64)
+    mult[:5] = 1, 2, 1 << 30, (1 << 31) - 1, (1 << 30) + 1
+    shift = np.where(rng.random(pad) < 0.5, rng.integers(-4, -1, pad), rng.integers(-31, -1, pad))
+    acc = wrap32((x.astype(np.int64) - xzp) @ w.astype(np.int64).T + bias)
+    gemm_case = (x, w, wzp, bias, xzp, qgemm_pack.gemm(w, wzp, bias, xzp, False))
+    conv = dict(N=1, C=1, H=1, W=Mr, M=N, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, dh=1, dw=1,
+                G=1, OH=1, OW=Mr, xzp=xzp, depthwise=0, rows=1)
+    packed = qgemm_pack.conv(w.reshape(N, 1, 1, 1), wzp, bias, 1, xzp, False)
+    for out_code in (0, 1):
+        rq = requant_params(rng, N, 1, out_code, narrow_clamp=seed % 2 == 1)
+        rq["mult"], rq["shift"] = mult.astype(np.int32), shift.astype(np.int32)
+        rq["zp"] = int(rng.integers(-128, 128) if out_code else rng.integers(0, 256))
+        if seed % 2:
+            rq["qmin"] = rq["zp"]
+        if seed % 4 == 3:  # a Relu6-like clamp below the type's maximum
+            rq["qmax"] = min(rq["qmax"], rq["zp"] + 60)
+        expect = requantize(acc, rq, 1)
+        for isa in _qgemm.supported_isas():
+            assert np.array_equal(run_gemm(gemm_case, rq, isa), expect), (isa, out_code)
+            got = _qgemm.conv(x.reshape(1, 1, 1, Mr), packed.weights, packed.bias, packed.zb,
+                              conv, rq, isa)
+            assert np.array_equal(got.reshape(N, Mr).T, expect), (isa, out_code)
 
 
 @pytest.mark.parametrize("x_signed", [False, True])
