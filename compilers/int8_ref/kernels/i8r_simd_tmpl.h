@@ -518,7 +518,26 @@ TGT static inline __attribute__((always_inline)) void SFX(dw_pairs_s1)(
     const int16_t* plane, const int32_t* wp, int64_t pairs, const int64_t* rows, int64_t kh) {
     int64_t J = dp->cp.map.J, j0, ky, q;
     int v;
-    for (j0 = 0; j0 < J; j0 += 32) {
+    /* two such steps at once while 64 columns remain: four independent accumulators */
+    for (j0 = 0; j0 + 64 <= J; j0 += 64) {
+        V e[2 * NV], o[2 * NV], acc[4 * NV];
+        for (v = 0; v < 2 * NV; v++) e[v] = o[v] = vset1(dp->bias[dp->cp.ch0]);
+        for (ky = 0; ky < kh; ky++) {
+            const int16_t* base = plane + j0 + rows[ky];
+            for (q = 0; q < pairs; q++) {
+                V wv = vset1(wp[ky * pairs + q]);
+                for (v = 0; v < 2 * NV; v++) {
+                    const int16_t* at = base + 32 * (v / NV) + 2 * q + 2 * VW * (v % NV);
+                    e[v] = vdpwssd(e[v], vload(at), wv);
+                    o[v] = vdpwssd(o[v], vload(at + 1), wv);
+                }
+            }
+        }
+        vinterleave(e, o, acc, acc + NV);
+        vinterleave(e + NV, o + NV, acc + 2 * NV, acc + 3 * NV);
+        SFX(store_panels)(&dp->cp, rqo, c, 0, j0 / 16, 4, acc);
+    }
+    for (; j0 < J; j0 += 32) {
         V e[NV], o[NV], acc[2 * NV];
         /* both start from the bias: each lane becomes one output */
         for (v = 0; v < NV; v++) e[v] = o[v] = vset1(dp->bias[dp->cp.ch0]);
@@ -537,11 +556,52 @@ TGT static inline __attribute__((always_inline)) void SFX(dw_pairs_s1)(
     }
 }
 
+/* Other strides (horizontal 2, any vertical): one output row at a time; the dword at int16
+   offset 2 j + 2 q of a kernel row holds the taps 2q and 2q + 1 of output column j. `T`
+   panels of the row from panel p, each with its own accumulators, so that the multiply-adds
+   of one panel do not wait on another's; the same sums, panel by panel, and the same reads as
+   one panel at a time. */
+TGT static inline __attribute__((always_inline)) void SFX(dw_rows_step)(
+    const i8r_dwplan_t* dp, const i8r_cplan_t* cp, const SFX(rqo_t) * rqo,
+    const SFX(rqch_t) * c, const int16_t* row, const int32_t* wp, int64_t pairs,
+    const int64_t* rows, int64_t kh, int64_t p, int T) {
+    V acc[4 * NV];
+    int64_t ky, q;
+    int v;
+    for (v = 0; v < T * NV; v++) acc[v] = vset1(dp->bias[dp->cp.ch0]);
+    for (ky = 0; ky < kh; ky++) {
+        const int16_t* base = row + rows[ky] + 32 * p;
+        for (q = 0; q < pairs; q++) {
+            V wv = vset1(wp[ky * pairs + q]);
+            for (v = 0; v < T * NV; v++)
+                acc[v] = vdpwssd(acc[v], vload(base + 2 * q + 2 * VW * v), wv);
+        }
+    }
+    SFX(store_panels)(cp, rqo, c, 0, p, T, acc);
+}
+
+/* Every output row: four panels per step while four remain, then two, then one. */
+TGT static inline __attribute__((always_inline)) void SFX(dw_pairs_rows)(
+    const i8r_dwplan_t* dp, const SFX(rqo_t) * rqo, const SFX(rqch_t) * c,
+    const int16_t* plane, const int32_t* wp, int64_t pairs, const int64_t* rows, int64_t kh) {
+    i8r_cplan_t cp = dp->cp;
+    int64_t oy, p, np = (dp->OW + 15) / 16;
+    for (oy = 0; oy < dp->OH; oy++) {
+        const int16_t* row = plane + oy * dp->sh * dp->Wp;
+        cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
+        for (p = 0; p + 4 <= np; p += 4)
+            SFX(dw_rows_step)(dp, &cp, rqo, c, row, wp, pairs, rows, kh, p, 4);
+        if (p + 2 <= np) {
+            SFX(dw_rows_step)(dp, &cp, rqo, c, row, wp, pairs, rows, kh, p, 2);
+            p += 2;
+        }
+        if (p < np) SFX(dw_rows_step)(dp, &cp, rqo, c, row, wp, pairs, rows, kh, p, 1);
+    }
+}
+
 TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int64_t ch,
                               const int32_t* wp, int64_t pairs, const int64_t* rows,
                               int64_t kh) {
-    int64_t j0, ky, q;
-    int v;
     SFX(rqo_t) rqo;
     SFX(rqch_t) c;
     SFX_RQO_INIT(&rqo, dp->rq, ch, ch + 1);
@@ -553,28 +613,12 @@ TGT static void SFX(dw_pairs)(const i8r_dwplan_t* dp, const int16_t* plane, int6
             SFX(dw_pairs_s1)(dp, &rqo, &c, plane, wp, 3, rows, 5);
         else
             SFX(dw_pairs_s1)(dp, &rqo, &c, plane, wp, pairs, rows, kh);
-        return;
-    }
-    {
-        i8r_cplan_t cp = dp->cp;
-        int64_t oy;
-        for (oy = 0; oy < dp->OH; oy++) {
-            const int16_t* row = plane + oy * dp->sh * dp->Wp;
-            cp.y = dp->cp.y + oy * dp->OW * dp->cp.esz;
-            for (j0 = 0; j0 < dp->OW; j0 += 16) {
-                V acc[NV];
-                for (v = 0; v < NV; v++) acc[v] = vset1(dp->bias[ch]);
-                for (ky = 0; ky < kh; ky++) {
-                    const int16_t* base = row + rows[ky] + 2 * j0;
-                    for (q = 0; q < pairs; q++) {
-                        V wv = vset1(wp[ky * pairs + q]);
-                        for (v = 0; v < NV; v++)
-                            acc[v] = vdpwssd(acc[v], vload(base + 2 * q + 2 * VW * v), wv);
-                    }
-                }
-                SFX(store_panels)(&cp, &rqo, &c, 0, j0 / 16, 1, acc);
-            }
-        }
+    } else if (kh == 3 && pairs == 2) {
+        SFX(dw_pairs_rows)(dp, &rqo, &c, plane, wp, 2, rows, 3);
+    } else if (kh == 5 && pairs == 3) {
+        SFX(dw_pairs_rows)(dp, &rqo, &c, plane, wp, 3, rows, 5);
+    } else {
+        SFX(dw_pairs_rows)(dp, &rqo, &c, plane, wp, pairs, rows, kh);
     }
 }
 

@@ -194,6 +194,28 @@ def test_gemm_every_path_equals_portable(seed):
             assert run_gemm(case, rq, isa).tobytes() == want.tobytes(), (isa, mode, out_code)
 
 
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (5, 2), (3, 3)])
+def test_wide_depthwise_planes_are_exact_on_every_path(k, stride):
+    """Depthwise planes wide enough for the vector paths' multi-panel steps (64 columns and
+    more per row, as in MobileNet v2's first blocks), with rows that end mid-panel."""
+    rng = np.random.default_rng(40 + 10 * k + stride)
+    C, H, W = 5, 9, 150
+    OH, OW = (H + 2 - k) // stride + 1, (W + 2 - k) // stride + 1
+    g = dict(N=2, C=C, H=H, W=W, M=C, kh=k, kw=k, sh=stride, sw=stride, pt=1, pl=1, dh=1,
+             dw=1, G=C, OH=OH, OW=OW, xzp=int(rng.integers(0, 256)), depthwise=1, rows=1)
+    x = rng.integers(0, 256, (2, C, H, W)).astype(np.uint8)
+    w = rng.integers(-128, 128, (C, 1, k, k)).astype(np.int8)
+    wzp, bias = np.zeros(C, np.int64), rng.integers(-100000, 100000, C).astype(np.int32)
+    case = (g, x, w, wzp, bias, qgemm_pack.depthwise(w, wzp, bias))
+    expect = wrap32(conv_acc(x, w, wzp, bias, g["xzp"], g))
+    for mode in (0, 1):
+        rq = requant_params(rng, C, mode, 0)
+        rq["shift"][:] = rng.integers(-20, -1, len(rq["shift"]))
+        want = requantize(expect, rq, 1)
+        for isa in _qgemm.supported_isas():
+            assert np.array_equal(run_conv(case, rq, isa), want), (isa, mode)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_fixed_point_short_form_is_exact_over_the_int32_range(seed):
     """Every channel in the vector paths' short fixed-point form (multiplier > 0, right shift
