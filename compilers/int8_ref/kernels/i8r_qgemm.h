@@ -1003,6 +1003,46 @@ I8R_TGT512 static inline void i8r_transpose16(__m128i* r) {
     }
 }
 
+/* The outputs of a block from its pairs `pr`: `kh` kernel rows of `pairs` pair weights `wv`
+   (inlined with the common sizes as constants). Four positions of a row per step, each with
+   its own accumulator, so that one position's multiply-adds do not wait on another's. */
+I8R_TGT512 static inline __attribute__((always_inline)) void i8r_dwcl_outputs(
+    const i8r_conv_t* c, const i8r_rqo_t_avx512* o, const i8r_rqch_t_avx512* rc,
+    const __m512i* pr, int64_t Wp, const __m512i* wv, __m512i bias, uint8_t* ob, int64_t kh,
+    int64_t pairs) {
+    int64_t oy, ox, ky, qq;
+    int t;
+    for (oy = 0; oy < c->OH; oy++) {
+        for (ox = 0; ox + 4 <= c->OW; ox += 4) {
+            __m512i acc[4] = {bias, bias, bias, bias}, r;
+            for (ky = 0; ky < kh; ky++) {
+                const __m512i* row = pr + (oy * c->sh + ky * c->dh) * Wp + ox * c->sw;
+                for (qq = 0; qq < pairs; qq++)
+                    for (t = 0; t < 4; t++)
+                        acc[t] = i8r_dpwssd_avx512(
+                            acc[t], _mm512_loadu_si512(row + t * c->sw + 2 * qq),
+                            wv[ky * pairs + qq]);
+            }
+            for (t = 0; t < 4; t++) {
+                r = i8r_rq_apply_avx512(o, rc, acc[t]);
+                _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox + t)),
+                                 i8r_pack_avx512(o, &r));
+            }
+        }
+        for (; ox < c->OW; ox++) {
+            __m512i acc = bias, r;
+            for (ky = 0; ky < kh; ky++) {
+                const __m512i* row = pr + (oy * c->sh + ky * c->dh) * Wp + ox * c->sw;
+                for (qq = 0; qq < pairs; qq++)
+                    acc = i8r_dpwssd_avx512(acc, _mm512_loadu_si512(row + 2 * qq),
+                                            wv[ky * pairs + qq]);
+            }
+            r = i8r_rq_apply_avx512(o, rc, acc);
+            _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox)), i8r_pack_avx512(o, &r));
+        }
+    }
+}
+
 I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_avx512* o,
                                       int64_t c0, __m512i* buf) {
     const i8r_conv_t* c = j->c;
@@ -1010,7 +1050,7 @@ I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_a
     const i8r_requant_t* q = j->rq;
     int64_t Hp = d->Hp, Wp = d->Wp, HW = c->H * c->W, P = c->OH * c->OW;
     int64_t n = c->C - c0 < 16 ? c->C - c0 : 16, pairs = (c->kw + 1) / 2;
-    int64_t ky, qq, iy, ix, oy, ox, p0, l, taps = d->taps;
+    int64_t ky, qq, iy, ix, p0, l, taps = d->taps;
     __mmask16 km = (__mmask16)((1u << n) - 1);
     __m512i wv[I8R_DW_PAIRS], zero = _mm512_setzero_si512();
     __m512i* pr = buf; /* the pairs [Hp][Wp], then the output bytes [P][16] (unaligned) */
@@ -1074,18 +1114,10 @@ I8R_TGT512 static void i8r_dwcl_block(const i8r_dwcl_job_t* j, const i8r_rqo_t_a
     }
 
     /* every output position: the taps, requantization, 16 bytes */
-    for (oy = 0; oy < c->OH; oy++)
-        for (ox = 0; ox < c->OW; ox++) {
-            __m512i acc = bias, r;
-            for (ky = 0; ky < c->kh; ky++) {
-                const __m512i* row = pr + (oy * c->sh + ky * c->dh) * Wp + ox * c->sw;
-                for (qq = 0; qq < pairs; qq++)
-                    acc = i8r_dpwssd_avx512(acc, _mm512_loadu_si512(row + 2 * qq),
-                                            wv[ky * pairs + qq]);
-            }
-            r = i8r_rq_apply_avx512(o, &rc, acc);
-            _mm_storeu_si128((__m128i*)(ob + 16 * (oy * c->OW + ox)), i8r_pack_avx512(o, &r));
-        }
+    if (c->kh == 3 && pairs == 2)
+        i8r_dwcl_outputs(c, o, &rc, pr, Wp, wv, bias, ob, 3, 2);
+    else
+        i8r_dwcl_outputs(c, o, &rc, pr, Wp, wv, bias, ob, c->kh, pairs);
 
     /* back to the channels' rows, 16 positions at a time */
     for (p0 = 0; p0 < P; p0 += 16) {

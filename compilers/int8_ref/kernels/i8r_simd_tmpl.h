@@ -112,7 +112,7 @@ TGT static inline void SFX(rqch_lanes)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
 /* i8r_f2q on VW lanes: multiply, clamp, convert half to even (the default MXCSR), add zp.
    No NaN can arise: the loader refuses a non-finite multiplier (ops/conv.py, ops/gemm.py), and
    an int32 times a finite float32 is a number (at worst an infinity, which the clamp bounds). */
-TGT static inline V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     VF v = vf_mul(vf_cvt(acc), c->scale);
     v = vf_min(o->hi, vf_max(o->lo, v));
     return vadd(vf_round(v), o->zp);
@@ -135,7 +135,7 @@ TGT static inline V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V a
    gives floor(-1 / 2^(rs-1)) = -1 and (-1 + 1) >> 1 = 0 = (0 + 1) >> 1. Nothing overflows:
    h lies in [-2^31 + 1, 2^31 - 2] (|m| < 2^31), so h' >= -2^31, and with rs >= 2
    floor(h' / 2^(rs-1)) < 2^30, far from INT32_MAX after adding 2 zp + 1 <= 511. */
-TGT static inline V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
     V h;
     if (o->general) {
         V zero = vzero(), imax = vset1(INT32_MAX), imin = vset1(INT32_MIN);
@@ -155,7 +155,7 @@ TGT static inline V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V
 
 /* The output value: the float clamp of rq_ort already keeps it in [qmin, qmax]; with
    `satpack` the upper clamp is left to the pack (SFX(pack)). */
-TGT static inline V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     if (o->mode == 0) return SFX(rq_ort)(o, c, acc);
     V r = vmax(SFX(rq_fixed)(o, c, acc), o->qmin);
     return o->satpack ? r : vmin(r, o->qmax);
@@ -164,7 +164,7 @@ TGT static inline V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V
 /* The 16 bytes of NV vectors of rq_apply. With `satpack` each value is >= qmin but may
    exceed qmax, the type's maximum: an unsigned (uint8, qmin >= 0) or signed (int8)
    saturating pack gives min(v, qmax), what vmin then the truncating vpack16 would. */
-TGT static inline __m128i SFX(pack)(const SFX(rqo_t) * o, const V* r) {
+TGT static inline __attribute__((always_inline)) __m128i SFX(pack)(const SFX(rqo_t) * o, const V* r) {
 #if VPACK_SAT
     if (o->satpack == 1) return vpack16_us(r);
     if (o->satpack == 2) return vpack16_ss(r);
