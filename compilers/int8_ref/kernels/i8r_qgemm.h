@@ -720,14 +720,55 @@ static int64_t i8r_conv_scratch(const i8r_conv_t* c) { return i8r_conv_scratch_l
 /* The packed input of one image and group: [Cq][Hp][Wp][4] u8, four channels' bytes per
    pixel, padding at the zero point, channels past the group's at 0 (their weights are 0 and
    column sums must not count them), then zeroed slack. */
+/* Columns [col, x1) of one packed row: the dword of column i holds byte i of rows s[0..3]
+   (each XOR flip; rows past `nch` give 0 bytes). Returns the first column not written. */
+static inline int64_t i8r_pack_cols(int isa, const uint8_t* const* s, int64_t nch, uint8_t flip,
+                                    uint32_t* out, int64_t col, int64_t x1) {
+    int64_t i;
+#if I8R_X86
+    if (isa != I8R_PORTABLE) {
+        /* SSE2 (every x86-64): interleave 16 pixels of four rows */
+        __m128i f = _mm_set1_epi8((char)flip), z = _mm_setzero_si128();
+        for (; col + 16 <= x1; col += 16) {
+            __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[0] + col)), f);
+            __m128i b = nch > 1 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[1] + col)), f) : z;
+            __m128i e = nch > 2 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[2] + col)), f) : z;
+            __m128i g = nch > 3 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[3] + col)), f) : z;
+            __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+            __m128i eg0 = _mm_unpacklo_epi8(e, g), eg1 = _mm_unpackhi_epi8(e, g);
+            _mm_storeu_si128((__m128i*)(out + col), _mm_unpacklo_epi16(ab0, eg0));
+            _mm_storeu_si128((__m128i*)(out + col + 4), _mm_unpackhi_epi16(ab0, eg0));
+            _mm_storeu_si128((__m128i*)(out + col + 8), _mm_unpacklo_epi16(ab1, eg1));
+            _mm_storeu_si128((__m128i*)(out + col + 12), _mm_unpackhi_epi16(ab1, eg1));
+        }
+    }
+#else
+    (void)isa;
+#endif
+    for (; col < x1; col++) {
+        uint32_t v = 0;
+        for (i = 0; i < nch; i++) v |= (uint32_t)(s[i][col] ^ flip) << (8 * i);
+        out[col] = v;
+    }
+    return col;
+}
+
 static void i8r_pack_input(int isa, const i8r_conv_t* c, const i8r_conv_dims_t* d,
                            const uint8_t* x, uint8_t xzpu, uint8_t flip, uint8_t* dst) {
     int64_t cq, r, col, i, HW = c->H * c->W;
     int64_t x0 = c->pl < d->Wp ? c->pl : d->Wp, x1 = c->pl + c->W < d->Wp ? c->pl + c->W : d->Wp;
+    /* no padding: each group of four planes is one row of H*W columns */
+    int whole = d->Hp == c->H && d->Wp == c->W && c->pt == 0 && c->pl == 0;
     for (cq = 0; cq < d->Cq; cq++) {
         int64_t nch = d->Cg - 4 * cq < 4 ? d->Cg - 4 * cq : 4;
         uint32_t padw = 0;
+        const uint8_t* s[4];
         for (i = 0; i < nch; i++) padw |= (uint32_t)xzpu << (8 * i);
+        if (whole) {
+            for (i = 0; i < nch; i++) s[i] = x + (4 * cq + i) * HW;
+            i8r_pack_cols(isa, s, nch, flip, (uint32_t*)(dst + cq * HW * 4), 0, HW);
+            continue;
+        }
         for (r = 0; r < d->Hp; r++) {
             uint32_t* out = (uint32_t*)(dst + (cq * d->Hp + r) * d->Wp * 4);
             int64_t iy = r - c->pt;
@@ -737,39 +778,8 @@ static void i8r_pack_input(int isa, const i8r_conv_t* c, const i8r_conv_dims_t* 
             }
             for (col = 0; col < x0; col++) out[col] = padw;
             for (col = x1; col < d->Wp; col++) out[col] = padw;
-            const uint8_t* s0 = x + (4 * cq) * HW + iy * c->W - c->pl;
-            col = x0;
-            if (nch == 4) {
-                const uint8_t *s1 = s0 + HW, *s2 = s1 + HW, *s3 = s2 + HW;
-#if I8R_X86
-                if (isa != I8R_PORTABLE) {
-                    /* SSE2 (every x86-64): interleave 16 pixels of four rows */
-                    __m128i f = _mm_set1_epi8((char)flip);
-                    for (; col + 16 <= x1; col += 16) {
-                        __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s0 + col)), f);
-                        __m128i b = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s1 + col)), f);
-                        __m128i e = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s2 + col)), f);
-                        __m128i g = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s3 + col)), f);
-                        __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-                        __m128i eg0 = _mm_unpacklo_epi8(e, g), eg1 = _mm_unpackhi_epi8(e, g);
-                        _mm_storeu_si128((__m128i*)(out + col), _mm_unpacklo_epi16(ab0, eg0));
-                        _mm_storeu_si128((__m128i*)(out + col + 4), _mm_unpackhi_epi16(ab0, eg0));
-                        _mm_storeu_si128((__m128i*)(out + col + 8), _mm_unpacklo_epi16(ab1, eg1));
-                        _mm_storeu_si128((__m128i*)(out + col + 12), _mm_unpackhi_epi16(ab1, eg1));
-                    }
-                }
-#endif
-                for (; col < x1; col++)
-                    out[col] = ((uint32_t)(s0[col] ^ flip) | (uint32_t)(s1[col] ^ flip) << 8
-                                | (uint32_t)(s2[col] ^ flip) << 16
-                                | (uint32_t)(s3[col] ^ flip) << 24);
-            } else {
-                for (; col < x1; col++) {
-                    uint32_t v = 0;
-                    for (i = 0; i < nch; i++) v |= (uint32_t)(s0[i * HW + col] ^ flip) << (8 * i);
-                    out[col] = v;
-                }
-            }
+            for (i = 0; i < nch; i++) s[i] = x + (4 * cq + i) * HW + iy * c->W - c->pl;
+            i8r_pack_cols(isa, s, nch, flip, out, x0, x1);
         }
     }
     memset(dst + d->Cq * d->Hp * d->Wp * 4, 0, (size_t)((32 + (c->kw - 1) * c->dw) * 4));
