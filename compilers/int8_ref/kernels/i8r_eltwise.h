@@ -335,6 +335,54 @@ static void i8r_max_bytes(uint8_t* o, const uint8_t* s, int64_t n) {
     for (i = 0; i < n; i++) o[i] = o[i] > s[i] ? o[i] : s[i];
 }
 
+#if I8R_X86
+/* The common 2x2 window at stride 2 without padding or dilation, every window inside the
+   input (SSE2): each output row straight from its two input rows, 8 outputs per step (the
+   vertical max of 16 columns, then of each column pair: the low and high bytes of 16-bit
+   lanes). Rows of 8 or more move their last step back to end at the row's end (it rewrites
+   the same values); shorter rows take one step that reads up to 15 bytes past the row, as
+   the general form does (the arena has slack), and writes 8 bytes: the bytes past the row are
+   the next row's, which its own step writes afterwards, and the op's last row goes through a
+   copy so that nothing past the output is written. Returns 0 (and does nothing) for other
+   geometries. */
+static inline __m128i i8r_max2x2_step(const uint8_t* r0, int64_t W, __m128i f, __m128i lo) {
+    __m128i v = _mm_max_epu8(_mm_xor_si128(_mm_loadu_si128((const __m128i*)r0), f),
+                             _mm_xor_si128(_mm_loadu_si128((const __m128i*)(r0 + W)), f));
+    __m128i m = _mm_max_epu8(_mm_and_si128(v, lo), _mm_srli_epi16(v, 8));
+    return _mm_xor_si128(_mm_packus_epi16(m, m), f);
+}
+
+static int i8r_maxpool_2x2(const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y) {
+    int64_t nc, oy, ox, rows = p->N * p->C * p->OH;
+    __m128i f = _mm_set1_epi8((char)(p->x_signed ? 0x80 : 0)), lo = _mm_set1_epi16(0xFF);
+    if (p->kh != 2 || p->kw != 2 || p->sh != 2 || p->sw != 2 || p->pt || p->pl || p->dh != 1
+        || p->dw != 1 || 2 * p->OH > p->H || 2 * p->OW > p->W)
+        return 0;
+    for (nc = 0; nc < p->N * p->C; nc++)
+        for (oy = 0; oy < p->OH; oy++) {
+            const uint8_t* r0 = x + (nc * p->H + 2 * oy) * p->W;
+            uint8_t* o = y + (nc * p->OH + oy) * p->OW;
+            if (p->OW < 8) {
+                __m128i m = i8r_max2x2_step(r0, p->W, f, lo);
+                if ((nc * p->OH + oy) + 1 < rows) {
+                    _mm_storel_epi64((__m128i*)o, m);
+                } else {
+                    uint8_t t8[16];
+                    _mm_storeu_si128((__m128i*)t8, m);
+                    memcpy(o, t8, (size_t)p->OW);
+                }
+                continue;
+            }
+            for (ox = 0;; ox += 8) {
+                if (ox + 8 > p->OW) ox = p->OW - 8;
+                _mm_storel_epi64((__m128i*)(o + ox), i8r_max2x2_step(r0 + 2 * ox, p->W, f, lo));
+                if (ox + 8 == p->OW) break;
+            }
+        }
+    return 1;
+}
+#endif
+
 static int i8r_maxpool(int isa, const i8r_maxpool_t* p, const uint8_t* x, uint8_t* y,
                        uint8_t* row) {
     int64_t oy, ox, ky, kx, nc, i, q, Wr = i8r_maxpool_width(p), len = (Wr + p->sw - 1) / p->sw;
@@ -361,6 +409,9 @@ static int i8r_maxpool(int isa, const i8r_maxpool_t* p, const uint8_t* x, uint8_
         }
         if (!any) return 0;
     }
+#if I8R_X86
+    if (vec && i8r_maxpool_2x2(p, x, y)) return 1;
+#endif
     memset(row, 0, (size_t)(Wr + 64));
     for (nc = 0; nc < p->N * p->C; nc++) {
         const uint8_t* plane = x + nc * p->H * p->W;

@@ -285,8 +285,8 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
 #define CONV_TILE(R, T)                                                                     \
     CONV_DOT(R, T)                                                                          \
     TGT static void SFX(conv_tile_##R##x##T)(const i8r_cplan_t* cp, const SFX(rqo_t) * o,   \
-                                             const int8_t* w, int64_t ml0, int64_t m0,      \
-                                             int64_t p) {                                   \
+                                             const SFX(rqch_t) * chs, const int8_t* w,      \
+                                             int64_t ml0, int64_t m0, int64_t p) {          \
         V acc[R * T * NV], bias[R];                                                         \
         int r;                                                                              \
         for (r = 0; r < R; r++) /* channels past the group's: 0 (their sums are dropped) */ \
@@ -294,11 +294,8 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
         SFX(conv_dot_##R##x##T)(cp, w + 4 * m0, bias, p, acc);                             \
         int64_t panels = (cp->map.J + 15) / 16 - p;                                          \
         if (panels > T) panels = T;                                                         \
-        for (r = 0; r < R && ml0 + r < cp->Mg; r++) {                                       \
-            SFX(rqch_t) c;                                                                  \
-            SFX_RQCH_CHANNEL(&c, o, cp->rq, cp->ch0 + ml0 + r);                             \
-            SFX(store_panels)(cp, o, &c, ml0 + r, p, panels, acc + r * T * NV);            \
-        }                                                                                   \
+        for (r = 0; r < R && ml0 + r < cp->Mg; r++)                                         \
+            SFX(store_panels)(cp, o, chs + m0 + r, ml0 + r, p, panels, acc + r * T * NV);  \
     }
 
 #define CONV_TILE_X(R, T) CONV_TILE(R, T)
@@ -309,25 +306,29 @@ CONV_TILE_X(CONV_R, 4)
 #define CONV_CALL2(R, T) SFX(conv_tile_##R##x##T)
 #define CONV_CALL(R, T) CONV_CALL2(R, T)
 
-/* Channel blocks [mb0, mb1) of one plan, every panel. */
+/* Channel blocks [mb0, mb1) of one plan, every panel; a block's channel constants are set
+   up once for all its panels. */
 TGT static void SFX(conv_run)(const i8r_cplan_t* cp, int64_t mb0, int64_t mb1) {
     int64_t np = (cp->map.J + 15) / 16, mb, p, m0;
     SFX(rqo_t) o;
+    SFX(rqch_t) chs[16];
     SFX_RQO_INIT(&o, cp->rq, cp->ch0, cp->ch0 + cp->Mg);
     for (mb = mb0; mb < mb1; mb++) {
         const int8_t* w = cp->w + mb * cp->Kq * 64;
+        for (m0 = 0; m0 < 16 && mb * 16 + m0 < cp->Mg; m0++)
+            SFX_RQCH_CHANNEL(&chs[m0], &o, cp->rq, cp->ch0 + mb * 16 + m0);
         for (p = 0; p < np; p += CONV_TMAX) {
             int64_t left = np - p < CONV_TMAX ? np - p : CONV_TMAX;
             for (m0 = 0; m0 < 16 && mb * 16 + m0 < cp->Mg; m0 += CONV_R) {
                 int64_t ml0 = mb * 16 + m0;
                 if (left >= 4)
-                    CONV_CALL(CONV_R, 4)(cp, &o, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 4)(cp, &o, chs, w, ml0, m0, p);
                 else if (left == 3)
-                    CONV_CALL(CONV_R, 3)(cp, &o, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 3)(cp, &o, chs, w, ml0, m0, p);
                 else if (left == 2)
-                    CONV_CALL(CONV_R, 2)(cp, &o, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 2)(cp, &o, chs, w, ml0, m0, p);
                 else
-                    CONV_CALL(CONV_R, 1)(cp, &o, w, ml0, m0, p);
+                    CONV_CALL(CONV_R, 1)(cp, &o, chs, w, ml0, m0, p);
             }
         }
     }

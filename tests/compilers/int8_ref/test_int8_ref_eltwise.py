@@ -101,3 +101,18 @@ def test_maxpool(seed):
         return
     for isa, y in got.items():
         assert np.array_equal(y.astype(np.int64), maxpool_reference(x, g)), isa
+
+
+@pytest.mark.parametrize("H, W", [(16, 16), (28, 28), (17, 31), (14, 15), (9, 40), (14, 14),
+                                  (7, 7), (2, 2), (5, 3)])
+@pytest.mark.parametrize("dt", [np.uint8, np.int8])
+def test_maxpool_2x2_stride_2(H, W, dt):
+    """The vector paths' own step for the common 2x2 / stride 2 pooling (rows of 8 outputs or
+    more, and shorter ones; an odd last row or column is dropped, as floor mode does)."""
+    rng = np.random.default_rng(H * W)
+    x = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max + 1, (2, 3, H, W)).astype(dt)
+    g = dict(N=2, C=3, H=H, W=W, kh=2, kw=2, sh=2, sw=2, pt=0, pl=0, dh=1, dw=1,
+             OH=H // 2, OW=W // 2)
+    for isa in ISAS:
+        assert np.array_equal(_qgemm.maxpool(x, g, isa).astype(np.int64),
+                              maxpool_reference(x, g)), isa
