@@ -731,9 +731,10 @@ static inline int64_t i8r_pack_cols(int isa, const uint8_t* const* s, int64_t nc
         __m128i f = _mm_set1_epi8((char)flip), z = _mm_setzero_si128();
         for (; col + 16 <= x1; col += 16) {
             __m128i a = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[0] + col)), f);
-            __m128i b = nch > 1 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[1] + col)), f) : z;
-            __m128i e = nch > 2 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[2] + col)), f) : z;
-            __m128i g = nch > 3 ? _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[3] + col)), f) : z;
+            __m128i b = z, e = z, g = z;
+            if (nch > 1) b = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[1] + col)), f);
+            if (nch > 2) e = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[2] + col)), f);
+            if (nch > 3) g = _mm_xor_si128(_mm_loadu_si128((const __m128i*)(s[3] + col)), f);
             __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
             __m128i eg0 = _mm_unpacklo_epi8(e, g), eg1 = _mm_unpackhi_epi8(e, g);
             _mm_storeu_si128((__m128i*)(out + col), _mm_unpacklo_epi16(ab0, eg0));

@@ -59,9 +59,9 @@ TGT static inline void SFX(rqo_init)(SFX(rqo_t) * o, const i8r_requant_t* q, int
     o->hi = vf_set1((float)(q->qmax - q->zp));
     o->general = 0;
     /* fixed-point mode with qmax the type's maximum: the pack saturates instead of vmin */
-    o->satpack = VPACK_SAT && q->mode == 1
-                 ? (q->out_code == 0 && q->qmax == 255 ? 1 : (q->out_code == 1 && q->qmax == 127 ? 2 : 0))
-                 : 0;
+    o->satpack = 0;
+    if (VPACK_SAT && q->mode == 1 && q->out_code == 0 && q->qmax == 255) o->satpack = 1;
+    if (VPACK_SAT && q->mode == 1 && q->out_code == 1 && q->qmax == 127) o->satpack = 2;
     if (q->mode == 1)
         for (ch = c0; ch < c1; ch++)
             if (q->shift[ch] > -2 || q->mult[ch] <= 0) o->general = 1;
@@ -112,14 +112,15 @@ TGT static inline void SFX(rqch_lanes)(SFX(rqch_t) * c, const SFX(rqo_t) * o,
 /* i8r_f2q on VW lanes: multiply, clamp, convert half to even (the default MXCSR), add zp.
    No NaN can arise: the loader refuses a non-finite multiplier (ops/conv.py, ops/gemm.py), and
    an int32 times a finite float32 is a number (at worst an infinity, which the clamp bounds). */
-TGT static inline __attribute__((always_inline)) V SFX(rq_ort)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_ort)(
+    const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     VF v = vf_mul(vf_cvt(acc), c->scale);
     v = vf_min(o->hi, vf_max(o->lo, v));
     return vadd(vf_round(v), o->zp);
 }
 
-/* i8r_mbqm plus the zero point on VW lanes. SaturatingRoundingDoublingHighMul is floor((x*m + 2^30) / 2^31),
-   which equals TFLite's nudge-and-truncate for both signs (for a negative product p,
+/* i8r_mbqm plus the zero point on VW lanes. SaturatingRoundingDoublingHighMul is
+   floor((x*m + 2^30) / 2^31), which equals TFLite's nudge-and-truncate for both signs (for a negative product p,
    trunc((p + 1 - 2^30) / 2^31) = ceil(...) = floor((p + 2^30) / 2^31)); only the low 32 bits
    of each 64-bit quotient are kept, so a logical 64-bit shift serves (vmulhi31). Then
    RoundingDivideByPOT: (h >> rs) + 1 when the remainder exceeds half (half plus one when h is
@@ -135,7 +136,8 @@ TGT static inline __attribute__((always_inline)) V SFX(rq_ort)(const SFX(rqo_t) 
    gives floor(-1 / 2^(rs-1)) = -1 and (-1 + 1) >> 1 = 0 = (0 + 1) >> 1. Nothing overflows:
    h lies in [-2^31 + 1, 2^31 - 2] (|m| < 2^31), so h' >= -2^31, and with rs >= 2
    floor(h' / 2^(rs-1)) < 2^30, far from INT32_MAX after adding 2 zp + 1 <= 511. */
-TGT static inline __attribute__((always_inline)) V SFX(rq_fixed)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_fixed)(
+    const SFX(rqo_t) * o, const SFX(rqch_t) * c, V x) {
     V h;
     if (o->general) {
         V zero = vzero(), imax = vset1(INT32_MAX), imin = vset1(INT32_MIN);
@@ -155,7 +157,8 @@ TGT static inline __attribute__((always_inline)) V SFX(rq_fixed)(const SFX(rqo_t
 
 /* The output value: the float clamp of rq_ort already keeps it in [qmin, qmax]; with
    `satpack` the upper clamp is left to the pack (SFX(pack)). */
-TGT static inline __attribute__((always_inline)) V SFX(rq_apply)(const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
+TGT static inline __attribute__((always_inline)) V SFX(rq_apply)(
+    const SFX(rqo_t) * o, const SFX(rqch_t) * c, V acc) {
     if (o->mode == 0) return SFX(rq_ort)(o, c, acc);
     V r = vmax(SFX(rq_fixed)(o, c, acc), o->qmin);
     return o->satpack ? r : vmin(r, o->qmax);
@@ -164,7 +167,8 @@ TGT static inline __attribute__((always_inline)) V SFX(rq_apply)(const SFX(rqo_t
 /* The 16 bytes of NV vectors of rq_apply. With `satpack` each value is >= qmin but may
    exceed qmax, the type's maximum: an unsigned (uint8, qmin >= 0) or signed (int8)
    saturating pack gives min(v, qmax), what vmin then the truncating vpack16 would. */
-TGT static inline __attribute__((always_inline)) __m128i SFX(pack)(const SFX(rqo_t) * o, const V* r) {
+TGT static inline __attribute__((always_inline)) __m128i SFX(pack)(const SFX(rqo_t) * o,
+                                                                   const V* r) {
 #if VPACK_SAT
     if (o->satpack == 1) return vpack16_us(r);
     if (o->satpack == 2) return vpack16_ss(r);
