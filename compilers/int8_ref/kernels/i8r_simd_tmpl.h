@@ -120,9 +120,10 @@ TGT static inline __attribute__((always_inline)) V SFX(rq_ort)(
 }
 
 /* i8r_mbqm plus the zero point on VW lanes. SaturatingRoundingDoublingHighMul is
-   floor((x*m + 2^30) / 2^31), which equals TFLite's nudge-and-truncate for both signs (for a negative product p,
-   trunc((p + 1 - 2^30) / 2^31) = ceil(...) = floor((p + 2^30) / 2^31)); only the low 32 bits
-   of each 64-bit quotient are kept, so a logical 64-bit shift serves (vmulhi31). Then
+   floor((x*m + 2^30) / 2^31), which equals TFLite's nudge-and-truncate for both signs (for a
+   negative product p, trunc((p + 1 - 2^30) / 2^31) = ceil(...) = floor((p + 2^30) / 2^31));
+   only the low 32 bits of each 64-bit quotient are kept, so a logical 64-bit shift serves
+   (vmulhi31). Then
    RoundingDivideByPOT: (h >> rs) + 1 when the remainder exceeds half (half plus one when h is
    negative). The general form first shifts left with saturation and saturates
    INT32_MIN * INT32_MIN.
