@@ -29,7 +29,7 @@ IMAGE_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "B
 # TFLite int8 kernels that no choice of int8 parameters makes compute what ONNX Runtime
 # computes (docs/ethos-u.md, "Exactness per op"), and that the converter writes in float32
 # instead when asked (`convert(..., float_ops=...)`): exact to ONNX Runtime, but off the NPU.
-FLOAT_OPS = ("HARD_SWISH", "LOGISTIC", "SOFTMAX")
+FLOAT_OPS = ("ADD", "HARD_SWISH", "LOGISTIC", "MUL", "SOFTMAX")
 
 # Edge layouts (EdgeTensor.layout) of a TFLite graph input or output against its ONNX tensor.
 SAME_ORDER = "same"          # identical shape and element order

@@ -18,6 +18,7 @@ import numpy as np
 
 from tapeout.compilers.tflite.flatbuffer import FbTensor, array_bytes
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, Lowering, dequantize_constant, refuse
+from tapeout.compilers.tflite.ops.qlinear import exact_binary
 from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
 
 # TFLite's int8 LOGISTIC output (quantization spec).
@@ -39,7 +40,8 @@ def scalar_constant(lowering: Lowering, name: str, value: float) -> int:
 
 def binary(lowering: Lowering, node, opcode: str, options_table: str | None) -> None:
     """ADD / SUB / MUL of two activations, or of one and a per-tensor quantized constant
-    (broadcast as ONNX does: the constant is laid out like the activation)."""
+    (broadcast as ONNX does: the constant is laid out like the activation). ADD and MUL of two
+    activations with the op in `float_ops`: ONNX Runtime's float32 sequence (ops/qlinear.py)."""
     operands, activations = lowering.operands(node)
     result = lowering.qdq.output_of(node)
     rank = len(result.shape)
@@ -64,6 +66,9 @@ def binary(lowering: Lowering, node, opcode: str, options_table: str | None) -> 
             array_bytes(np.ascontiguousarray(values)),
         )))
     output = lowering.define(result, perm)
+    if opcode in lowering.float_ops and all(isinstance(operand, Activation) for operand in operands):
+        exact_binary(lowering, node, opcode, indices, activations, result, output)
+        return
     options = None if options_table is None else (options_table, {"FusedActivationFunction": NO_ACTIVATION})
     lowering.emit(opcode, indices, (output,), options)
 
