@@ -390,6 +390,7 @@ def test_op_matches_onnxruntime(case, operators, xnnpack_lsb, reference_lsb, tmp
 # The int8 kernels that cannot compute what ONNX Runtime does, written in float32 instead
 # (`float_ops`): exact with XNNPACK; with the reference kernels, as their int8 twins in CASES
 # (the convolution before rounds with a fixed-point multiplier).
+EXACT_MUL = ("CAST", "ADD", "CAST", "ADD", "MUL", "MUL", "ADD", "ADD", "ADD", "MAXIMUM", "MINIMUM", "CAST")
 FLOAT_CASES = [
     (case_softmax, {"SOFTMAX"}, ("DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
     (case_softmax_inner_axis, {"SOFTMAX"}, ("CONV_2D", "DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
@@ -397,6 +398,13 @@ FLOAT_CASES = [
     (case_hardswish, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "MUL", "QUANTIZE")),
     # no HARD_SWISH pattern: HardSigmoid and Mul each on its own, both exact
     (case_hardsigmoid_times_x, {"HARD_SWISH"}, ("CONV_2D", "ADD", "MUL", "MUL")),
+    # QLinearAdd: the codes as ONNX Runtime stores them, each FMA exact in int64 and rounded once
+    # by a CAST to float32, then + and - 1.5 * 2^23 (round half to even), saturate, CAST to int8
+    (case_add, {"ADD"}, ("CAST", "ADD", "CAST", "ADD", "MUL", "ADD", "CAST", "CAST", "MUL", "ADD", "CAST", "MUL",
+                         "ADD", "ADD", "MAXIMUM", "MINIMUM", "CAST")),
+    # QLinearMul: (a - z_a)(b - z_b) exact in float32, times the scale ratio, plus z_c, as above
+    (case_mul, {"MUL"}, EXACT_MUL),
+    (case_silu, {"LOGISTIC", "MUL"}, ("CONV_2D", "DEQUANTIZE", "LOGISTIC", "QUANTIZE") + EXACT_MUL),
 ]
 
 
@@ -412,7 +420,7 @@ def test_float_ops_match_onnxruntime_exactly(case, float_ops, operators, tmp_pat
 
 
 def test_float_ops_must_be_ones_the_converter_writes_in_float(tmp_path):
-    with pytest.raises(ValueError, match=r"float_ops: expected some of \['HARD_SWISH', 'LOGISTIC', 'SOFTMAX'\], found \['GELU'\]"):
+    with pytest.raises(ValueError, match=r"float_ops: expected some of \['ADD', 'HARD_SWISH', 'LOGISTIC', 'MUL', 'SOFTMAX'\], found \['GELU'\]"):
         convert(quantize_model(case_softmax(), tmp_path), tmp_path / "model.tflite", frozenset({"GELU"}))
 
 
