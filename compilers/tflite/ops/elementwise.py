@@ -144,7 +144,21 @@ def lower_hardswish(lowering: Lowering, node) -> None:
         return op("MUL", (x, gate), none)
 
     perm = lowering.perm[source.name]
-    lowering.in_float(node.name, lowering.read(node, source, perm), lowering.define(result, perm), hard_swish)
+    source_index = lowering.read(node, source, perm)
+    if _left_in_float_for_means(lowering, node):
+        # ONNX Runtime leaves this HardSwish's output in float for the means that read it:
+        # the float32 tensor stands for the activation, and each MEAN quantizes its own result.
+        values = lowering.in_float(node.name, source_index, None, hard_swish)
+        lowering.index[result.name], lowering.perm[result.name] = values, perm
+        return
+    lowering.in_float(node.name, source_index, lowering.define(result, perm), hard_swish)
+
+
+def _left_in_float_for_means(lowering: Lowering, node) -> bool:
+    """`node`'s output has no QuantizeLinear and only ReduceMean nodes read it."""
+    consumers = lowering.qdq.consumers.get(node.output[0], [])
+    return bool(consumers) and node.output[0] not in lowering.qdq.graph_outputs and all(
+        consumer.op_type == "ReduceMean" and consumer.input[0] == node.output[0] for consumer in consumers)
 
 
 def lower_hardsigmoid(lowering: Lowering, node) -> None:

@@ -177,6 +177,11 @@ def case_hardswish():  # MobileNetV3's activation
     return _with_conv([node("HardSwish", ["c"], ["y"])], [1, 4, 8, 8])
 
 
+def case_hardswish_mean():  # MobileNetV3's last stage: ONNX Runtime leaves HardSwish and ReduceMean in float
+    return _with_conv([node("HardSwish", ["c"], ["h"]), node("ReduceMean", ["h", "axes"], ["y"], keepdims=1)],
+                      [1, 4, 1, 1], initializers=[_int64("axes", [-1, -2])])
+
+
 def case_hardsigmoid_gate():  # MobileNetV3's squeeze-excitation: mean, 1x1 conv, HardSigmoid(s) * x
     squeeze, weights = _conv(x="m", y="s", channels=(4, 4), pads=[0, 0, 0, 0], kernel_shape=[1, 1])
     weights[0] = weight("s_w", [4, 4, 1, 1], 5)
@@ -344,6 +349,8 @@ CASES = [
     (case_reducemean_flatten_gemm, ("CONV_2D", "MEAN", "RESHAPE", "FULLY_CONNECTED"), 0, 2),
     # TFLite's int8 HARD_SWISH works in 16-bit fixed point, ONNX Runtime in float
     (case_hardswish, ("CONV_2D", "HARD_SWISH"), 1, 1),
+    # HARD_SWISH as above, and a quantized tensor where ONNX Runtime averages the float values
+    (case_hardswish_mean, ("CONV_2D", "HARD_SWISH", "MEAN"), 1, 1),
     (case_hardsigmoid_gate, ("CONV_2D", "MEAN", "CONV_2D", "ADD", "MUL", "MUL"), 0, 1),
     # one HARD_SWISH where ONNX Runtime rounds HardSigmoid's output first
     (case_hardsigmoid_times_x, ("CONV_2D", "HARD_SWISH"), 1, 1),
@@ -396,6 +403,9 @@ FLOAT_CASES = [
     (case_softmax_inner_axis, {"SOFTMAX"}, ("CONV_2D", "DEQUANTIZE", "SOFTMAX", "MUL", "QUANTIZE")),
     (case_silu, {"LOGISTIC"}, ("CONV_2D", "DEQUANTIZE", "LOGISTIC", "QUANTIZE", "MUL")),
     (case_hardswish, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "MUL", "QUANTIZE")),
+    # the float32 hard swish stays float into the mean, as in ONNX Runtime, and MEAN's result is quantized
+    (case_hardswish_mean, {"HARD_SWISH"}, ("CONV_2D", "DEQUANTIZE", "MUL", "ADD", "MAXIMUM", "MINIMUM", "MUL", "MEAN",
+                                           "QUANTIZE")),
     # no HARD_SWISH pattern: HardSigmoid and Mul each on its own, both exact
     (case_hardsigmoid_times_x, {"HARD_SWISH"}, ("CONV_2D", "ADD", "MUL", "MUL")),
     # QLinearAdd: the codes as ONNX Runtime stores them, each FMA exact in int64 and rounded once
