@@ -33,7 +33,7 @@ LAYERNORM_HEAVY = ("convnext_tiny", "vit_tiny_d4")
 
 # What the `float_ops` of ETHOS_U_FLOAT_OPS write, all on the Cortex-M (Vela takes no float32
 # feature map and no int64 one).
-EXACT_OPS_ON_CPU = {"DEQUANTIZE", "QUANTIZE", "CAST", "ADD", "MUL", "MAXIMUM", "MINIMUM", "LOGISTIC"}
+EXACT_OPS_ON_CPU = {"DEQUANTIZE", "QUANTIZE", "CAST", "ADD", "MUL", "MAXIMUM", "MINIMUM", "LOGISTIC", "MEAN"}
 
 
 def _cases():
