@@ -5,7 +5,8 @@ Each keeps ONNX Runtime's output quantization. Where TFLite's int8 kernel fixes 
 quantization (tensorflow.org/lite/performance/quantization_spec: LOGISTIC writes scale 1/256,
 zero point -128), a QUANTIZE op requantizes to ONNX Runtime's, rounding twice; HARD_SWISH works in
 16-bit fixed point. With LOGISTIC or HARD_SWISH in `float_ops` they run in float32 between
-DEQUANTIZE and QUANTIZE instead, as ONNX Runtime runs them (docs/ethos-u.md).
+DEQUANTIZE and QUANTIZE instead, as ONNX Runtime runs them (docs/ethos-u.md); ADD and MUL of two
+activations in `float_ops` follow ONNX Runtime's QLinearAdd and QLinearMul (ops/qlinear.py).
 
 Relu and Clip that ONNX Runtime removed (it narrows the producer's output range to [0, max], so
 its zero point is -128: onnxruntime/quantization/base_quantizer.py `adjust_tensor_ranges`) need

@@ -21,8 +21,8 @@ and the code is saturate(round_half_even(y)). `a`, `b` and the zero points are t
 Runtime stores: uint8 for its default activations, the converter's int8 codes + 128 (the
 zero-point differences of QLinearMul do not see the shift; QLinearAdd's float sums do).
 
-TFLite has no FMA op, and a float MUL then ADD rounds twice (on RegNetX-400MF's 16 ADDs: 3 of
-the 65,536 input pairs each come out another code). Each FMA is therefore computed exactly in
+TFLite has no FMA op, and a float MUL then ADD rounds twice (on RegNetX-400MF's 16 ADDs, 3 input
+pairs of their 16 × 65,536 come out another code that way). Each FMA is therefore computed exactly in
 int64 on the grid 2^-K on which r_a, r_b and F are integers, and one CAST to float32 rounds it,
 to nearest even as the FMA does: fma(b, r_b, F) = CAST(b · r_b·2^K + F·2^K) · 2^-K.
 
