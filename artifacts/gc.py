@@ -10,9 +10,14 @@
   carries: the run is deleted and, for a local artifact store, its files;
 - **the stage cache** (`<home>/cache/<stage>/<key>`) beyond `--cache-limit`, least recently
   used first (a stage folder's use is the newer of its own time and its `.finished` marker,
-  which a build touches each time it reuses the folder).
+  which a build touches each time it reuses the folder);
+- **the stage store** (artifacts.stage_store, shared by workers) beyond `--stage-store-limit`,
+  least recently used first (an entry's use: its latest fetch, or when it was uploaded), and
+  its runs that never became entries (a failed or killed upload). A worker downloading an
+  entry meanwhile still gets it (a deleted run's files stay readable, except in a local
+  store, which gc empties at once); one that looks it up afterwards builds the stage.
 
-The last three only run while no build holds the home (builds hold `<home>/.in-use.lock`
+The last four only run while no build holds the home (builds hold `<home>/.in-use.lock`
 shared; gc takes it exclusively or leaves them alone), and only for what is older than
 `--keep-recent` (default 24 h): a build elsewhere, sharing the registry, may be about to
 register it. `--dry-run` says what would go and changes nothing.
@@ -32,11 +37,14 @@ from pathlib import Path
 
 from tapeout.artifacts.bundle import STAGING
 from tapeout.artifacts.owner import OWNER_TAG, owner_alive
-from tapeout.artifacts.registry import Registry, RegistryUnavailable
+from tapeout.artifacts.content_store import SIZE_TAG
+from tapeout.artifacts.registry import Registry, RegistryUnavailable, RunRecord
 from tapeout.artifacts.set_store import DIGEST_TAG, STORE_EXPERIMENT
+from tapeout.artifacts.stage_store import KEY_TAG, STAGE_EXPERIMENT, last_used
 
 IN_USE_LOCK = ".in-use.lock"
 DEFAULT_CACHE_LIMIT = 5 * 1024**3
+DEFAULT_STAGE_STORE_LIMIT = 20 * 1024**3
 DEFAULT_KEEP_RECENT_HOURS = 24.0
 
 
@@ -50,6 +58,8 @@ class Collected:
     calibration_sets: list[str] = field(default_factory=list)
     cache_entries: list[str] = field(default_factory=list)
     cache_bytes: tuple[int, int] = (0, 0)  # before, after
+    stage_store_entries: list[str] = field(default_factory=list)
+    stage_store_bytes: tuple[int, int] = (0, 0)  # before, after
     left_alone: list[str] = field(default_factory=list)
 
 
@@ -69,6 +79,7 @@ def collect(
     *,
     dry_run: bool = False,
     cache_limit: int = DEFAULT_CACHE_LIMIT,
+    stage_store_limit: int = DEFAULT_STAGE_STORE_LIMIT,
     keep_recent_hours: float = DEFAULT_KEEP_RECENT_HOURS,
 ) -> Collected:
     """Clean up `home` and the runs of `registry` (see the module docstring).
@@ -91,6 +102,7 @@ def collect(
         _bundles(home / "bundles", bundle_digests, cutoff, collected, dry_run)
         _calibration_sets(registry, set_digests, cutoff, collected, dry_run)
         _cache(home / "cache", cache_limit, collected, dry_run)
+        _stage_store(registry, stage_store_limit, cutoff, collected, dry_run)
     return collected
 
 
@@ -166,27 +178,57 @@ def _bundles(root: Path, digests: set[str], cutoff: float, collected: Collected,
 
 
 def _calibration_sets(registry: Registry, digests: set[str], cutoff: float, collected: Collected, dry_run: bool) -> None:
-    from urllib.parse import unquote, urlparse
-
     try:
         for run in registry.search_runs(STORE_EXPERIMENT):
             digest = run.tags.get(DIGEST_TAG, "")
             if digest in digests or run.status == "RUNNING" or run.start_time / 1000 > cutoff:
                 continue
             collected.calibration_sets.append(f"sha256:{digest[:16]} (run {run.run_id})")
-            if dry_run:
-                continue
-            registry.delete_run(run.run_id)
-            location = urlparse(run.artifact_uri)
-            if location.scheme == "file":  # a local store: free the space now
-                files = Path(unquote(location.path))
-                shutil.rmtree(files, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    files.parent.rmdir()  # the run's own folder, once empty
+            if not dry_run:
+                _delete(registry, run)
     except Exception as error:
         raise RegistryUnavailable(
             f"MLflow at {registry.tracking_uri}: cannot collect stored calibration sets ({type(error).__name__}: {error})"
         ) from error
+
+
+def _stage_store(registry: Registry, limit: int, cutoff: float, collected: Collected, dry_run: bool) -> None:
+    try:
+        runs = registry.search_runs(STAGE_EXPERIMENT)
+        entries = [run for run in runs if run.status == "FINISHED"]
+        sizes = {run.run_id: int(run.tags.get(SIZE_TAG, "0") or 0) for run in entries}
+        total = sum(sizes.values())
+        after = total
+        for run in runs:  # uploads that failed or were killed: never read by anyone
+            if run.status in ("FAILED", "KILLED") and run.start_time / 1000 < cutoff:
+                collected.stage_store_entries.append(f"{run.tags.get(KEY_TAG, '?')} (run {run.run_id}, {run.status})")
+                if not dry_run:
+                    _delete(registry, run)
+        for run in sorted(entries, key=last_used):
+            if after <= limit or last_used(run) > cutoff:
+                break
+            collected.stage_store_entries.append(f"{run.tags.get(KEY_TAG, '?')} (run {run.run_id})")
+            after -= sizes[run.run_id]
+            if not dry_run:
+                _delete(registry, run)
+        collected.stage_store_bytes = (total, after)
+    except Exception as error:
+        raise RegistryUnavailable(
+            f"MLflow at {registry.tracking_uri}: cannot collect the stage store ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _delete(registry: Registry, run: RunRecord) -> None:
+    """Delete a run of a store; in a local artifact store, its files too (free the space now)."""
+    from urllib.parse import unquote, urlparse
+
+    registry.delete_run(run.run_id)
+    location = urlparse(run.artifact_uri)
+    if location.scheme == "file":
+        files = Path(unquote(location.path))
+        shutil.rmtree(files, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            files.parent.rmdir()  # the run's own folder, once empty
 
 
 def _cache(root: Path, limit: int, collected: Collected, dry_run: bool) -> None:

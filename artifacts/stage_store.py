@@ -28,6 +28,8 @@ The interface, for anything that moves stage outputs between machines:
 - `fetch_or_claim(stage, key, folder)`: `fetch`, waiting while another worker builds it;
   else a `Claim` to build it and `publish` (or `abandon`) through;
 - `uses()`: per entry, which worker built it and which fetched it.
+
+Entries are removed by `tapeout gc` (artifacts.gc), least recently used first, down to a size.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ ARTIFACT_PATH = "stage"
 BUILT_BY_TAG = "tapeout.built_by"
 USED_BY_TAG = "tapeout.used_by."  # + the fetching worker's name (artifacts.owner.Worker.name)
 HEARTBEAT_TAG = "tapeout.heartbeat"  # seconds since the epoch, by the claiming worker's clock
+LAST_USED_TAG = "tapeout.last_used"  # seconds since the epoch of the latest fetch (`tapeout gc`)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,9 @@ class StageStore:
         self._content.fetch(_entry_key(stage, key), stored.run_id, stored.files, folder)
         worker = current_worker()
         try:
-            self.registry.log(stored.run_id, tags={USED_BY_TAG + worker.name(): worker.describe()})
+            self.registry.log(
+                stored.run_id, tags={USED_BY_TAG + worker.name(): worker.describe(), LAST_USED_TAG: f"{time.time():.0f}"}
+            )
         except Exception:  # noqa: BLE001 — a use not counted; the entry is fine
             pass
         return stored
@@ -239,6 +244,16 @@ class StageStore:
             return False
         owner = run.tags.get(OWNER_TAG)
         return now - beat < self.stale_seconds and (owner is None or owner_alive(owner) is not False)
+
+
+def last_used(run: RunRecord) -> float:
+    """When an entry's run was last of use, in seconds since the epoch: its latest fetch, or
+    when it finished."""
+    try:
+        fetched = float(run.tags.get(LAST_USED_TAG, "0"))
+    except ValueError:
+        fetched = 0.0
+    return max(fetched, run.end_time / 1000)
 
 
 def _entry_key(stage: str, key: str) -> str:

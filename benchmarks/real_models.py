@@ -33,11 +33,13 @@ from real_models.build import CALIBRATION_SAMPLES, TEST_SAMPLES  # noqa: E402
 from readme_section import replace_section  # noqa: E402
 from real_models.measure import (  # noqa: E402
     COLUMNS,
+    ETHOS_U_FLOAT_OPS,
     Column,
     compare_with_onnxruntime,
     compile_model,
     load_runner,
     p50_latency_ms,
+    with_float_ops,
 )
 
 README = Path(__file__).with_name("README.md")
@@ -46,6 +48,17 @@ REFERENCE = "onnxruntime"
 ETHOS_U = "ethos-u"
 # The NPUs the Ethos-U table estimates; the `ethos-u` column compiles for the first.
 ETHOS_U_NPUS = ("ethos-u55-128", "ethos-u85-256")
+
+
+@dataclass(frozen=True)
+class ExactChoice:
+    """The `ethos-u` column with `float_ops` (ETHOS_U_FLOAT_OPS): the LSB, how many ops the
+    CPU runs, and Vela's inferences/s on the first of ETHOS_U_NPUS."""
+
+    float_ops: str
+    max_lsb: int | None
+    ops_on_cpu: int
+    inferences_per_second: float
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class Cell:
     p50_ms: float | None = None
     npu_mac_share: float | None = None  # compilers that place ops on an NPU or a host CPU
     inferences_per_second: tuple[float, ...] = ()  # Vela's estimate on each of ETHOS_U_NPUS
+    exact: ExactChoice | None = None  # Ethos-U with the model's ETHOS_U_FLOAT_OPS
 
 
 def measure(model_name: str, column: Column) -> Cell:
@@ -78,11 +92,13 @@ def measure(model_name: str, column: Column) -> Cell:
             return Cell(model_name, column.label, refused=f"{type(error).__name__}: {str(error).splitlines()[0]}")
         runner = load_runner(artifact)
         agreement = compare_with_onnxruntime(model, runner)
-        estimates = ()
+        estimates, exact = (), None
         if column.compiler == ETHOS_U:
             estimates = (artifact.report["vela_estimate"]["inferences_per_second"],) + tuple(
                 _vela_inferences_per_second(model, column, npu, Path(scratch) / npu) for npu in ETHOS_U_NPUS[1:]
             )
+            if model_name in ETHOS_U_FLOAT_OPS:
+                exact = _exact_choice(model, column, ETHOS_U_FLOAT_OPS[model_name], Path(scratch) / "float_ops")
         return Cell(
             model_name,
             column.label,
@@ -94,7 +110,15 @@ def measure(model_name: str, column: Column) -> Cell:
             p50_ms=p50_latency_ms(runner, model.feeds()[0]),
             npu_mac_share=artifact.report.get("npu_mac_share"),
             inferences_per_second=estimates,
+            exact=exact,
         )
+
+
+def _exact_choice(model, column: Column, float_ops: str, workdir: Path) -> ExactChoice:
+    artifact = compile_model(model, with_float_ops(column, float_ops), workdir)
+    agreement = compare_with_onnxruntime(model, load_runner(artifact))
+    return ExactChoice(float_ops, agreement.max_lsb, len(artifact.report["cpu_operators"]),
+                       artifact.report["vela_estimate"]["inferences_per_second"])
 
 
 def _vela_inferences_per_second(model, column: Column, npu: str, workdir: Path) -> float:
@@ -108,20 +132,24 @@ def ethos_u_table(cells: list[Cell]) -> str:
     Vela's inferences-per-second estimates."""
     names = [npu.removeprefix("ethos-").upper() for npu in ETHOS_U_NPUS]
     npus = " | ".join(f"{name} inferences/s (Vela estimate)" for name in names)
+    exact = f"`float_ops` | max diff with them (LSB) | ops on the CPU with them | {names[0]} inferences/s with them"
     lines = [
         f"| model | converted and compiled | ops on the CPU ({names[0]}) | NPU share of MACs | "
-        f"max diff (LSB) | {npus} |",
-        "|---|---|---|---:|---:|" + "---:|" * len(ETHOS_U_NPUS),
+        f"max diff (LSB) | {npus} | {exact} |",
+        "|---|---|---|---:|---:|" + "---:|" * len(ETHOS_U_NPUS) + "---|---:|---:|---:|",
     ]
     for cell in cells:
         if cell.column != ETHOS_U:
             continue
         if cell.refused is not None:
-            lines.append(f"| {cell.model} | no: {cell.refused} | – | – | – |" + " – |" * len(ETHOS_U_NPUS))
+            lines.append(f"| {cell.model} | no: {cell.refused} | – | – | – |" + " – |" * (len(ETHOS_U_NPUS) + 4))
             continue
         host = ", ".join(cell.host_ops or ()) or "none"
         rates = " | ".join(f"{rate:,.1f}" for rate in cell.inferences_per_second)
-        lines.append(f"| {cell.model} | yes | {host} | {cell.npu_mac_share:.2%} | {cell.max_lsb} | {rates} |")
+        choice = "– | – | – | –" if cell.exact is None else (
+            f"{cell.exact.float_ops} | {cell.exact.max_lsb} | {cell.exact.ops_on_cpu} | "
+            f"{cell.exact.inferences_per_second:,.1f}")
+        lines.append(f"| {cell.model} | yes | {host} | {cell.npu_mac_share:.2%} | {cell.max_lsb} | {rates} | {choice} |")
     return "\n".join(lines)
 
 
@@ -211,7 +239,12 @@ def _ethos_u_part(cells: list[Cell]) -> list[str]:
         "(docs/ethos-u.md counts them); *max diff*: the int8 TFLite model run by LiteRT "
         "(XNNPACK kernels) against ONNX Runtime, as in the table above; *inferences/s*: "
         "Vela's performance-model estimate for the NPU program with each NPU's default system "
-        "config and memory mode, not a measurement (no Ethos-U silicon or FVP here).",
+        "config and memory mode, not a measurement (no Ethos-U silicon or FVP here). Where the "
+        "default is beyond 2 LSB, the last four columns compile again with the `float_ops` that "
+        "write the ops whose int8 kernels compute otherwise than ONNX Runtime's as ONNX Runtime "
+        "computes them, on the CPU (docs/ethos-u.md, \"Exact or on the NPU\"): the LSB, how many "
+        "ops Vela then leaves on the CPU, and its estimate for the NPU program, which leaves "
+        "those ops out.",
         "",
         ethos_u_table(cells),
         "",

@@ -29,7 +29,7 @@ from tapeout.artifacts.registry import Registry, registered_name
 from tapeout.artifacts.stage_store import Claim, StageStore
 from tapeout.compilers.errors import TapeoutError
 from tapeout.compilers.registry import load_compiler
-from tapeout.flows import cache_keys, evidence, fallback, runners, stage_records, stages
+from tapeout.flows import cache_keys, evidence, fallback, runners, stage_marker, stage_records, stages
 from tapeout.flows.reports import fallback_note, target_reports
 from tapeout.flows.sensitivity import sensitivity_stage
 from tapeout.flows.summary import summarize
@@ -121,12 +121,16 @@ def _run_cached(
     worker builds it; a stage run here in its own folder is uploaded there. The store is a
     cache: when it cannot be reached, or its entry is damaged, the stage runs here.
     """
-    finished = workdir.parent / f".{workdir.name}.finished"
+    finished = stage_marker.marker_path(workdir)
     with _stage_lock(workdir):
         if finished.exists() and load_finished is not None:
             # The folder describes its own result: no need to trust Prefect's cache lookup,
-            # which misses for tasks nested in build-target now and then.
-            result = _reload(workdir, outputs, load_finished)
+            # which misses for tasks nested in build-target now and then. Its files must be
+            # those it finished with: they are signed into the bundle.
+            changed = stage_marker.changed_files(workdir)
+            if changed is not None:
+                say(f"{label}: {workdir} changed since the stage finished ({changed}); running it again")
+            result = None if changed is not None else _reload(workdir, outputs, load_finished)
             if result is not None:
                 finished.touch()  # a use: `tapeout gc` evicts the least recently used
                 say(f"{label} (cached)")
@@ -139,7 +143,7 @@ def _run_cached(
             elif found is not None:
                 result = _reload(workdir, outputs, load_finished)
                 if result is not None:
-                    finished.touch()
+                    stage_marker.seal(workdir)
                     say(f"{label} (from the stage store, built by worker {found.built_by})")
                     return result
         target = workdir
@@ -157,7 +161,7 @@ def _run_cached(
                 claim.abandon()
             raise
         if target == workdir:
-            finished.touch()
+            stage_marker.seal(workdir)
         elif target.exists():  # every stage writes its folder: this one ran
             say(f"{label} (ran again: its cached result could not be used)")
         else:  # Prefect returned the finished folder's result

@@ -25,6 +25,7 @@ import yaml
 
 from tapeout.artifacts.digest import directory_manifest
 from tapeout.artifacts.documents import read_json_object
+from tapeout.artifacts.policy import POLICY_FILE
 from tapeout.artifacts.provenance import environment_versions
 from tapeout.artifacts.set_store import POINTER_FILE
 from tapeout.compilers.errors import InvalidInput, TapeoutError
@@ -288,7 +289,9 @@ def _rebuild(pipeline_file: Path, target: str, home: Path, progress: Progress) -
 
     The pipeline is the commit's with only that target, and without its `signing` and
     `registry` sections: the scratch home's own key signs and its own store registers. Neither
-    section changes what is exported, calibrated, quantized or compiled.
+    section changes what is exported, calibrated, quantized or compiled. The commit's
+    `signing.policy` still says who may sign an imported model: it becomes the scratch home's
+    trust policy (a link, so the paths it names resolve from the commit's folder as before).
 
     Raises:
         NotReproducible: the rebuild of the target did not pass (its message).
@@ -297,8 +300,11 @@ def _rebuild(pipeline_file: Path, target: str, home: Path, progress: Progress) -
 
     document = yaml.safe_load(pipeline_file.read_text())
     document["targets"] = [item for item in document["targets"] if item.get("name") == target]
-    document.pop("signing", None)
+    policy = (document.pop("signing", None) or {}).get("policy")
     document.pop("registry", None)
+    if policy:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / POLICY_FILE).symlink_to((pipeline_file.parent / policy).resolve())
     derived = pipeline_file.parent / REBUILD_PIPELINE
     derived.write_text(yaml.safe_dump(document, sort_keys=False))
     result = build(derived, None, home, progress)

@@ -29,7 +29,7 @@ IMAGE_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "B
 # TFLite int8 kernels that no choice of int8 parameters makes compute what ONNX Runtime
 # computes (docs/ethos-u.md, "Exactness per op"), and that the converter writes in float32
 # instead when asked (`convert(..., float_ops=...)`): exact to ONNX Runtime, but off the NPU.
-FLOAT_OPS = ("HARD_SWISH", "LOGISTIC", "SOFTMAX")
+FLOAT_OPS = ("ADD", "HARD_SWISH", "LOGISTIC", "MUL", "SOFTMAX")
 
 # Edge layouts (EdgeTensor.layout) of a TFLite graph input or output against its ONNX tensor.
 SAME_ORDER = "same"          # identical shape and element order
@@ -183,13 +183,14 @@ class Lowering:
         output = self.define(result, perm)
         self.emit(opcode, (source_index,), (output,), options)
 
-    def in_float(self, name: str, source_index: int, output: int, compute) -> None:
+    def in_float(self, name: str, source_index: int, output: int | None, compute) -> int:
         """Float32 ops between a DEQUANTIZE of `source_index` and a QUANTIZE into `output`, as
         ONNX Runtime runs an op it leaves between DequantizeLinear and QuantizeLinear:
         `compute(float_op, values)` emits them through `float_op(opcode, inputs, options)`
         (inputs are tensor indices or Python floats, made float32 constants) and returns the
-        result's index."""
-        shape = self.shape_of(output)
+        result's index. With `output` None, no QUANTIZE: the float32 result's index is returned
+        (for an op whose output ONNX Runtime leaves in float)."""
+        shape = self.shape_of(source_index if output is None else output)
         names = itertools.count()
 
         def float_op(opcode: str, inputs, options=None) -> int:
@@ -206,7 +207,10 @@ class Lowering:
 
         values = self.add(FbTensor(f"{name}_float", self.shape_of(source_index), "float32"))
         self.emit("DEQUANTIZE", (source_index,), (values,))
-        self.emit("QUANTIZE", (compute(float_op, values),), (output,), ("QuantizeOptions", {}))
+        result = compute(float_op, values)
+        if output is not None:
+            self.emit("QUANTIZE", (result,), (output,), ("QuantizeOptions", {}))
+        return result
 
     def requantize(self, index: int, act: Activation) -> None:
         """QUANTIZE a temporary into `act` (defined in the temporary's layout by the caller)."""

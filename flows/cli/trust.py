@@ -94,8 +94,12 @@ def add_commands(subparsers, common: argparse.ArgumentParser) -> None:
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     gc.add_argument("--cache-limit", default="5G", metavar="SIZE", help="bound <home>/cache (e.g. 500M, 5G; default 5G)")
     gc.add_argument(
+        "--stage-store-limit", default="20G", metavar="SIZE",
+        help="bound the stage store in the MLflow artifact store (default 20G)",
+    )
+    gc.add_argument(
         "--keep-recent", type=float, default=24.0, metavar="HOURS",
-        help="never remove bundles or stored sets younger than this (default 24)",
+        help="never remove bundles, stored sets or stage-store entries used more recently (default 24)",
     )
     gc.add_argument("--json", action="store_true")
     gc.set_defaults(func=gc_command)
@@ -371,22 +375,24 @@ def pull_command(args: argparse.Namespace) -> int:
 # -- gc ------------------------------------------------------------------------------------------
 
 
-def _size(text: str) -> int:
+def _size(text: str, option: str) -> int:
     units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
     if not match:
-        raise InvalidInput(f"--cache-limit: expected a size like 500M or 5G, found {text!r}")
+        raise InvalidInput(f"{option}: expected a size like 500M or 5G, found {text!r}")
     return int(float(match[1]) * units[match[2].upper()])
 
 
 def gc_command(args: argparse.Namespace) -> int:
     from tapeout.artifacts.gc import collect
 
-    limit = _size(args.cache_limit)
+    limit = _size(args.cache_limit, "--cache-limit")
+    store_limit = _size(args.stage_store_limit, "--stage-store-limit")
     if args.keep_recent < 0:
         raise InvalidInput(f"--keep-recent: expected hours >= 0, found {args.keep_recent}")
     collected = collect(
-        args.home_path, open_registry(args), dry_run=args.dry_run, cache_limit=limit, keep_recent_hours=args.keep_recent
+        args.home_path, open_registry(args), dry_run=args.dry_run, cache_limit=limit,
+        stage_store_limit=store_limit, keep_recent_hours=args.keep_recent,
     )
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, **asdict(collected)}, indent=2))
@@ -398,11 +404,14 @@ def gc_command(args: argparse.Namespace) -> int:
         (f"{verb} bundle", collected.bundles),
         (f"{verb} stored calibration set", collected.calibration_sets),
         (f"{verb} cache entry", collected.cache_entries),
+        (f"{verb} stage-store entry", collected.stage_store_entries),
     ):
         for item in items:
             print(f"{title}: {item}")
-    before, after = collected.cache_bytes
-    print(f"cache: {before / 1024**2:.1f} MiB, {after / 1024**2:.1f} MiB after (limit {limit / 1024**2:.0f} MiB)")
+    for what, (before, after), bound in (
+        ("cache", collected.cache_bytes, limit), ("stage store", collected.stage_store_bytes, store_limit),
+    ):
+        print(f"{what}: {before / 1024**2:.1f} MiB, {after / 1024**2:.1f} MiB after (limit {bound / 1024**2:.0f} MiB)")
     for item in collected.left_alone:
         print(f"left alone: {item}")
     return 0

@@ -6,6 +6,9 @@
 #   infra/local/services.sh start DIR    # writes DIR/services.env (URLs, PIDs) when all are up
 #   infra/local/services.sh stop DIR
 #
+# With TAPEOUT_SERVICES_OWNER=PID at start, the services are stopped when that process ends
+# without stopping them (a test run killed by a signal skips its fixtures' teardown).
+#
 # Needs: postgresql (apt-get install postgresql), and tapeout installed with its `server` extra
 # (psycopg for MLflow; Prefect brings asyncpg). Ports are chosen free at start.
 set -euo pipefail
@@ -52,6 +55,8 @@ wait_for() {  # wait_for NAME SECONDS COMMAND...: until COMMAND succeeds or NAME
 
 start() {
   mkdir -p "$dir"
+  # A start that fails half-way stops what it started: nothing is left running.
+  trap 'status=$?; if [ "$status" != 0 ]; then stop; fi; exit "$status"' EXIT
   local pg; pg=$(pg_bin)
   local pg_port prefect_port mlflow_port
   pg_port=$(free_port); prefect_port=$(free_port); mlflow_port=$(free_port)
@@ -91,9 +96,18 @@ MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
 POSTGRES_PORT=$pg_port
 EOF
   echo "services up: $(tr '\n' ' ' <"$dir/services.env")"
+
+  if [ -n "${TAPEOUT_SERVICES_OWNER:-}" ]; then
+    # Detached, so that the owner's death does not take it along; it ends with the services.
+    setsid nohup bash -c 'while kill -0 "$1" 2>/dev/null && [ -f "$3/services.env" ]; do sleep 2; done
+                          [ -f "$3/services.env" ] && exec "$2" stop "$3"' \
+      watch "$TAPEOUT_SERVICES_OWNER" "$(realpath "$0")" "$dir" >/dev/null 2>&1 </dev/null &
+  fi
+  trap - EXIT
 }
 
 stop() {
+  rm -f "$dir/services.env"  # first: the owner's watch (start) ends on it
   for name in prefect mlflow; do
     if [ -f "$dir/$name.pid" ]; then
       pkill -TERM -P "$(cat "$dir/$name.pid")" 2>/dev/null || true

@@ -111,6 +111,13 @@ def test_a_signed_import_is_the_first_link_of_the_chain(tmp_path, exported_model
     (bundle,) = (world["home"] / "bundles" / NAME).iterdir()
     assert (bundle / "attestations" / "imported-model.sig").read_bytes() == signature.read_bytes()
 
+    # An auditor rebuilds it from the commit: the rebuild checks the import against the
+    # commit's own policy, as the build did.
+    code = main(["reproduce", f"{NAME}@1", "--home", str(world["home"])])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "files identical to the signed bundle" in captured.out
+
     # The kept signature is checked again offline: a stranger's in its place breaks the link.
     from tapeout.artifacts.signing import sign_bundle
 

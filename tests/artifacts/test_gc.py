@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 
 from tapeout.artifacts.gc import home_in_use
 from tapeout.artifacts.set_store import STORE_EXPERIMENT, find_stored, store_set
+from tapeout.artifacts.stage_store import LAST_USED_TAG, StageStore
 from tapeout.flows.cli import main
 from test_trust_promotion import NAME, make_world
 
@@ -147,3 +150,32 @@ def test_a_running_build_keeps_gc_away_from_the_homes_outputs(world, capsys):
         done = gc(world, capsys, "--keep-recent", "0")
     assert orphan.is_dir() and done["bundles"] == []
     assert any("a build is running in this home" in item for item in done["left_alone"])
+
+
+def test_the_stage_store_is_bounded_least_recently_used_first(world, capsys, tmp_path):
+    registry = world["registry"]
+    store = StageStore(registry)
+    now = time.time()
+    runs = {}
+    # (key, uploaded, last fetched): "old" was uploaded first but fetched since
+    for key, uploaded, fetched in (("old", now - 14400, now - 3600), ("older", now - 10800, now - 7200), ("new", now, None)):
+        folder = tmp_path / "cache" / "export" / key
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"\0" * 600_000)
+        runs[key] = store.publish("export", key, folder).run_id
+        registry._client.set_terminated(runs[key], "FINISHED", end_time=int(uploaded * 1000))
+        if fetched is not None:
+            registry.log(runs[key], tags={LAST_USED_TAG: f"{fetched:.0f}"})
+    claim = store.fetch_or_claim("export", "failed", tmp_path / "cache" / "export" / "failed")
+    claim.abandon()  # an upload that never became an entry
+    files = {key: Path(unquote(urlparse(registry._client.get_run(run).info.artifact_uri).path)) for key, run in runs.items()}
+
+    recent = gc(world, capsys, "--stage-store-limit", "1300K")  # everything was used within a day
+    assert recent["stage_store_entries"] == [] and recent["stage_store_bytes"] == [1_800_000, 1_800_000]
+    done = gc(world, capsys, "--stage-store-limit", "1300K", "--keep-recent", "0")
+    assert [item.split()[0] for item in done["stage_store_entries"]] == ["export/failed", "export/older"]
+    assert done["stage_store_bytes"] == [1_800_000, 1_200_000]
+    assert store.find("export", "older") is None and not files["older"].exists()
+    assert store.find("export", "old") is not None and store.find("export", "new") is not None
+    assert main(["gc", "--home", str(world["home"]), "--stage-store-limit", "lots"]) == 2
+    assert "error: --stage-store-limit: expected a size like 500M or 5G, found 'lots'" in capsys.readouterr().err

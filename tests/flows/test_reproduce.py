@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+from tapeout.flows import stage_marker
 from tapeout.flows.cli import main
 from conftest import git
 from test_first_hour_builds import CPU, project
@@ -59,8 +60,9 @@ def test_a_clean_build_is_reproduced_and_a_changed_one_is_refused_naming_the_fil
     assert (rebuilt / "compiler.json").read_bytes() == (pulled / "compiled" / "compiler.json").read_bytes()
     assert git(pipeline.parent, "worktree", "list").count("\n") == 0  # the rebuild's checkout is gone
 
-    # The builder's stage cache is poisoned: the compiled model gains a field. A build of the
-    # next commit (its inputs unchanged) reuses it, signs it and registers it.
+    # The builder's stage cache is poisoned: the compiled model gains a field, and the folder's
+    # marker is rewritten to match (whoever can write the cache can). A build of the next
+    # commit (its inputs unchanged) reuses it, signs it and registers it.
     (cached,) = [
         path for path in (home / "cache" / "compile").glob("*/*.onnx")
         if path.read_bytes() == (pulled / "compiled" / path.name).read_bytes()
@@ -68,6 +70,7 @@ def test_a_clean_build_is_reproduced_and_a_changed_one_is_refused_naming_the_fil
     model = onnx.load(str(cached))
     onnx.helper.set_model_props(model, {"note": "not what the commit builds"})
     onnx.save(model, str(cached))
+    stage_marker.seal(cached.parent)
     (pipeline.parent / "NOTES.md").write_text("a commit that changes no input\n")
     git(pipeline.parent, "add", "NOTES.md")
     git(pipeline.parent, "commit", "-qm", "notes")

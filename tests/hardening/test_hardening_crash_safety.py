@@ -41,7 +41,8 @@ def services(tmp_path_factory):
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
     folder = tmp_path_factory.mktemp("services")
-    environment = subprocess_environment()
+    # stopped even when a signal skips the teardown (infra/local/services.sh)
+    environment = subprocess_environment(TAPEOUT_SERVICES_OWNER=str(os.getpid()))
     subprocess.run([str(SERVICES), "start", str(folder)], check=True, env=environment, timeout=400)
     try:
         values = dict(

@@ -49,3 +49,60 @@ def test_a_stage_killed_before_it_finished_is_run_again_in_place(tmp_path):
     (workdir / "model.bin").write_bytes(b"half")  # a killed run's leftovers, never finished
     result = _run_cached(stage, workdir, lambda path: [path])
     assert result == workdir / "model.bin" and result.read_bytes().startswith(b"run 1")
+
+
+class Recorded(AlwaysRuns):
+    """A stage whose folder records its result: a finished folder is reloaded, not re-run."""
+
+    @staticmethod
+    def load(workdir: Path) -> Path:
+        return workdir / "model.bin"
+
+
+def _messages() -> tuple[list[str], object]:
+    said: list[str] = []
+    return said, said.append
+
+
+def test_a_finished_folder_whose_file_changed_is_not_reused(tmp_path):
+    stage = Recorded()
+    workdir = tmp_path / "cache" / "compile" / "key"
+    first = _run_cached(stage, workdir, lambda path: [path], stage.load, label="compile")
+    said, say = _messages()
+    assert _run_cached(stage, workdir, lambda path: [path], stage.load, label="compile", say=say) == first
+    assert stage.calls == 1 and said == ["compile (cached)"]
+
+    first.write_bytes(b"changed after the stage finished")
+    said, say = _messages()
+    again = _run_cached(stage, workdir, lambda path: [path], stage.load, label="compile", say=say)
+    assert stage.calls == 2 and again != first and again.read_bytes().startswith(b"run 2")
+    assert said[0].startswith(f"compile: {workdir} changed since the stage finished (key/model.bin: expected sha256 ")
+    assert first.read_bytes() == b"changed after the stage finished"  # a finished folder is never written
+
+
+def test_a_file_added_to_or_removed_from_a_finished_folder_is_named(tmp_path):
+    stage = Recorded()
+    workdir = tmp_path / "cache" / "compile" / "key"
+    _run_cached(stage, workdir, lambda path: [path], stage.load)
+    (workdir / "extra.onnx").write_bytes(b"")
+    said, say = _messages()
+    _run_cached(stage, workdir, lambda path: [path], stage.load, label="compile", say=say)
+    assert "(key/extra.onnx: not there when the stage finished)" in said[0]
+
+    other = tmp_path / "cache" / "compile" / "other"
+    _run_cached(stage, other, lambda path: [path], stage.load)
+    (other / "model.bin").unlink()
+    said, say = _messages()
+    _run_cached(stage, other, lambda path: [path], stage.load, label="compile", say=say)
+    assert "(other/model.bin: missing (expected sha256 " in said[0]
+
+
+def test_a_marker_that_records_nothing_is_completed_on_first_use(tmp_path):
+    stage = Recorded()
+    workdir = tmp_path / "cache" / "compile" / "key"
+    _run_cached(stage, workdir, lambda path: [path], stage.load)
+    marker = workdir.parent / ".key.finished"
+    marker.write_text("")  # as an earlier tapeout left it
+    said, say = _messages()
+    _run_cached(stage, workdir, lambda path: [path], stage.load, label="compile", say=say)
+    assert stage.calls == 1 and said == ["compile (cached)"] and "model.bin" in marker.read_text()

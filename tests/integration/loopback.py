@@ -20,7 +20,10 @@ def services(tmp_path_factory):
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         pytest.fail("PostgreSQL is not installed: .ci/run installs it (apt-get install postgresql)")
     folder = tmp_path_factory.mktemp("services")
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    environment = {
+        **os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "TAPEOUT_SERVICES_OWNER": str(os.getpid()),  # stopped even when a signal skips the teardown
+    }
     subprocess.run([str(SERVICES), "start", str(folder)], check=True, env=environment, timeout=400)
     try:
         values = dict(

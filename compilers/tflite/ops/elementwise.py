@@ -5,7 +5,8 @@ Each keeps ONNX Runtime's output quantization. Where TFLite's int8 kernel fixes 
 quantization (tensorflow.org/lite/performance/quantization_spec: LOGISTIC writes scale 1/256,
 zero point -128), a QUANTIZE op requantizes to ONNX Runtime's, rounding twice; HARD_SWISH works in
 16-bit fixed point. With LOGISTIC or HARD_SWISH in `float_ops` they run in float32 between
-DEQUANTIZE and QUANTIZE instead, as ONNX Runtime runs them (docs/ethos-u.md).
+DEQUANTIZE and QUANTIZE instead, as ONNX Runtime runs them (docs/ethos-u.md); ADD and MUL of two
+activations in `float_ops` follow ONNX Runtime's QLinearAdd and QLinearMul (ops/qlinear.py).
 
 Relu and Clip that ONNX Runtime removed (it narrows the producer's output range to [0, max], so
 its zero point is -128: onnxruntime/quantization/base_quantizer.py `adjust_tensor_ranges`) need
@@ -18,6 +19,7 @@ import numpy as np
 
 from tapeout.compilers.tflite.flatbuffer import FbTensor, array_bytes
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, Lowering, dequantize_constant, refuse
+from tapeout.compilers.tflite.ops.qlinear import exact_binary
 from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
 
 # TFLite's int8 LOGISTIC output (quantization spec).
@@ -39,7 +41,8 @@ def scalar_constant(lowering: Lowering, name: str, value: float) -> int:
 
 def binary(lowering: Lowering, node, opcode: str, options_table: str | None) -> None:
     """ADD / SUB / MUL of two activations, or of one and a per-tensor quantized constant
-    (broadcast as ONNX does: the constant is laid out like the activation)."""
+    (broadcast as ONNX does: the constant is laid out like the activation). ADD and MUL of two
+    activations with the op in `float_ops`: ONNX Runtime's float32 sequence (ops/qlinear.py)."""
     operands, activations = lowering.operands(node)
     result = lowering.qdq.output_of(node)
     rank = len(result.shape)
@@ -64,6 +67,9 @@ def binary(lowering: Lowering, node, opcode: str, options_table: str | None) -> 
             array_bytes(np.ascontiguousarray(values)),
         )))
     output = lowering.define(result, perm)
+    if opcode in lowering.float_ops and all(isinstance(operand, Activation) for operand in operands):
+        exact_binary(lowering, node, opcode, indices, activations, result, output)
+        return
     options = None if options_table is None else (options_table, {"FusedActivationFunction": NO_ACTIVATION})
     lowering.emit(opcode, indices, (output,), options)
 
@@ -139,7 +145,21 @@ def lower_hardswish(lowering: Lowering, node) -> None:
         return op("MUL", (x, gate), none)
 
     perm = lowering.perm[source.name]
-    lowering.in_float(node.name, lowering.read(node, source, perm), lowering.define(result, perm), hard_swish)
+    source_index = lowering.read(node, source, perm)
+    if _left_in_float_for_means(lowering, node):
+        # ONNX Runtime leaves this HardSwish's output in float for the means that read it:
+        # the float32 tensor stands for the activation, and each MEAN quantizes its own result.
+        values = lowering.in_float(node.name, source_index, None, hard_swish)
+        lowering.index[result.name], lowering.perm[result.name] = values, perm
+        return
+    lowering.in_float(node.name, source_index, lowering.define(result, perm), hard_swish)
+
+
+def _left_in_float_for_means(lowering: Lowering, node) -> bool:
+    """`node`'s output has no QuantizeLinear and only ReduceMean nodes read it."""
+    consumers = lowering.qdq.consumers.get(node.output[0], [])
+    return bool(consumers) and node.output[0] not in lowering.qdq.graph_outputs and all(
+        consumer.op_type == "ReduceMean" and consumer.input[0] == node.output[0] for consumer in consumers)
 
 
 def lower_hardsigmoid(lowering: Lowering, node) -> None:

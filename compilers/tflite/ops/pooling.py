@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tapeout.compilers.tflite import layout as layouts
+from tapeout.compilers.tflite.flatbuffer import FbTensor
 from tapeout.compilers.tflite.lowering import NO_ACTIVATION, VALID, Lowering, refuse
 from tapeout.compilers.tflite.ops.window import pad, window_padding
 from tapeout.compilers.tflite.qdq import Activation, Constant, attributes
@@ -170,8 +171,15 @@ def lower_reducemean(lowering: Lowering, node) -> None:
         kept = [a for a in perm if a not in axes]
         out_perm = tuple(sorted(kept).index(a) for a in kept)
     output = lowering.define(result, out_perm)
-    lowering.emit("MEAN", (source_index, lowering.int32_constant(f"{node.name}_axes", tflite_axes)), (output,),
-                  ("ReducerOptions", {"KeepDims": keep}))
+    axes_index = lowering.int32_constant(f"{node.name}_axes", tflite_axes)
+    if lowering.fb.tensors[source_index].dtype == "float32":
+        # A float input (HARD_SWISH in `float_ops` before it): ONNX Runtime's float ReduceMean,
+        # then QuantizeLinear.
+        mean = lowering.add(FbTensor(f"{node.name}_float", lowering.shape_of(output), "float32"))
+        lowering.emit("MEAN", (source_index, axes_index), (mean,), ("ReducerOptions", {"KeepDims": keep}))
+        lowering.emit("QUANTIZE", (mean,), (output,), ("QuantizeOptions", {}))
+        return
+    lowering.emit("MEAN", (source_index, axes_index), (output,), ("ReducerOptions", {"KeepDims": keep}))
 
 
 LOWERINGS = {

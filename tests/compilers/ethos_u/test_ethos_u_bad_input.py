@@ -41,8 +41,8 @@ def compile_bad(capsys, model, tmp_path, *options: str, firmware: str = "25.08")
      "error: compiler 'ethos-u': option system_config: expected a system config for ethos-u55 (Ethos_U55_...), "
      "found 'Ethos_U85_SYS_DRAM_Mid'"),
     (("float_ops=GELU",),
-     "error: compiler 'ethos-u': option float_ops: expected comma-separated TFLite ops of ['HARD_SWISH', "
-     "'LOGISTIC', 'SOFTMAX'], or \"*\" for all of them, found 'GELU'"),
+     "error: compiler 'ethos-u': option float_ops: expected comma-separated TFLite ops of ['ADD', "
+     "'HARD_SWISH', 'LOGISTIC', 'MUL', 'SOFTMAX'], or \"*\" for all of them, found 'GELU'"),
     (("sram_budget_bytes=1024",),
      "error: ethos-u55-128 (Ethos_U55_High_End_Embedded, Shared_Sram): SRAM budget exceeded: expected at most "
      "1024 bytes, found "),
