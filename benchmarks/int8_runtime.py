@@ -434,7 +434,9 @@ def main(argv=None) -> int:
         *(waiting + [""] if waiting else []),
         gemm_line + f"Bar (within {BAR}× of ONNX Runtime int8 at batch 1 and 64):", *bars,
         *(f"- not measured: {s}" for s in skipped), "",
-        f"Machine: {env}.", ""])
+        f"Machine: {env}.", "",
+        "Where int8-ref's time goes, op by op, and the earlier runs: docs/int8-ref.md "
+        "(\"Tests\", the speed paragraphs).", ""])
     print(text)
     if args.write_readme:
         replace_section(args.readme, SECTION, text)

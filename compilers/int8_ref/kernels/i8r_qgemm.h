@@ -353,6 +353,16 @@ TGT static inline __m512i i8r_mulhi31_avx512(__m512i x, __m512i m, __m512i mhi) 
 #define vpack16_us(r) _mm512_cvtusepi32_epi8((r)[0])
 #define vpack16_ss(r) _mm512_cvtsepi32_epi8((r)[0])
 #define VPACK_SAT 1
+/* Four vectors to 64 bytes: two saturating packs (each within 128-bit lanes, so lane L holds
+   the dwords L of r0, r1, r2, r3 in turn), then a dword permutation back to r0 r1 r2 r3.
+   The same bytes as four VPMOVUSDB / VPMOVSDB, in four operations instead of four of two. */
+TGT static inline __m512i i8r_pack64_avx512(const __m512i* r, int out_signed) {
+    __m512i a = _mm512_packs_epi32(r[0], r[1]), b = _mm512_packs_epi32(r[2], r[3]);
+    __m512i v = out_signed ? _mm512_packs_epi16(a, b) : _mm512_packus_epi16(a, b);
+    return _mm512_permutexvar_epi32(
+        _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), v);
+}
+#define vpack64 i8r_pack64_avx512
 /* the lanes of `mask` at p + lane (masked-out lanes are not touched: no fault, no write) */
 #define vputmask(p, b, mask) _mm_mask_storeu_epi8(p, (__mmask16)(mask), b)
 #include "i8r_simd_tmpl.h"

@@ -17,6 +17,8 @@
      vpack16(v)     NV vectors of values in [-128, 255] to 16 bytes, each the low byte
      VPACK_SAT      1 when vpack16_us(v) / vpack16_ss(v) exist: the same with unsigned /
                     signed saturation (AVX-512)
+     vpack64(r, s)  (optional; one vector per panel) four vectors to 64 bytes in order, with
+                    signed (s) or unsigned saturation
      vputmask(p, b, m) store the bytes of lanes m (a contiguous set of bits) at p + lane
      vmulhi31(x, m, mhi)  per lane the low 32 bits of (x m + 2^30) >> 31, mhi = vodd(m)
      vodd(m)        the odd lanes' values in the even lanes (64-bit shift right by 32)
@@ -37,7 +39,7 @@
 typedef struct {
     VF lo, hi;
     V zp, qmin, qmax;
-    int mode, general, satpack;
+    int mode, general, satpack, out_signed;
 } SFX(rqo_t);
 typedef struct {
     VF scale;
@@ -59,6 +61,7 @@ TGT static inline void SFX(rqo_init)(SFX(rqo_t) * o, const i8r_requant_t* q, int
     o->hi = vf_set1((float)(q->qmax - q->zp));
     o->general = 0;
     /* fixed-point mode with qmax the type's maximum: the pack saturates instead of vmin */
+    o->out_signed = q->out_code == 1;
     o->satpack = 0;
     if (VPACK_SAT && q->mode == 1 && q->out_code == 0 && q->qmax == 255) o->satpack = 1;
     if (VPACK_SAT && q->mode == 1 && q->out_code == 1 && q->qmax == 127) o->satpack = 2;
@@ -231,6 +234,16 @@ TGT static inline __attribute__((always_inline)) void SFX(store_panels)(
         for (t = 0; t < count * NV; t++)
             acc[t] = vsub(acc[t], vmullo(zb, vload(colsum + 16 * p + VW * t)));
 #if VEC_REQUANT
+#ifdef vpack64
+    if (q->mode != 2 && q->out_code != 2 && count == 4 && cp->dense
+        && 16 * (p + 4) <= map.J) {
+        /* four whole panels: 64 consecutive bytes from one pack of four vectors */
+        V r[4];
+        for (t = 0; t < 4; t++) r[t] = SFX(rq_apply)(o, c, acc[t]);
+        vstore(ych + 16 * p, vpack64(r, o->out_signed));
+        return;
+    }
+#endif
     if (q->mode != 2 && q->out_code != 2) {
         V r[NV];
         for (t = 0; t < count; t++) {

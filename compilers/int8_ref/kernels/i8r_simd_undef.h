@@ -47,4 +47,5 @@
 #undef vpack16_us
 #undef vpack16_ss
 #undef VPACK_SAT
+#undef vpack64
 #undef vputmask
