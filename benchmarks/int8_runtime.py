@@ -154,25 +154,6 @@ def synthetic(name: str, workdir: Path, smoke: bool) -> Callable[[int], Network]
 
 
 # -- real-model suite networks ------------------------------------------------------------------
-def with_batch(path: Path, batch: int, out: Path) -> Path:
-    """The model with its input's first dimension set to `batch`. The suite's exports flatten
-    before the classifier with a Reshape to a constant [1, features]; its 1 becomes `batch`."""
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
-    for o in model.graph.output:
-        o.type.tensor_type.shape.dim[0].dim_value = batch
-    del model.graph.value_info[:]
-    shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
-    for init in model.graph.initializer:
-        if init.name in shapes:
-            dims = numpy_helper.to_array(init).copy()
-            if dims.size and dims[0] == 1:
-                dims[0] = batch
-                init.CopyFrom(numpy_helper.from_array(dims, init.name))
-    onnx.save(model, str(out))
-    return out
-
-
 def suite(name: str, workdir: Path) -> Callable[[int], Network] | None:
     """A real-model suite network (tests/real_models), or None when the suite is absent."""
     tests = REPOSITORY / "tests"
@@ -185,8 +166,8 @@ def suite(name: str, workdir: Path) -> Callable[[int], Network] | None:
     sample = built.test_inputs[:1]
 
     def at(batch: int) -> Network:
-        fp32 = with_batch(built.float_path, batch, workdir / f"{name}-{batch}.onnx")
-        q = with_batch(built.qdq_path, batch, workdir / f"{name}-{batch}.qdq.onnx")
+        fp32 = real_models.with_batch(built.float_path, batch, workdir / f"{name}-{batch}.onnx")
+        q = real_models.with_batch(built.qdq_path, batch, workdir / f"{name}-{batch}.qdq.onnx")
         feed = {real_models.INPUT: np.repeat(sample, batch, axis=0)}
         return Network(name, batch, fp32, q, feed)
 

@@ -9,6 +9,7 @@ would build them, for tests and benchmarks of every compiler.
     model.calibration, model.test_inputs           # float32 [samples, *input_shape[1:]]
     model.feeds()                                  # [{"input": sample}, ...] of the test inputs
     model.quantized                                # a tapeout QuantizedModel, for Compiler.compile
+    with_batch(model.qdq_path, 64, out)            # the same model at batch 64, saved to out
 
 `ARCHITECTURES` maps each name to an `Architecture` (factory file, input shape, source,
 whether the output is class scores); `FAST_TIER` names the six in `make test`'s fast tier.
@@ -21,6 +22,7 @@ loaded by tests/conftest.py) returns the same objects.
 """
 
 from real_models.architectures import ARCHITECTURES, FAST_TIER, Architecture
-from real_models.build import INPUT, OUTPUT, RealModel, build
+from real_models.build import INPUT, OUTPUT, RealModel, build, with_batch
 
-__all__ = ["ARCHITECTURES", "FAST_TIER", "INPUT", "OUTPUT", "Architecture", "RealModel", "build"]
+__all__ = ["ARCHITECTURES", "FAST_TIER", "INPUT", "OUTPUT", "Architecture", "RealModel", "build",
+           "with_batch"]

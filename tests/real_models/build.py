@@ -274,3 +274,26 @@ def _quantize(float_path: Path, calibration: np.ndarray, activations: str, path:
         activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
     )
+
+
+def with_batch(path: Path, batch: int, out: Path) -> Path:
+    """The suite's ONNX model at `path` with its batch dimension set to `batch`, saved to
+    `out`: the input's and outputs' first dimension, and the leading 1 of the constant shape
+    [1, features] the exporter flattens to before the classifier (a Reshape)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    for o in model.graph.output:
+        o.type.tensor_type.shape.dim[0].dim_value = batch
+    del model.graph.value_info[:]
+    shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
+    for init in model.graph.initializer:
+        if init.name in shapes:
+            dims = numpy_helper.to_array(init).copy()
+            if dims.size and dims[0] == 1:
+                dims[0] = batch
+                init.CopyFrom(numpy_helper.from_array(dims, init.name))
+    onnx.save(model, str(out))
+    return out

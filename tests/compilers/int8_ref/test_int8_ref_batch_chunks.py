@@ -6,10 +6,9 @@ split runs whole."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
+from real_models import with_batch
 from tapeout.compilers.frontends import check_model
 from tapeout.compilers.int8_ref import FIRMWARE_REVISION, Int8ReferenceCompiler
 from tapeout.compilers.int8_ref.batch_chunks import chunk_program
@@ -17,29 +16,10 @@ from tapeout.compilers.int8_ref.runtime import Int8Runner, load_image
 from tapeout.compilers.interface import QuantizedModel, TargetProfile
 
 
-def at_batch(path, batch: int, out):
-    """The suite's model with its batch dimension set to `batch`: the input's and outputs'
-    first dimension, and the leading 1 of the constant shape its exporter flattens to before
-    the classifier."""
-    model = onnx.load(str(path))
-    for v in list(model.graph.input[:1]) + list(model.graph.output):
-        v.type.tensor_type.shape.dim[0].dim_value = batch
-    del model.graph.value_info[:]
-    shapes = {n.input[1] for n in model.graph.node if n.op_type == "Reshape"}
-    for init in model.graph.initializer:
-        if init.name in shapes:
-            dims = numpy_helper.to_array(init).copy()
-            if dims.size and dims[0] == 1:
-                dims[0] = batch
-                init.CopyFrom(numpy_helper.from_array(dims, init.name))
-    onnx.save(model, str(out))
-    return out
-
-
 def compiled(real_model, name, batch, mode, tmp_path):
     model = real_model(name, "uint8")
-    qdq = at_batch(model.qdq_path, batch, tmp_path / "model.qdq.onnx")
-    fp32 = at_batch(model.float_path, batch, tmp_path / "model.onnx")
+    qdq = with_batch(model.qdq_path, batch, tmp_path / "model.qdq.onnx")
+    fp32 = with_batch(model.float_path, batch, tmp_path / "model.onnx")
     described = check_model(qdq)
     quantized = QuantizedModel(qdq, described.digest, fp32, described.inputs, described.outputs)
     target = TargetProfile("t", "int8-ref", FIRMWARE_REVISION, {"requant": mode})
